@@ -1,0 +1,78 @@
+"""The ``memscan`` command line (typer + rich). One small module per command; the library below
+never imports typer or rich. Exceptions become exit codes in one place: ``EXIT_CODES``."""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..errors import (ConfigError, DatasetError, MemscanError, ModelError, OutputExistsError, ReportError,
+                      TrainingError)
+
+EXIT_CODES = {  # first match wins
+    ConfigError: 2, DatasetError: 2, OutputExistsError: 2, ReportError: 2, ModelError: 2,
+    TrainingError: 3, MemscanError: 2,
+}
+EXIT_INTERRUPTED = 130
+EXIT_BUG = 70
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="Find mislabeled, atypical and memorized images from one short training run "
+                       "(Cumulative Sample Gradient, stopped at the weight-norm peak).")
+state = {"debug": False}
+
+
+def _print_version(value: bool):
+    if value:
+        from .. import __version__
+        typer.echo(f"memscan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+          version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                       callback=_print_version)):
+    state["debug"] = debug
+
+
+def _register():
+    from . import rank as _rank, run as _run  # noqa: F401  (each module adds its command to app)
+    try:
+        from . import eval_noise as _eval  # noqa: F401
+    except ImportError:
+        pass
+
+
+def main(argv=None) -> int:
+    _register()
+    from .console import err_console
+    try:
+        rc = app(args=argv, standalone_mode=False)  # returns typer.Exit's code in this mode
+        return rc if isinstance(rc, int) else 0
+    except typer.Exit as e:
+        return e.exit_code
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        return EXIT_INTERRUPTED
+    except MemscanError as e:
+        if state["debug"]:
+            raise
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return next(code for cls, code in EXIT_CODES.items() if isinstance(e, cls))
+    except Exception as e:  # click usage errors and real bugs
+        # typer vendors click: recognise its usage errors by shape, not by import path
+        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
+            e.show()
+            return e.exit_code
+        if type(e).__name__ == "Abort":
+            return EXIT_INTERRUPTED
+        if state["debug"]:
+            raise
+        err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {e} (rerun with --debug for "
+                          "the traceback and report it)", highlight=False, soft_wrap=True)
+        return EXIT_BUG
+
+
+def entry():
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Shared rich consoles and the progress display fed by the library's ``progress`` callback."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class RunProgress:
+    """Turns ``progress(event, **info)`` calls from ``memscan.pipeline.run`` into bars and lines."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
+                                 disable=quiet)
+        self.tasks = {}
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def _task(self, key, desc, total):
+        if key not in self.tasks:
+            self.tasks[key] = self.progress.add_task(desc, total=total)
+        return self.tasks[key]
+
+    def __call__(self, event, **info):
+        if self.quiet:
+            return
+        p = self.progress
+        if event == "indexed":
+            p.console.print(f"indexed {info['n']} images in {info['classes']} classes"
+                            + (f" ({info['ignored']} non-image files ignored)" if info["ignored"] else ""))
+        elif event == "decode":
+            p.update(self._task("decode", "decoding", info["total"]), completed=info["done"])
+        elif event == "decoded":
+            if "decode" in self.tasks:
+                p.remove_task(self.tasks.pop("decode"))
+            src = "from cache" if info["from_cache"] else "decoded"
+            p.console.print(f"{src}: {info['n']} images at {info['size']}x{info['size']} px"
+                            + (f", [yellow]{info['skipped']} unreadable skipped[/]" if info["skipped"] else ""))
+        elif event == "step":
+            t = self._task("train", "training", info["steps"])
+            p.update(t, completed=info["step"], total=info["steps"])
+        elif event == "epoch":
+            if "train" in self.tasks:
+                p.reset(self.tasks["train"])
+            peak = info.get("peak_epoch")
+            mark = f"  [green]peak at epoch {peak + 1}[/]" if peak is not None else ""
+            val = f"  val loss {info['val_loss']:.3f} acc {info['val_acc']:.3f}" if "val_loss" in info else ""
+            p.console.print(f"epoch {info['epoch'] + 1:>3}/{info['max_epochs']}  loss {info['loss_mean']:.3f}  "
+                            f"acc {info['train_acc']:.3f}  weight norm {info['weight_norm']:.3f}  "
+                            f"mean grad {info['grad_mean']:.3g}{val}  {info['seconds']:.1f}s{mark}",
+                            highlight=False)

@@ -1,0 +1,1 @@
+"""memscan rank: placeholder replaced below."""

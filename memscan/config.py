@@ -1,0 +1,101 @@
+"""Run options: every hyper-parameter in one place, with its unit, validated once.
+
+``RunConfig`` is frozen; ``to_dict()`` is what goes into run.json and the Parquet metadata, so a
+report always says how it was made. ``None`` means "choose for me" (resolved in ``resolve``),
+following timm's None-defaulting options.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import ConfigError, check_choice
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "cosine", "onecycle")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+SIGNALS = ("inloop", "exact")
+STOPS = ("peak", "none")
+STOP_SIGNALS = ("weight-norm", "total-norm", "grad-mean", "rank-stability")
+AUGMENTS = ("crop-flip", "crop", "none")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # model
+    model: str = "memscan-cnn"          # built-in name or any timm model name
+    weights: str | None = None          # local pretrained weights file (safetensors / state dict)
+    pretrained: bool = False            # timm hub weights (needs network)
+    # data
+    image_size: int | None = None       # pixels (square); None: native size when all agree
+    augment: str = "crop-flip"          # batched tensor ops on the training device
+    # optimisation
+    optimizer: str = "sgd"
+    lr: float = 0.05                    # peak learning rate, per batch of `batch_size`
+    momentum: float = 0.9               # SGD only (nesterov)
+    weight_decay: float = 5e-4          # L2 decay; the weight-norm peak exists because of it
+    batch_size: int = 256               # images per step (per process under torchrun)
+    schedule: str = "constant"          # lr after warm-up; "constant" does not depend on max_epochs
+    warmup_epochs: float = 1.0          # linear warm-up length, epochs
+    max_epochs: int = 30
+    label_smoothing: float = 0.0        # kept 0: smoothing distorts per-sample loss signals
+    # signals and stopping
+    signal: str = "inloop"              # "inloop": from the training step; "exact": extra eval pass
+    stop: str = "peak"                  # "peak": stop after the confirmed peak; "none": max_epochs
+    stop_signal: str = "weight-norm"    # which curve's peak stops training
+    smoothing: int = 3                  # epochs in the trailing moving average of the stop curve
+    patience: int = 3                   # epochs the smoothed curve must stay below its peak
+    min_epochs: int = 3                 # never stop before this many epochs
+    # execution
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"             # autocast dtype; input gradients are always fp32
+    channels_last: bool | None = None   # None: on for conv nets on CPU/CUDA
+    compile: bool = False               # torch.compile (opt-in)
+    workers: int | None = None          # decode threads; None: all cores
+    strict: bool = False                # fail on the first unreadable image instead of skipping it
+    extra: dict = field(default_factory=dict)  # free-form notes (e.g. eval-noise settings)
+
+    def __post_init__(self):
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("device", self.device, DEVICES)
+        check_choice("signal", self.signal, SIGNALS)
+        check_choice("stop", self.stop, STOPS)
+        check_choice("stop_signal", self.stop_signal, STOP_SIGNALS)
+        check_choice("augment", self.augment, AUGMENTS)
+        _positive("lr", self.lr)
+        _positive("batch_size", self.batch_size)
+        _positive("max_epochs", self.max_epochs)
+        _positive("smoothing", self.smoothing)
+        _positive("patience", self.patience)
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay={self.weight_decay} is negative; use 0 or more (default 5e-4)")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum={self.momentum} must be in [0, 1)")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"warmup_epochs={self.warmup_epochs} is negative; use 0 or more")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        if self.image_size is not None and not 8 <= self.image_size <= 1024:
+            raise ConfigError(f"image_size={self.image_size} must be between 8 and 1024 pixels")
+        if self.weights and self.pretrained:
+            raise ConfigError("pass either --weights FILE or --pretrained, not both")
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _positive(name, value):
+    if value is None or value <= 0:
+        raise ConfigError(f"{name}={value} must be positive")

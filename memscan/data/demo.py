@@ -1,0 +1,67 @@
+"""The embedded demo dataset: scikit-learn's bundled handwritten digits (1,797 8x8 images, shipped
+with scikit-learn, no download) written as a class-per-folder PNG dataset with a known 10% of the
+labels flipped, plus ``truth.csv`` (path, true label, flipped) to score the detection."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .cache import default_cache_dir
+from .noise import inject_noise
+
+DEMO_RATE = 0.10
+DEMO_SEED = 0
+
+
+def build_demo(dest: Path | None = None) -> tuple[Path, Path]:
+    """Write (once) the noisy digits folder; returns (dataset folder, truth.csv)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    root = Path(dest) if dest is not None else default_cache_dir() / "demo-digits"
+    data, truth_file = root / "digits", root / "truth.csv"
+    if truth_file.exists():
+        return data, truth_file
+    digits = load_digits()
+    images = np.clip(digits.images * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
+    true = digits.target.astype(np.int64)
+    noisy = inject_noise(true, 10, rate=DEMO_RATE, kind="symmetric", seed=DEMO_SEED)
+    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    rows = []
+    for i, (img, given) in enumerate(zip(images, noisy.labels)):
+        rel = f"{given}/digit-{i:04d}.png"
+        (tmp / "digits" / str(given)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img, "L").save(tmp / "digits" / rel)
+        rows.append((rel, int(true[i]), int(noisy.flipped[i])))
+    with open(tmp / "truth.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "true_label", "flipped"])
+        w.writerows(rows)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, root)
+    except OSError:  # another process built it first
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+    return data, truth_file
+
+
+def read_truth(truth_file: Path, paths: list[str]) -> np.ndarray:
+    """Flip mask aligned with ``paths`` from a truth CSV (path + flipped or true_label column)."""
+    from ..errors import DatasetError
+    with open(truth_file, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "path" not in rows[0]:
+        raise DatasetError(f"truth file '{truth_file}' needs a 'path' column and a 'flipped' column")
+    key = "flipped" if "flipped" in rows[0] else None
+    if key is None:
+        raise DatasetError(f"truth file '{truth_file}' has no 'flipped' column (1 = label is wrong)")
+    m = {r["path"]: r[key].strip().lower() in ("1", "true", "yes") for r in rows}
+    missing = [p for p in paths if p not in m]
+    if missing:
+        raise DatasetError(f"truth file '{truth_file}' has no row for '{missing[0]}' ({len(missing)} dataset "
+                           "paths missing); its paths must match the dataset's relative paths")
+    return np.array([m[p] for p in paths], dtype=bool)

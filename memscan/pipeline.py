@@ -1,0 +1,207 @@
+"""``run()``: dataset -> decoded cache -> training with recording -> scores -> report folder.
+
+The one function behind ``memscan run`` (and ``eval-noise``). Progress reaches the caller through
+``progress(event, **info)``; nothing here prints.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from . import __version__
+from .config import RunConfig
+from .data import load_images, load_index
+from .data.loader import InMemorySource, channel_stats
+from .errors import ConfigError, OutputExistsError, TrainingError
+from .models import create_model, is_conv_net
+from .report import build_table, write_atomic
+from .scores import CATEGORIES, accumulate, compute_scores
+from .signals import Recorder
+from .train import exact_pass, fit, resolve_device, resolve_precision
+from .trajectories import read_epochs, write_epoch
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    report_path: Path
+    summary: dict
+    scores: dict = field(repr=False, default_factory=dict)
+
+
+def default_out_dir(dataset: Path, base: Path | None = None) -> Path:
+    name = Path(dataset).resolve().name or "dataset"
+    if Path(dataset).is_file():
+        name = Path(dataset).stem
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return (base or Path("memscan-runs")) / f"{name}-{stamp}"
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def prepare_out_dir(out: Path, dataset_root: Path, *, overwrite: bool) -> Path:
+    out = Path(out)
+    if _inside(out, dataset_root):
+        raise ConfigError(f"--out '{out}' is inside the dataset folder '{dataset_root}'; memscan never writes "
+                          "there: choose an output folder outside it")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(f"output folder '{out}' already exists; pass --overwrite to replace it or "
+                                    "--out a new folder")
+        if not (out / "run.json").exists() and not (out / "report.parquet").exists():
+            raise OutputExistsError(f"output folder '{out}' exists and is not a memscan run; refusing to "
+                                    "overwrite it: choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _default_size(model_name: str, model) -> int:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if "input_size" in cfg and not model_name.startswith("memscan-"):
+        return int(cfg["input_size"][-1])
+    return 32
+
+
+def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = False, cache_dir=None,
+        val_dataset=None, relabel=None, progress=None) -> RunResult:
+    """Train on ``dataset`` (folder or manifest), record signals, and write the report folder.
+
+    ``relabel(table) -> labels`` replaces the labels in memory (eval-noise); the dataset on disk is
+    never touched. Returns a ``RunResult`` whose ``summary`` is what ``--json`` prints.
+    """
+    cfg = cfg or RunConfig()
+    emit = progress or (lambda event, **info: None)
+    timings = {}
+    t_all = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % (2 ** 32))
+
+    table = load_index(dataset)
+    out = prepare_out_dir(Path(out) if out else default_out_dir(table.location), table.root, overwrite=overwrite)
+    emit("indexed", n=len(table), classes=table.num_classes, ignored=len(table.ignored))
+
+    device = resolve_device(cfg.device)
+    dtype = resolve_precision(cfg.precision, device)
+    # the model is built before decoding: its preferred input size decides the decode size
+    model = create_model(cfg.model, table.num_classes, weights=cfg.weights, pretrained=cfg.pretrained)
+
+    t = time.perf_counter()
+    decoded = load_images(table, image_size=cfg.image_size, strict=cfg.strict, workers=cfg.workers,
+                          cache_dir=cache_dir, default_size=_default_size(cfg.model, model),
+                          progress=lambda d, n: emit("decode", done=d, total=n))
+    timings["decode_s"] = time.perf_counter() - t
+    table = decoded.table
+    labels = np.asarray(relabel(table) if relabel else table.labels, dtype=np.int64)
+    emit("decoded", n=len(table), size=decoded.images.shape[-1], skipped=len(decoded.skipped),
+         from_cache=decoded.from_cache)
+
+    pcfg = getattr(model, "pretrained_cfg", None) or {}
+    if (cfg.weights or cfg.pretrained) and "mean" in pcfg:
+        mean, std = list(pcfg["mean"]), list(pcfg["std"])
+    else:
+        mean, std = channel_stats(decoded.images)
+    channels_last = cfg.channels_last if cfg.channels_last is not None else (
+        device.type in ("cpu", "cuda") and is_conv_net(model))
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_model = torch.compile(model) if cfg.compile else model
+    source = InMemorySource(decoded.images, labels, mean=mean, std=std, device=device, channels_last=channels_last)
+    val_source = None
+    if val_dataset is not None:
+        vt = load_index(val_dataset)
+        if vt.class_names != table.class_names:
+            raise ConfigError(f"validation set '{val_dataset}' has classes {vt.class_names}, the dataset has "
+                              f"{table.class_names}; they must match")
+        vd = load_images(vt, image_size=decoded.images.shape[-1], strict=cfg.strict, workers=cfg.workers,
+                         cache_dir=cache_dir)
+        val_source = InMemorySource(vd.images, vd.table.labels, mean=mean, std=std, device=device,
+                                    channels_last=channels_last)
+
+    traj_dir = out / "trajectories"
+    curves_file = out / "epochs.parquet"
+
+    def on_epoch(summary):
+        write_atomic(pa.Table.from_pylist(res_curves + [summary]), curves_file)
+        res_curves.append(summary)
+        emit("epoch", **summary, max_epochs=cfg.max_epochs)
+
+    res_curves: list[dict] = []
+    t = time.perf_counter()
+    result = fit(train_model, source, cfg, recorder=Recorder(len(source), device=device),
+                 on_record=lambda rec: write_epoch(traj_dir, rec), on_epoch=on_epoch,
+                 on_step=lambda s, n: emit("step", step=s, steps=n), val_source=val_source)
+    timings["train_s"] = time.perf_counter() - t
+    if result.nan_epoch is not None and result.epochs == 0:
+        raise TrainingError(f"loss became NaN in the first epoch; lower --lr (now {cfg.lr}) or check the images")
+
+    t = time.perf_counter()
+    final_gsq, probs = exact_pass(model, source, batch_size=max(256, cfg.batch_size), dtype=dtype, want_probs=True)
+    done_epochs = len(res_curves)
+    peak = result.peak_epoch
+    sig = accumulate(read_epochs(traj_dir), len(source), peak_epoch=peak)
+    scores = compute_scores(sig, probs, labels)
+    timings["score_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t_all
+
+    counts = {c: int((scores["category"] == c).sum()) for c in CATEGORIES}
+    meta = {
+        "memscan_version": __version__,
+        "config": cfg.to_dict(),
+        "dataset": {"location": str(table.location), "source": table.source, "n": len(table),
+                    "classes": table.class_names, "fingerprint": table.fingerprint(),
+                    "image_size": int(decoded.images.shape[-1]), "skipped": decoded.skipped,
+                    "ignored_files": len(table.ignored)},
+        "stop": {"reason": result.stop_reason, "epochs_trained": done_epochs,
+                 "peak_epoch": None if peak is None else peak + 1,
+                 "csg_epochs": sig.peak_epochs, "nan": result.nan_epoch is not None},
+        "curves": {k: [c.get(k) for c in res_curves] for k in
+                   ("weight_norm", "total_norm", "norm_layer_norm", "grad_mean", "loss_mean", "train_acc",
+                    "val_loss", "val_acc", "lr")},
+        "device": str(device), "precision": str(dtype).removeprefix("torch."), "channels_last": channels_last,
+        "timings": timings, "categories": counts,
+    }
+    report = build_table(table, sig, scores, meta)
+    report_path = out / "report.parquet"
+    write_atomic(report, report_path)
+    torch.save({"model": cfg.model, "num_classes": table.num_classes, "class_names": table.class_names,
+                "state_dict": model.state_dict(), "mean": mean, "std": std,
+                "image_size": int(decoded.images.shape[-1]), "epoch": done_epochs}, out / "model.pt")
+    (out / "run.json").write_text(json.dumps({
+        **meta, "versions": {"memscan": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
+                             "platform": platform.platform()},
+        "command": sys.argv, "created": datetime.now().isoformat(timespec="seconds")}, indent=1, default=str))
+
+    top = np.argsort(scores["mislabel_rank"])[:10]
+    summary = {
+        "out_dir": str(out), "report": str(report_path), "n": len(table), "classes": table.num_classes,
+        "epochs_trained": done_epochs, "peak_epoch": meta["stop"]["peak_epoch"], "stop_reason": result.stop_reason,
+        "train_acc": res_curves[-1]["train_acc"] if res_curves else None,
+        "stop_acc": float((scores["pred"] == labels).mean()),
+        "categories": counts, "skipped": decoded.skipped,
+        "top": [{"rank": int(scores["mislabel_rank"][i]), "path": table.paths[i],
+                 "label": table.class_names[labels[i]], "pred": table.class_names[scores["pred"][i]],
+                 "p_pred": float(scores["p_pred"][i]), "mislabel_score": float(scores["mislabel_score"][i]),
+                 "category": str(scores["category"][i])} for i in top],
+        "timings": timings, "nan": result.nan_epoch is not None,
+    }
+    return RunResult(out, report_path, summary, scores)

@@ -1,0 +1,198 @@
+"""Per-sample and per-epoch signals, fed explicitly by the training loop (no hooks).
+
+``Recorder`` keeps one epoch of per-sample values (O(N) floats, whatever the number of epochs);
+each finished epoch is handed to the trajectory writer and forgotten. ``input_grad_sq`` turns the
+batch input gradient into per-sample squared norms. ``weight_norms`` and the stop detectors
+work on per-epoch curves. Everything here is testable with fake tensors.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+SAMPLE_FIELDS = ("grad_sq", "loss", "margin", "correct")
+
+
+def input_grad_sq(x_grad: torch.Tensor, *, batch_size: int, reduction: str = "mean",
+                  loss_scale: float = 1.0) -> torch.Tensor:
+    """Per-sample ||d loss_i / d x_i||^2 from the batch input gradient, in fp32.
+
+    With ``reduction="mean"`` the batch loss is (1/B) sum_i loss_i, so x.grad[i] is 1/B of the
+    per-sample gradient; a GradScaler multiplies it by ``loss_scale``. Both are undone here.
+    """
+    g = x_grad.detach().float().flatten(1)
+    factor = (batch_size if reduction == "mean" else 1.0) / loss_scale
+    return (g * g).sum(1) * (factor * factor)
+
+
+def per_sample_stats(logits: torch.Tensor, y: torch.Tensor):
+    """(loss_i, margin_i, correct_i) in fp32: cross-entropy, given-label logit minus the best
+    other logit (AUM's margin), and whether the argmax is the given label."""
+    logits = logits.detach().float()
+    loss = nn.functional.cross_entropy(logits, y, reduction="none")
+    given = logits.gather(1, y[:, None])[:, 0]
+    other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+    return loss, given - other, logits.argmax(1) == y
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    grad_sq: np.ndarray
+    loss: np.ndarray
+    margin: np.ndarray
+    correct: np.ndarray
+    summary: dict = field(default_factory=dict)
+
+
+class Recorder:
+    """Collects one epoch of per-sample signals at a time, indexed by sample id."""
+
+    def __init__(self, n_samples: int, device="cpu"):
+        self.n = n_samples
+        self.device = torch.device(device)
+        self.epoch = None
+        self._alloc()
+
+    def _alloc(self):
+        nan = float("nan")
+        self.grad_sq = torch.full((self.n,), nan, device=self.device)
+        self.loss = torch.full((self.n,), nan, device=self.device)
+        self.margin = torch.full((self.n,), nan, device=self.device)
+        self.correct = torch.zeros(self.n, dtype=torch.bool, device=self.device)
+
+    def start_epoch(self, epoch: int):
+        self.epoch = epoch
+        self._alloc()
+
+    def record(self, idx, *, grad_sq=None, loss=None, margin=None, correct=None):
+        """Store values for samples ``idx``; any field left None keeps its earlier value."""
+        idx = idx.to(self.device)
+        for name, v in (("grad_sq", grad_sq), ("loss", loss), ("margin", margin)):
+            if v is not None:
+                getattr(self, name)[idx] = v.detach().float().to(self.device)
+        if correct is not None:
+            self.correct[idx] = correct.detach().to(self.device)
+
+    def end_epoch(self) -> EpochRecord:
+        rec = EpochRecord(self.epoch, self.grad_sq.cpu().numpy(), self.loss.cpu().numpy(),
+                          self.margin.cpu().numpy(), self.correct.cpu().numpy())
+        seen = ~np.isnan(rec.loss)
+        rec.summary = {
+            "epoch": self.epoch,
+            "seen": int(seen.sum()),
+            "grad_mean": float(np.nanmean(rec.grad_sq)) if seen.any() else math.nan,
+            "loss_mean": float(np.nanmean(rec.loss)) if seen.any() else math.nan,
+            "train_acc": float(rec.correct[seen].mean()) if seen.any() else math.nan,
+        }
+        return rec
+
+    def merge_from(self, other_values: dict):
+        """Overwrite with reduced values from all processes (torchrun): NaN means not seen here."""
+        for name in ("grad_sq", "loss", "margin"):
+            v = other_values[name].to(self.device)
+            cur = getattr(self, name)
+            setattr(self, name, torch.where(torch.isnan(v), cur, v))
+        self.correct = other_values["correct"].to(self.device).bool() | self.correct
+
+
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def weight_norms(model: nn.Module) -> dict:
+    """L2 (Frobenius) norms of three parameter groups.
+
+    * ``weight``: conv and linear weights (tensors of 2+ dims outside normalisation layers); the
+      stop signal, because its rise and fall follows learning;
+    * ``norm``: normalisation-layer scales and shifts, which weight decay shrinks from their
+      initial 1 from the first epoch on and which would hide the peak in a total;
+    * ``total``: every parameter, biases included.
+    """
+    norm_params = set()
+    for m in model.modules():
+        if isinstance(m, NORM_LAYERS):
+            norm_params.update(id(p) for p in m.parameters(recurse=False))
+    sq = {"weight": 0.0, "norm": 0.0, "bias": 0.0}
+    with torch.no_grad():
+        for p in model.parameters():
+            v = float(p.detach().float().pow(2).sum())
+            if id(p) in norm_params:
+                sq["norm"] += v
+            elif p.ndim >= 2:
+                sq["weight"] += v
+            else:
+                sq["bias"] += v
+    return {"weight_norm": math.sqrt(sq["weight"]), "norm_layer_norm": math.sqrt(sq["norm"]),
+            "total_norm": math.sqrt(sum(sq.values()))}
+
+
+class PeakDetector:
+    """Finds the peak of a noisy per-epoch curve, causally, without a validation set.
+
+    The curve is smoothed with a trailing moving average of ``smoothing`` epochs. A peak is
+    confirmed once the smoothed curve has stayed below its running maximum for ``patience``
+    consecutive epochs, and only if the curve first rose by ``min_rise`` (relative) above its start:
+    a curve that falls from epoch 0 (e.g. a norm dominated by decaying BatchNorm scales) has no peak.
+    The peak epoch reported is the raw maximum inside the smoothing window of the smoothed maximum.
+    """
+
+    def __init__(self, *, smoothing: int = 3, patience: int = 3, min_rise: float = 0.01,
+                 min_epochs: int = 3):
+        self.smoothing, self.patience, self.min_rise, self.min_epochs = smoothing, patience, min_rise, min_epochs
+        self.values: list[float] = []
+        self.smoothed: list[float] = []
+        self.peak_epoch: int | None = None
+
+    def update(self, value: float) -> bool:
+        """Add the next epoch's value; True once the peak is confirmed (then stays True)."""
+        self.values.append(float(value))
+        w = self.values[-self.smoothing:]
+        self.smoothed.append(sum(w) / len(w))
+        if self.peak_epoch is None:
+            self.peak_epoch = self._find()
+        return self.peak_epoch is not None
+
+    def _find(self) -> int | None:
+        s = self.smoothed
+        t = len(s) - 1
+        if t + 1 < max(self.min_epochs, self.smoothing + self.patience):
+            return None
+        best = int(np.argmax(s))
+        if t - best < self.patience:
+            return None
+        start = s[min(self.smoothing - 1, best)]
+        if s[best] <= start * (1 + self.min_rise) or best < self.smoothing - 1:
+            return None  # never rose: not a rise-and-fall peak
+        lo = max(0, best - self.smoothing + 1)
+        return lo + int(np.argmax(self.values[lo:best + 1]))
+
+    @property
+    def confirmed(self) -> bool:
+        return self.peak_epoch is not None
+
+
+class RankStabilityDetector:
+    """Stops when the ranking by a cumulative per-sample score stops changing: Spearman
+    correlation between consecutive epochs' rankings >= ``threshold`` for ``patience`` epochs."""
+
+    def __init__(self, *, threshold: float = 0.99, patience: int = 2, min_epochs: int = 3):
+        self.threshold, self.patience, self.min_epochs = threshold, patience, min_epochs
+        self._prev_rank = None
+        self.values: list[float] = []
+        self.peak_epoch: int | None = None
+
+    def update_scores(self, cumulative_score: np.ndarray) -> bool:
+        from scipy.stats import rankdata
+        r = rankdata(cumulative_score)
+        rho = float(np.corrcoef(self._prev_rank, r)[0, 1]) if self._prev_rank is not None else 0.0
+        self._prev_rank = r
+        self.values.append(rho)
+        t = len(self.values) - 1
+        if self.peak_epoch is None and t + 1 >= self.min_epochs and len(self.values) >= self.patience and all(
+                v >= self.threshold for v in self.values[-self.patience:]):
+            self.peak_epoch = t - self.patience + 1
+        return self.peak_epoch is not None

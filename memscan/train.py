@@ -1,0 +1,238 @@
+"""The training loop: one flat loop that records per-sample signals and decides when to stop.
+
+``fit`` trains ``model`` on an ``ImageSource`` and, at every step, feeds the ``Recorder`` with the
+per-sample squared input-gradient norm, loss, margin and correctness taken from that very step
+(the input gradient costs one extra conv backward: what makes CSG nearly free). After each
+epoch it hands the epoch's record to ``on_record`` (the trajectory writer), updates the stop
+detector and reports a summary through ``on_epoch``. It never prints.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import RunConfig
+from .data.loader import batch_slices, epoch_generator, epoch_order
+from .errors import TrainingError
+from .signals import (PeakDetector, RankStabilityDetector, Recorder, input_grad_sq, per_sample_stats,
+                      weight_norms)
+
+
+# ---------------------------------------------------------------- device and precision
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from .errors import ConfigError
+        raise ConfigError("--device cuda: no CUDA GPU is visible; use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        from .errors import ConfigError
+        raise ConfigError("--device mps: Apple MPS is not available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where oneDNN has native bf16 kernels (AVX512-BF16/AMX). Elsewhere bf16 autocast on the
+    CPU is emulated and was measured 15x slower than fp32 (BENCHMARKS.md)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if device.type == "cpu":
+            from .errors import ConfigError
+            raise ConfigError("--precision fp16 needs a GPU; on the CPU use bf16 or fp32")
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+# ---------------------------------------------------------------- optimiser and schedule
+
+def make_optimizer(model: nn.Module, cfg: RunConfig):
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                               nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg: RunConfig) -> float:
+    """Multiplier of cfg.lr at a step: linear warm-up from 10%, then the schedule."""
+    e = step / steps_per_epoch
+    if cfg.schedule == "onecycle":
+        peak = max(cfg.warmup_epochs, 0.3 * cfg.max_epochs)
+        return 0.1 + 0.9 * e / peak if e < peak else max(0.0, (cfg.max_epochs - e) / (cfg.max_epochs - peak))
+    if e < cfg.warmup_epochs:
+        return 0.1 + 0.9 * e / cfg.warmup_epochs
+    if cfg.schedule == "cosine":
+        span = max(1e-9, cfg.max_epochs - cfg.warmup_epochs)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (e - cfg.warmup_epochs) / span)))
+    return 1.0
+
+
+# ---------------------------------------------------------------- evaluation passes
+
+@torch.no_grad()
+def evaluate(model, source, *, batch_size: int, dtype) -> dict:
+    """Mean loss and accuracy on a held-out source (eval mode, no augmentation)."""
+    model.eval()
+    tot_loss, tot_ok, n = 0.0, 0, 0
+    for idx in torch.arange(len(source)).split(batch_size):
+        x, y = source.batch(idx)
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            logits = model(x).float()
+        tot_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        tot_ok += int((logits.argmax(1) == y).sum())
+        n += len(idx)
+    return {"val_loss": tot_loss / n, "val_acc": tot_ok / n}
+
+
+def exact_pass(model, source, *, batch_size: int, dtype, want_probs: bool = False):
+    """Exact per-sample input-gradient squared norms in eval mode, no augmentation.
+
+    In eval mode BatchNorm uses running statistics, so samples in a batch do not interact and the
+    gradient of the summed loss w.r.t. x[i] is exactly sample i's own gradient. Only the input
+    gradient is asked for, so no weight gradients are computed. Returns (grad_sq, probs or None).
+    """
+    model.eval()
+    n = len(source)
+    gsq = torch.empty(n)
+    probs = None
+    for idx in torch.arange(n).split(batch_size):
+        x, y = source.batch(idx)
+        x.requires_grad_(True)
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            logits = model(x)
+        logits = logits.float()
+        (g,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x)
+        gsq[idx] = input_grad_sq(g, batch_size=len(idx), reduction="sum").cpu()
+        if want_probs:
+            if probs is None:
+                probs = torch.empty(n, logits.shape[1])
+            probs[idx] = logits.detach().softmax(1).cpu()
+    return gsq.numpy(), (probs.numpy() if probs is not None else None)
+
+
+# ---------------------------------------------------------------- the loop
+
+def train_step(model, x, y, opt, scaler, *, dtype=torch.float32, label_smoothing: float = 0.0):
+    """One optimisation step that also returns the per-sample signals of this very step:
+    (batch loss, {grad_sq, loss, margin, correct}). The input gradient comes from the same
+    backward pass as the weight gradients (x is a leaf that requires grad)."""
+    x = x.detach().requires_grad_(True)
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        logits = model(x)
+    logits = logits.float()
+    loss_i = F.cross_entropy(logits, y, reduction="none", label_smoothing=label_smoothing)
+    loss = loss_i.mean()
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    _, margin, correct = per_sample_stats(logits, y)
+    # the GradScaler's scale is read before step/update, which may change it
+    gsq = input_grad_sq(x.grad, batch_size=len(y), reduction="mean", loss_scale=scaler.get_scale())
+    scaler.step(opt)
+    scaler.update()
+    return loss.detach(), {"grad_sq": gsq, "loss": loss_i.detach(), "margin": margin, "correct": correct}
+
+
+@dataclass
+class FitResult:
+    epochs: int                          # epochs trained
+    peak_epoch: int | None               # confirmed peak of the stop curve (0-based), None if none
+    stop_reason: str
+    curves: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    nan_epoch: int | None = None
+
+
+def make_stop_detector(cfg: RunConfig):
+    if cfg.stop_signal == "rank-stability":
+        return RankStabilityDetector(min_epochs=cfg.min_epochs)
+    return PeakDetector(smoothing=cfg.smoothing, patience=cfg.patience, min_epochs=cfg.min_epochs)
+
+
+def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_record=None, on_epoch=None,
+        on_step=None, val_source=None, start_epoch: int = 0, rank: int = 0, world: int = 1) -> FitResult:
+    device = source.device
+    dtype = resolve_precision(cfg.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    opt = make_optimizer(model, cfg)
+    n = len(source)
+    steps_per_epoch = math.ceil(n / (cfg.batch_size * world))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps_per_epoch, cfg))
+    detector = make_stop_detector(cfg)
+    cum_loss = np.zeros(n)  # for the rank-stability detector only
+    curves, t0 = [], time.perf_counter()
+    stop_reason = f"reached max_epochs={cfg.max_epochs} without a confirmed peak"
+    if cfg.stop == "none":
+        stop_reason = f"trained to max_epochs={cfg.max_epochs} (--stop none)"
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, cfg.max_epochs):
+        te = time.perf_counter()
+        model.train()
+        recorder.start_epoch(epoch)
+        gen = epoch_generator(cfg.seed, epoch, stream=1 + rank)
+        bad = torch.zeros((), dtype=torch.bool, device=device)
+        for step, idx in enumerate(batch_slices(epoch_order(n, cfg.seed, epoch), cfg.batch_size,
+                                                rank=rank, world=world)):
+            x, y = source.batch(idx, augment=cfg.augment, generator=gen)
+            loss, stats = train_step(model, x, y, opt, scaler, dtype=dtype, label_smoothing=cfg.label_smoothing)
+            recorder.record(idx, **stats)
+            sched.step()
+            bad |= ~torch.isfinite(loss)
+            if on_step is not None:
+                on_step(step + 1, steps_per_epoch)
+            if step % 16 == 0 and bool(bad):
+                break
+        if bool(bad):
+            return FitResult(epoch, detector.peak_epoch, f"loss became NaN/inf in epoch {epoch + 1}", curves,
+                             time.perf_counter() - t0, nan_epoch=epoch)
+        if cfg.signal == "exact":
+            gsq, _ = exact_pass(model, source, batch_size=max(cfg.batch_size, 256), dtype=dtype)
+            recorder.record(torch.arange(n), grad_sq=torch.from_numpy(gsq))
+        rec = recorder.end_epoch()
+        summary = dict(rec.summary, lr=opt.param_groups[0]["lr"], **weight_norms(model))
+        if val_source is not None:
+            summary.update(evaluate(model, val_source, batch_size=512, dtype=dtype))
+        summary["seconds"] = time.perf_counter() - te
+        curves.append(summary)
+        if on_record is not None:
+            on_record(rec)
+        if cfg.stop_signal == "rank-stability":
+            cum_loss += np.nan_to_num(rec.loss)
+            detector.update_scores(cum_loss)
+        else:
+            key = {"weight-norm": "weight_norm", "total-norm": "total_norm", "grad-mean": "grad_mean"}[cfg.stop_signal]
+            detector.update(summary[key])
+        summary["peak_epoch"] = detector.peak_epoch
+        if on_epoch is not None:
+            on_epoch(summary)
+        if cfg.stop == "peak" and detector.peak_epoch is not None:
+            stop_reason = (f"{cfg.stop_signal} peaked at epoch {detector.peak_epoch + 1}, confirmed at "
+                           f"epoch {epoch + 1}")
+            break
+    peak = detector.peak_epoch
+    if cfg.stop == "none" and peak is not None:
+        stop_reason += f"; {cfg.stop_signal} peaked at epoch {peak + 1}"
+    return FitResult(epoch + 1, peak, stop_reason, curves, time.perf_counter() - t0)

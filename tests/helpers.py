@@ -1,0 +1,27 @@
+"""Small datasets built in tests (no downloads)."""
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def digits_folder(root: Path, per_class: int = 30, classes: int = 4, flip_every: int = 0) -> Path:
+    """scikit-learn digits as an 8x8 PNG folder; every ``flip_every``-th image filed under a wrong class."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    images = np.clip(d.images * 16, 0, 255).astype(np.uint8)
+    count = {c: 0 for c in range(classes)}
+    for i, (img, y) in enumerate(zip(images, d.target)):
+        if y >= classes or count[y] >= per_class:
+            continue
+        count[y] += 1
+        given = (y + 1) % classes if flip_every and i % flip_every == 0 else y
+        dest = root / f"c{given}" / f"{i:04d}.png"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img, "L").save(dest)
+    return root
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(Path(folder).rglob("*"))}

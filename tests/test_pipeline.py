@@ -1,0 +1,100 @@
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from memscan.config import RunConfig
+from memscan.errors import ConfigError, OutputExistsError
+from memscan.pipeline import run
+from memscan.report import COLUMNS, read_metadata, read_report
+
+from helpers import digits_folder, snapshot
+
+FAST = dict(max_epochs=3, batch_size=32, image_size=8, augment="crop", min_epochs=1)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return digits_folder(tmp_path_factory.mktemp("data") / "digits", per_class=30)
+
+
+@pytest.fixture(scope="module")
+def result(dataset, tmp_path_factory):
+    return run(dataset, RunConfig(**FAST), out=tmp_path_factory.mktemp("runs") / "r1")
+
+
+def test_run_writes_complete_report(result, dataset):
+    out = result.out_dir
+    for f in ("report.parquet", "run.json", "model.pt", "epochs.parquet"):
+        assert (out / f).exists(), f
+    assert len(list((out / "trajectories").glob("epoch-*.parquet"))) == 3
+    df = read_report(out).to_pandas()
+    assert len(df) == 120 and list(df.columns) == list(COLUMNS)
+    assert df["sample_id"].tolist() == list(range(120))
+    assert df["path"].tolist() == sorted(df["path"])
+    for k in ("mislabel", "memorization", "atypicality"):
+        assert df[f"{k}_score"].between(0, 1).all()
+        assert sorted(df[f"{k}_rank"]) == list(range(1, 121))
+    assert set(df["category"]) <= {"mislabeled", "atypical", "memorized", "ok"}
+    np.testing.assert_allclose(df["p_given"], np.exp(-0.0) * df["p_given"])  # finite
+    assert (df["csg"] > 0).all()
+    meta = read_metadata(out)
+    assert meta["stop"]["epochs_trained"] == 3 and len(meta["curves"]["weight_norm"]) == 3
+    assert meta["config"]["max_epochs"] == 3
+    assert "direction" in json.dumps(meta["columns"]) or "higher" in meta["columns"]["csg"]
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["dataset"]["n"] == 120 and run_json["versions"]["torch"] == torch.__version__
+
+
+def test_report_readable_by_polars_and_duckdb(result):
+    polars = pytest.importorskip("polars")
+    duckdb = pytest.importorskip("duckdb")
+    assert polars.read_parquet(result.report_path).height == 120
+    n = duckdb.connect().execute(f"select count(*) from '{result.report_path}' where category = 'ok'").fetchall()[0][0]
+    assert n == result.summary["categories"]["ok"]
+
+
+def test_trajectories_sum_to_report_csg(result):
+    traj = pq.read_table(result.out_dir / "trajectories").to_pandas()
+    meta = read_metadata(result.out_dir)
+    upto = meta["stop"]["csg_epochs"]
+    csg = traj[traj.epoch < upto].groupby("sample_id").grad_sq.sum().to_numpy()
+    df = read_report(result.out_dir).to_pandas()
+    np.testing.assert_allclose(df["csg"], csg, rtol=1e-5)
+    csl = traj.groupby("sample_id").loss.sum().to_numpy()
+    np.testing.assert_allclose(df["csl"], csl, rtol=1e-5)
+
+
+def test_same_seed_same_report(dataset, result, tmp_path):
+    again = run(dataset, RunConfig(**FAST), out=tmp_path / "r2")
+    a = read_report(result.out_dir).to_pandas()
+    b = read_report(again.out_dir).to_pandas()
+    import pandas.testing as pdt
+    pdt.assert_frame_equal(a, b)
+
+
+def test_nothing_written_in_dataset(dataset, tmp_path):
+    before = snapshot(dataset)
+    run(dataset, RunConfig(**dict(FAST, max_epochs=1)), out=tmp_path / "r")
+    assert snapshot(dataset) == before
+
+
+def test_output_folder_rules(dataset, result, tmp_path):
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        run(dataset, RunConfig(**FAST), out=result.out_dir)
+    with pytest.raises(ConfigError, match="inside the dataset"):
+        run(dataset, RunConfig(**FAST), out=dataset / "runs")
+    other = tmp_path / "notarun"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep me")
+    with pytest.raises(OutputExistsError, match="not a memscan run"):
+        run(dataset, RunConfig(**FAST), out=other, overwrite=True)
+    assert (other / "precious.txt").read_text() == "keep me"
+
+
+def test_exact_signal_and_stop_none(dataset, tmp_path):
+    r = run(dataset, RunConfig(**dict(FAST, signal="exact", stop="none", max_epochs=2)), out=tmp_path / "x")
+    assert r.summary["epochs_trained"] == 2
+    assert "--stop none" in r.summary["stop_reason"]

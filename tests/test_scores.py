@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from memscan.scores import (Signals, accumulate, compute_scores, confident_alternative, percentile, rank_of,
+                            upper_fence)
+from memscan.signals import EpochRecord
+
+
+def rec(epoch, g, l, m, c):
+    return EpochRecord(epoch, np.array(g, float), np.array(l, float), np.array(m, float), np.array(c, bool))
+
+
+def test_accumulate_matches_hand_computed():
+    records = [rec(0, [1, 2], [1.0, 2.0], [0.5, -1], [True, False]),
+               rec(1, [3, 4], [0.5, 2.5], [1.0, -2], [False, True]),
+               rec(2, [5, 6], [0.1, 1.0], [2.0, 1.0], [True, True])]
+    s = accumulate(records, 2, peak_epoch=1)
+    np.testing.assert_allclose(s.csg, [4, 6])        # epochs 0..1
+    np.testing.assert_allclose(s.sgal, [1.5, 4.5])
+    np.testing.assert_allclose(s.csl, [1.6, 5.5])    # all epochs
+    np.testing.assert_allclose(s.aum, [3.5 / 3, -2 / 3])
+    assert s.forgetting.tolist() == [1, 0]           # sample 0: correct -> wrong at epoch 1
+    assert s.learning_time.tolist() == [2, 1]        # stays correct from epoch 2 / 1
+    assert (s.epochs, s.peak_epochs) == (3, 2)
+    all_epochs = accumulate(records, 2, peak_epoch=None)
+    np.testing.assert_allclose(all_epochs.csg, [9, 12])
+
+
+def test_never_learned_gets_full_learning_time_and_nan_counts_zero():
+    records = [rec(0, [np.nan, 1], [1, 1], [0, 0], [False, True]), rec(1, [1, 1], [1, 1], [0, 0], [False, True])]
+    s = accumulate(records, 2, peak_epoch=None)
+    assert s.learning_time.tolist() == [2, 0]
+    np.testing.assert_allclose(s.csg, [1, 2])
+
+
+def test_percentile_and_rank():
+    x = np.array([3.0, 1.0, 2.0, 2.0])
+    np.testing.assert_allclose(percentile(x), [1.0, 0.25, 0.625, 0.625])
+    assert rank_of(np.array([0.1, 0.9, 0.5])).tolist() == [3, 1, 2]
+    assert rank_of(np.array([0.5, 0.5])).tolist() == [1, 2]  # ties: by sample id
+
+
+def test_confident_alternative_thresholds():
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    labels = np.array([0, 0, 1, 1])
+    # t0 = mean p0 over label 0 = 0.85, t1 = mean p1 over label 1 = 0.55
+    assert confident_alternative(probs, labels).tolist() == [0, -1, 1, -1]
+
+
+def test_upper_fence_flags_outliers_only():
+    rng = np.random.default_rng(0)
+    x = np.exp(rng.normal(0, 1, 10000))
+    frac = (x > upper_fence(x)).mean()
+    assert 0.0 < frac < 0.02
+    assert upper_fence(np.append(x, 1e6)) < 1e6
+
+
+def test_compute_scores_ranges_and_categories():
+    rng = np.random.default_rng(1)
+    n, k = 200, 3
+    labels = rng.integers(0, k, n)
+    probs = np.full((n, k), 0.05)
+    probs[np.arange(n), labels] = 0.9
+    bad = np.arange(10)                     # confidently predicted as another class
+    probs[bad] = 0.05
+    probs[bad, (labels[bad] + 1) % k] = 0.9
+    probs /= probs.sum(1, keepdims=True)
+    csg = np.exp(rng.normal(0, 0.3, n))
+    csg[bad] *= 20
+    csg[10] = 500.0                         # huge CSG, still predicted as given: memorized
+    probs[11] = [1 / 3] * 3
+    csg[11] = 400.0                         # huge CSG, no confident class: atypical
+    sig = Signals(csg=csg, sgal=csg, csl=csg, aum=-csg, forgetting=np.zeros(n, int),
+                  learning_time=np.zeros(n, int), epochs=5, peak_epochs=5)
+    s = compute_scores(sig, probs, labels)
+    for key in ("mislabel_score", "memorization_score", "atypicality_score"):
+        assert s[key].min() > 0 and s[key].max() <= 1
+        assert sorted(s[key.replace("score", "rank")]) == list(range(1, n + 1))
+    assert set(np.flatnonzero(s["category"] == "mislabeled")) == set(bad)
+    assert s["category"][10] == "memorized"
+    assert s["category"][11] in ("atypical", "mislabeled")
+    assert (s["mislabel_rank"][bad] <= 12).all()

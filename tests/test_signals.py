@@ -1,0 +1,165 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from memscan.models import MemscanCNN
+from memscan.signals import (PeakDetector, RankStabilityDetector, Recorder, input_grad_sq, per_sample_stats,
+                             weight_norms)
+from memscan.train import exact_pass, train_step
+from memscan.data.loader import InMemorySource
+
+
+def one_sample_grad_sq(model, x, y):
+    xi = x.detach().clone().requires_grad_(True)
+    loss = F.cross_entropy(model(xi[None]), y[None])
+    (g,) = torch.autograd.grad(loss, xi)
+    return float((g * g).sum())
+
+
+def tiny_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.Tanh(), nn.Linear(16, 4))
+
+
+def test_inloop_grad_equals_one_sample_backward_without_batch_coupling():
+    model = tiny_mlp()
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 4, (6,))
+    expected = [one_sample_grad_sq(model, x[i], y[i]) for i in range(6)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    _, stats = train_step(model, x, y, opt, torch.amp.GradScaler("cpu", enabled=False))
+    np.testing.assert_allclose(stats["grad_sq"].numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(stats["loss"].numpy(),
+                               F.cross_entropy(model(x), y, reduction="none").detach().numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_scaling_for_loss_reduction(reduction):
+    model = tiny_mlp()
+    x, y = torch.randn(5, 3, 8, 8, requires_grad=True), torch.randint(0, 4, (5,))
+    F.cross_entropy(model(x), y, reduction=reduction).backward()
+    got = input_grad_sq(x.grad, batch_size=5, reduction=reduction)
+    expected = [one_sample_grad_sq(model, x[i], y[i]) for i in range(5)]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
+    if reduction == "mean":  # raw batch gradient is 1/B of the per-sample one
+        raw = (x.grad.flatten(1) ** 2).sum(1)
+        np.testing.assert_allclose(raw.numpy() * 25, expected, rtol=1e-5)
+
+
+def test_loss_scale_is_undone():
+    g = torch.randn(4, 3, 2, 2)
+    np.testing.assert_allclose(input_grad_sq(g * 1024, batch_size=4, loss_scale=1024.0).numpy(),
+                               input_grad_sq(g, batch_size=4).numpy(), rtol=1e-6)
+
+
+def test_exact_pass_equals_one_sample_backward_with_batchnorm():
+    torch.manual_seed(0)
+    model = MemscanCNN(3, width=4)
+    model.train()
+    model(torch.randn(32, 3, 16, 16))  # give BatchNorm non-trivial running statistics
+    images = np.random.default_rng(0).integers(0, 256, (7, 3, 16, 16), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 0, 1, 2, 0])
+    src = InMemorySource(images, labels, mean=[0.5] * 3, std=[0.25] * 3)
+    gsq, probs = exact_pass(model, src, batch_size=4, dtype=torch.float32, want_probs=True)
+    model.eval()
+    x, y = src.batch(torch.arange(7))
+    expected = [one_sample_grad_sq(model, x[i], y[i]) for i in range(7)]
+    np.testing.assert_allclose(gsq, expected, rtol=1e-4)
+    np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
+
+
+def test_train_mode_batchnorm_couples_samples_but_stays_close():
+    """The in-loop value under train-mode BatchNorm is not exactly the per-sample gradient."""
+    torch.manual_seed(0)
+    model = MemscanCNN(3, width=4)
+    x, y = torch.randn(64, 3, 16, 16), torch.randint(0, 3, (64,))
+    xr = x.clone().requires_grad_(True)
+    F.cross_entropy(model(xr), y).backward()
+    inloop = input_grad_sq(xr.grad, batch_size=64).numpy()
+    exact = []
+    for i in range(64):  # per-sample gradient of the same batch loss term, others held fixed
+        xi = x.clone().requires_grad_(True)
+        loss_i = F.cross_entropy(model(xi)[i:i + 1], y[i:i + 1])
+        (g,) = torch.autograd.grad(loss_i, xi)
+        exact.append(float((g[i] ** 2).sum()))
+    exact = np.array(exact)
+    assert not np.allclose(inloop, exact, rtol=1e-3)
+    assert np.corrcoef(np.argsort(np.argsort(inloop)), np.argsort(np.argsort(exact)))[0, 1] > 0.8
+
+
+def test_per_sample_stats_margin_and_correct():
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
+    y = torch.tensor([0, 2])
+    loss, margin, correct = per_sample_stats(logits, y)
+    np.testing.assert_allclose(margin.numpy(), [1.0, -2.0])
+    assert correct.tolist() == [True, False]
+    np.testing.assert_allclose(loss.numpy(), F.cross_entropy(logits, y, reduction="none").numpy())
+
+
+def test_recorder_with_fake_values():
+    r = Recorder(5)
+    r.start_epoch(3)
+    r.record(torch.tensor([4, 0]), grad_sq=torch.tensor([1.0, 2.0]), loss=torch.tensor([0.5, 0.25]),
+             margin=torch.tensor([-1.0, 1.0]), correct=torch.tensor([False, True]))
+    r.record(torch.tensor([1, 2, 3]), grad_sq=torch.ones(3), loss=torch.ones(3), margin=torch.ones(3),
+             correct=torch.tensor([True, True, False]))
+    rec = r.end_epoch()
+    assert rec.epoch == 3
+    np.testing.assert_allclose(rec.grad_sq, [2, 1, 1, 1, 1])
+    assert rec.correct.tolist() == [True, True, True, False, False]
+    assert rec.summary["seen"] == 5
+    assert rec.summary["grad_mean"] == pytest.approx(6 / 5)
+    assert rec.summary["train_acc"] == pytest.approx(3 / 5)
+    r.start_epoch(4)
+    assert np.isnan(r.end_epoch().loss).all()  # fresh epoch: nothing carried over
+
+
+def test_weight_norms_separate_norm_layers():
+    m = nn.Sequential(nn.Conv2d(1, 2, 1, bias=True), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        m[0].weight.fill_(1.0); m[0].bias.fill_(2.0); m[3].weight.fill_(3.0)
+    w = weight_norms(m)
+    assert w["weight_norm"] == pytest.approx(math.sqrt(2 * 1 + 4 * 9))
+    assert w["norm_layer_norm"] == pytest.approx(math.sqrt(2))  # BN: weight 1, bias 0
+    assert w["total_norm"] == pytest.approx(math.sqrt(2 + 36 + 2 + 8))
+
+
+def _feed(det, curve):
+    for t, v in enumerate(curve):
+        if det.update(v):
+            return t
+    return None
+
+
+def test_peak_detector_noisy_rise_and_fall():
+    rng = np.random.default_rng(0)
+    t = np.arange(40)
+    curve = 10 + 5 * np.exp(-((t - 15) / 8.0) ** 2) + rng.normal(0, 0.1, 40)
+    det = PeakDetector(smoothing=3, patience=3)
+    stop = _feed(det, curve)
+    assert stop is not None and 15 <= stop <= 22
+    assert abs(det.peak_epoch - 15) <= 3
+
+
+@pytest.mark.parametrize("curve", [np.linspace(1, 2, 30), np.linspace(2, 1, 30), np.full(30, 1.0)],
+                         ids=["rising", "falling-from-start", "plateau"])
+def test_peak_detector_no_peak(curve):
+    assert _feed(PeakDetector(), curve) is None
+
+
+def test_peak_detector_ignores_first_wiggle():
+    curve = [1.0, 1.2, 1.15, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9]  # one dip early, then rising
+    assert _feed(PeakDetector(smoothing=3, patience=3), curve) is None
+
+
+def test_rank_stability_detector():
+    d = RankStabilityDetector(threshold=0.99, patience=2, min_epochs=2)
+    base = np.arange(100.0)
+    assert not d.update_scores(base[::-1].copy())
+    assert not d.update_scores(base)          # ranking reversed: rho = -1
+    assert not d.update_scores(base + 0.1)    # identical ranking once
+    assert d.update_scores(base + 0.2)        # twice: stable
+    assert d.peak_epoch == 2
