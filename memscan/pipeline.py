@@ -82,7 +82,8 @@ def _default_size(model_name: str, model) -> int:
 
 
 def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = False, cache_dir=None,
-        val_dataset=None, relabel=None, progress=None) -> RunResult:
+        val_dataset=None, relabel=None, progress=None, path_column: str | None = None,
+        label_column: str | None = None) -> RunResult:
     """Train on ``dataset`` (folder or manifest), record signals, and write the report folder.
 
     ``relabel(table) -> labels`` replaces the labels in memory (eval-noise); the dataset on disk is
@@ -95,7 +96,7 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % (2 ** 32))
 
-    table = load_index(dataset)
+    table = load_index(dataset, path_column=path_column, label_column=label_column)
     out = prepare_out_dir(Path(out) if out else default_out_dir(table.location), table.root, overwrite=overwrite)
     emit("indexed", n=len(table), classes=table.num_classes, ignored=len(table.ignored))
 
@@ -111,6 +112,8 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
     timings["decode_s"] = time.perf_counter() - t
     table = decoded.table
     labels = np.asarray(relabel(table) if relabel else table.labels, dtype=np.int64)
+    if len(decoded.images) < 2 or np.bincount(labels, minlength=table.num_classes).max() == len(labels):
+        raise ConfigError(f"'{table.location}': fewer than two classes have readable images; memscan needs two")
     emit("decoded", n=len(table), size=decoded.images.shape[-1], skipped=len(decoded.skipped),
          from_cache=decoded.from_cache)
 

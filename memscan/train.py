@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import RunConfig
-from .data.loader import batch_slices, epoch_generator, epoch_order
+from .data.loader import batch_bounds, batch_slices, epoch_generator, epoch_order
 from .errors import TrainingError
 from .signals import (PeakDetector, RankStabilityDetector, Recorder, input_grad_sq, per_sample_stats,
                       weight_norms)
@@ -179,7 +179,7 @@ def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_reco
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     opt = make_optimizer(model, cfg)
     n = len(source)
-    steps_per_epoch = math.ceil(n / (cfg.batch_size * world))
+    steps_per_epoch = len(batch_bounds(n, cfg.batch_size, world))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps_per_epoch, cfg))
     detector = make_stop_detector(cfg)
     cum_loss = np.zeros(n)  # for the rank-stability detector only

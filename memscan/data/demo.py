@@ -47,21 +47,3 @@ def build_demo(dest: Path | None = None) -> tuple[Path, Path]:
         import shutil
         shutil.rmtree(tmp, ignore_errors=True)
     return data, truth_file
-
-
-def read_truth(truth_file: Path, paths: list[str]) -> np.ndarray:
-    """Flip mask aligned with ``paths`` from a truth CSV (path + flipped or true_label column)."""
-    from ..errors import DatasetError
-    with open(truth_file, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "path" not in rows[0]:
-        raise DatasetError(f"truth file '{truth_file}' needs a 'path' column and a 'flipped' column")
-    key = "flipped" if "flipped" in rows[0] else None
-    if key is None:
-        raise DatasetError(f"truth file '{truth_file}' has no 'flipped' column (1 = label is wrong)")
-    m = {r["path"]: r[key].strip().lower() in ("1", "true", "yes") for r in rows}
-    missing = [p for p in paths if p not in m]
-    if missing:
-        raise DatasetError(f"truth file '{truth_file}' has no row for '{missing[0]}' ({len(missing)} dataset "
-                           "paths missing); its paths must match the dataset's relative paths")
-    return np.array([m[p] for p in paths], dtype=bool)

@@ -23,14 +23,21 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=epoch_generator(seed, epoch))
 
 
+def batch_bounds(n: int, batch_size: int, world: int = 1) -> list[tuple[int, int]]:
+    """[start, end) of each global batch. A tail smaller than 2 samples per process is folded into
+    the previous batch: BatchNorm cannot train on one sample, and every process must run the
+    same number of steps."""
+    step = batch_size * world
+    bounds = [(s, min(n, s + step)) for s in range(0, n, step)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < 2 * world:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 def batch_slices(order: torch.Tensor, batch_size: int, *, rank: int = 0, world: int = 1):
     """Yield this process's index batches: each global batch is split evenly across ranks."""
-    n = len(order)
-    for start in range(0, n, batch_size * world):
-        chunk = order[start:start + batch_size * world]
-        part = chunk[rank::world]
-        if len(part):
-            yield part
+    for start, end in batch_bounds(len(order), batch_size, world):
+        yield order[start:end][rank::world]
 
 
 class InMemorySource:

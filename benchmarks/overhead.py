@@ -1,0 +1,153 @@
+"""Recording overhead and precision/layout speed, measured side by side in one process.
+
+(a) a bare, well-written training loop (same model, in-memory data, augmentation, batch size);
+(b) the same loop with memscan's per-sample recording (``train_step`` + ``Recorder``);
+(c) optionally ``memscan.run`` end to end on the same images (decode cache already built).
+(a) and (b) alternate epoch by epoch so machine noise hits both alike; ratios are reported.
+
+    python benchmarks/overhead.py --per-class 500 --epochs 3 [--model memscan-cnn] [--run]
+    python benchmarks/overhead.py --variants            # fp32 / channels_last / bf16 train-step speed
+"""
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from memscan.config import RunConfig  # noqa: E402
+from memscan.data import load_images, load_index  # noqa: E402
+from memscan.data.loader import InMemorySource, batch_slices, channel_stats, epoch_generator, epoch_order  # noqa
+from memscan.models import create_model  # noqa: E402
+from memscan.signals import Recorder  # noqa: E402
+from memscan.train import make_optimizer, train_step  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "train.parquet"
+
+
+def images(per_class):
+    if DATA.exists():
+        t = load_index(DATA)
+        keep = np.concatenate([np.flatnonzero(t.labels == c)[:per_class] for c in range(t.num_classes)])
+        d = load_images(t.subset(np.sort(keep)))
+        return d.images, d.table.labels, d.table
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (per_class * 10, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, per_class * 10), None
+
+
+def epoch(model, src, opt, cfg, ep, *, record, dtype=torch.float32, recorder=None):
+    model.train()
+    gen = epoch_generator(cfg.seed, ep, 1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    t = time.perf_counter()
+    for idx in batch_slices(epoch_order(len(src), cfg.seed, ep), cfg.batch_size):
+        x, y = src.batch(idx, augment=cfg.augment, generator=gen)
+        if record:
+            _, stats = train_step(model, x, y, opt, scaler, dtype=dtype)
+            recorder.record(idx, **stats)
+        else:
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                loss = F.cross_entropy(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    if record:
+        recorder.end_epoch()
+    return len(src) / (time.perf_counter() - t)
+
+
+def overhead(a):
+    imgs, labels, table = images(a.per_class)
+    mean, std = channel_stats(imgs)
+    cfg = RunConfig(model=a.model, batch_size=a.batch_size)
+    res = {"bare": [], "recording": []}
+    models = {}
+    for kind in res:
+        torch.manual_seed(0)
+        m = create_model(a.model, 10).to(memory_format=torch.channels_last)
+        models[kind] = (m, make_optimizer(m, cfg))
+    src = InMemorySource(imgs, labels, mean=mean, std=std, channels_last=True)
+    rec = Recorder(len(src))
+    for ep in range(a.epochs + 1):  # epoch 0 is warm-up, not counted
+        for kind, (m, opt) in models.items():
+            if kind == "recording":
+                rec.start_epoch(ep)
+            ips = epoch(m, src, opt, cfg, ep, record=kind == "recording", recorder=rec)
+            if ep:
+                res[kind].append(ips)
+    out = {k: statistics.median(v) for k, v in res.items()}
+    out["recording_overhead"] = out["bare"] / out["recording"] - 1
+    if a.run and table is not None:
+        from memscan.pipeline import run
+        with tempfile.TemporaryDirectory() as tmp:
+            manifest = Path(tmp) / "subset.parquet"
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+            pq.write_table(pa.table({"path": table.paths, "label": table.labels,
+                                     "image": pa.array(table.image_bytes, pa.binary())}), manifest)
+            rcfg = RunConfig(model=a.model, batch_size=a.batch_size, stop="none", max_epochs=a.epochs + 1)
+            run(manifest, rcfg.replace(max_epochs=1), out=Path(tmp) / "warm")     # builds the decode cache
+            r = run(manifest, rcfg, out=Path(tmp) / "r")
+            t = r.summary["timings"]
+            out["memscan_run_total_s"] = t["total_s"]
+            out["memscan_run_train_ips"] = len(table) * (a.epochs + 1) / t["train_s"]
+            out["memscan_run_end_to_end_ips"] = len(table) * (a.epochs + 1) / t["total_s"]
+            out["run_vs_bare"] = out["memscan_run_end_to_end_ips"] / out["bare"]
+    return out
+
+
+def variants(a):
+    torch.manual_seed(0)
+    x = torch.randn(a.batch_size, 3, 32, 32)
+    y = torch.randint(0, 10, (a.batch_size,))
+    out = {}
+    for name, cl, dtype in (("fp32", False, torch.float32), ("channels_last", True, torch.float32),
+                            ("bf16", False, torch.bfloat16), ("channels_last+bf16", True, torch.bfloat16)):
+        for record in (False, True):
+            m = create_model(a.model, 10)
+            xx = x
+            if cl:
+                m, xx = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+            opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+            scaler = torch.amp.GradScaler("cpu", enabled=False)
+            times = []
+            for i in range(a.steps + 2):
+                t = time.perf_counter()
+                if record:
+                    train_step(m, xx, y, opt, scaler, dtype=dtype)
+                else:
+                    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                        loss = F.cross_entropy(m(xx).float(), y)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                if i >= 2:
+                    times.append(time.perf_counter() - t)
+            out[f"{name}{' +recording' if record else ''}"] = a.batch_size / statistics.median(times)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--per-class", type=int, default=500)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--model", default="memscan-cnn")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--run", action="store_true", help="also time memscan.run end to end")
+    ap.add_argument("--variants", action="store_true", help="precision/layout train-step speed instead")
+    ap.add_argument("--steps", type=int, default=8)
+    a = ap.parse_args()
+    res = variants(a) if a.variants else overhead(a)
+    res["machine"] = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

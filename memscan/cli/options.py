@@ -1,0 +1,83 @@
+"""The training options shared by ``run`` and ``eval-noise``, declared once.
+
+``@run_options`` appends these parameters to a command's signature (typer reads
+``__signature__``) and hands them to the command as one dict, ``run_opts``, which
+``config_from_options`` turns into a validated ``RunConfig``.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..config import RunConfig
+
+_O = typer.Option
+RUN_OPTIONS = [  # (name, type, default, typer option)
+    ("model", str, "memscan-cnn", _O("memscan-cnn", help="Built-in (memscan-cnn, -m, -l) or any timm model name.")),
+    ("weights", Optional[str], None, _O(None, help="Local pretrained weights (.safetensors or state dict); the "
+                                        "classifier head is replaced for your classes.")),
+    ("pretrained", bool, False, _O(False, help="timm hub weights (needs network).")),
+    ("image_size", Optional[int], None, _O(None, help="Pixels (default: native size when all agree).")),
+    ("augment", str, "crop-flip", _O("crop-flip", help="crop-flip | crop | none (batched on the device).")),
+    ("no_augment", bool, False, _O(False, "--no-augment", help="Same as --augment none.")),
+    ("optimizer", str, "sgd", _O("sgd", help="sgd (nesterov momentum) | adamw.")),
+    ("lr", float, 0.05, _O(0.05, help="Peak learning rate.")),
+    ("momentum", float, 0.9, _O(0.9, help="SGD momentum.")),
+    ("weight_decay", float, 5e-4, _O(5e-4, help="Weight decay. The weight-norm peak that stops training exists "
+                                     "because of it: with 0 the norm only grows.")),
+    ("batch_size", int, 256, _O(256, help="Images per step.")),
+    ("schedule", str, "constant", _O("constant", help="constant | cosine | onecycle (after warm-up).")),
+    ("warmup_epochs", float, 1.0, _O(1.0, help="Linear warm-up, epochs.")),
+    ("max_epochs", int, 30, _O(30, help="Upper bound on epochs.")),
+    ("signal", str, "inloop", _O("inloop", help="inloop: input gradient from the training step (nearly free); "
+                                 "exact: an extra eval-mode pass per epoch (exact per-sample values, slower).")),
+    ("stop", str, "peak", _O("peak", help="peak: stop once the stop curve's peak is confirmed; none: train to "
+                             "--max-epochs.")),
+    ("stop_signal", str, "weight-norm", _O("weight-norm", help="weight-norm (conv/linear weights) | total-norm | "
+                                           "grad-mean | rank-stability.")),
+    ("patience", int, 3, _O(3, help="Epochs the smoothed curve must stay below its peak.")),
+    ("smoothing", int, 3, _O(3, help="Moving-average window of the stop curve, epochs.")),
+    ("min_epochs", int, 3, _O(3, help="Never stop before this many epochs.")),
+    ("seed", int, 0, _O(0, help="Seed: same data + seed on CPU gives the same report.")),
+    ("device", str, "auto", _O("auto", help="auto | cpu | cuda | mps.")),
+    ("precision", str, "auto", _O("auto", help="auto | fp32 | bf16 | fp16 (autocast; input gradients in fp32).")),
+    ("channels_last", Optional[bool], None, _O(None, "--channels-last/--no-channels-last",
+                                              help="(default: on for conv nets)")),
+    ("compile", bool, False, _O(False, "--compile", help="torch.compile the model.")),
+    ("workers", Optional[int], None, _O(None, help="Decode threads (default: all cores).")),
+    ("strict", bool, False, _O(False, "--strict", help="Fail on unreadable images instead of skipping them.")),
+]
+RUN_OPTION_NAMES = {name for name, *_ in RUN_OPTIONS}
+
+
+def run_options(f):
+    sig = inspect.signature(f)
+    own = [p for p in sig.parameters.values() if p.name != "run_opts"]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=typ)
+             for name, typ, _, opt in RUN_OPTIONS]
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        opts = {k: kwargs.pop(k) for k in list(kwargs) if k in RUN_OPTION_NAMES}
+        return f(*args, run_opts=opts, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=[p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+                                                    if p.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD else p
+                                                    for p in own] + extra)
+    return wrapper
+
+
+def config_from_options(opts: dict, **overrides) -> RunConfig:
+    o = {**opts, **overrides}
+    augment = "none" if o.pop("no_augment", False) else o.pop("augment")
+    return RunConfig(augment=augment, **o)
+
+
+def user_set(ctx: typer.Context, name: str) -> bool:
+    """True when the user gave the option (not its default)."""
+    src = ctx.get_parameter_source(name)
+    return src is not None and src.name != "DEFAULT"

@@ -1,0 +1,146 @@
+"""Measured detection against known label noise: inject noise in memory, run, score every signal.
+
+``evaluate_run(report, flipped)`` scores an existing report against a truth mask;
+``eval_noise(dataset, cfg, rate=..., kind=..., seeds=...)`` injects noise (the dataset on disk is
+never touched), runs the pipeline once per seed and aggregates mean and std. The returned dict is
+what ``memscan eval-noise --json`` prints and what ``eval.json`` holds.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .config import RunConfig
+from .data.noise import inject_noise, load_matrix
+from .evaluate import detection_metrics, flag_metrics
+from .pipeline import run
+from .report import read_metadata, read_report
+
+# score column -> sign that makes "higher = more suspicious"
+EVAL_SCORES = {
+    "mislabel_score": 1, "csg": 1, "sgal": 1, "csl": 1, "aum": -1, "forgetting": 1,
+    "one_minus_p_given": 1, "learning_time": 1, "memorization_score": 1, "atypicality_score": 1,
+}
+
+
+def evaluate_run(report, flipped) -> dict:
+    df = read_report(report).to_pandas()
+    flipped = np.asarray(flipped, bool)
+    df["one_minus_p_given"] = 1 - df["p_given"]
+    metrics = {name: detection_metrics(sign * df[name].to_numpy(np.float64), flipped)
+               for name, sign in EVAL_SCORES.items()}
+    meta = read_metadata(report)
+    return {"scores": metrics, "category": flag_metrics(df["category"].to_numpy() == "mislabeled", flipped),
+            "n": len(df), "flipped": int(flipped.sum()), "stop": meta["stop"], "timings": meta["timings"]}
+
+
+def read_truth(truth_file, paths, labels=None, class_names=None) -> np.ndarray:
+    """Flip mask aligned with ``paths`` from a CSV with a ``path`` column and either ``flipped``
+    (1/true = the given label is wrong) or ``true_label`` (class index or name)."""
+    import csv
+    from .errors import DatasetError
+    try:
+        with open(truth_file, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise DatasetError(f"cannot read truth file '{truth_file}' ({e.strerror}); pass a CSV file") from None
+    cols = set(rows[0]) if rows else set()
+    if "path" not in cols or not ({"flipped", "true_label"} & cols):
+        raise DatasetError(f"truth file '{truth_file}' needs a 'path' column and a 'flipped' or 'true_label' "
+                           "column")
+    by_path = {r["path"]: r for r in rows}
+    missing = [p for p in paths if p not in by_path]
+    if missing:
+        raise DatasetError(f"truth file '{truth_file}' has no row for '{missing[0]}' ({len(missing)} of the "
+                           f"{len(paths)} dataset paths missing); its paths must be the report's relative paths")
+    if "flipped" in cols:
+        return np.array([by_path[p]["flipped"].strip().lower() in ("1", "true", "yes") for p in paths], bool)
+    names = {n: i for i, n in enumerate(class_names or [])}
+    def idx(v):
+        v = v.strip()
+        return names[v] if v in names else int(v)
+    try:
+        true = np.array([idx(by_path[p]["true_label"]) for p in paths])
+    except ValueError:
+        raise DatasetError(f"truth file '{truth_file}': true_label values must be class indices or names "
+                           f"({', '.join(class_names or [])})") from None
+    return true != np.asarray(labels)
+
+
+def evaluate_report_with_truth(report, truth_file) -> dict:
+    df = read_report(report).to_pandas()
+    meta = read_metadata(report)
+    flipped = read_truth(truth_file, df["path"].tolist(), df["label"].to_numpy(), meta["dataset"]["classes"])
+    if flipped.all() or not flipped.any():
+        from .errors import DatasetError
+        raise DatasetError(f"truth file '{truth_file}' marks {'all' if flipped.all() else 'no'} samples as wrong; "
+                           "detection needs both")
+    return evaluate_run(report, flipped)
+
+
+def parse_kind(kind: str):
+    """'symmetric' | 'pairflip' | 'matrix:FILE' -> (kind, matrix file or None)."""
+    if kind.startswith("matrix:"):
+        return "matrix", Path(kind.split(":", 1)[1])
+    return kind, None
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    """Mean and std over seeds of every number in the per-seed results."""
+    def walk(items):
+        first = items[0]
+        if isinstance(first, dict):
+            return {k: walk([it[k] for it in items]) for k in first if all(k in it for it in items)}
+        if isinstance(first, (int, float)) and not isinstance(first, bool) and all(
+                isinstance(v, (int, float)) and v is not None for v in items):
+            a = np.array(items, dtype=np.float64)
+            return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0}
+        return first
+    return {"scores": walk([r["scores"] for r in per_seed]), "category": walk([r["category"] for r in per_seed])}
+
+
+def eval_noise(dataset, cfg: RunConfig | None = None, *, rate: float = 0.2, kind: str = "symmetric",
+               seeds=(0,), out=None, overwrite: bool = False, cache_dir=None, progress=None) -> dict:
+    cfg = cfg or RunConfig()
+    kind, matrix_file = parse_kind(kind)
+    if out is None:
+        from .pipeline import default_out_dir
+        out = default_out_dir(Path(dataset))
+        out = out.with_name(out.name + "-eval")
+    out = Path(out)
+    per_seed = []
+    for seed in seeds:
+        holder = {}
+
+        def relabel(table, seed=seed):
+            m = load_matrix(matrix_file, table.num_classes) if matrix_file else None
+            noisy = inject_noise(table.labels, table.num_classes, rate=rate, kind=kind, seed=seed, matrix=m)
+            holder["noise"] = noisy
+            return noisy.labels
+
+        run_out = out / f"seed-{seed}"
+        res = run(dataset, cfg.replace(seed=seed), out=run_out, overwrite=overwrite, cache_dir=cache_dir,
+                  relabel=relabel, progress=progress)
+        noisy = holder["noise"]
+        r = evaluate_run(res.report_path, noisy.flipped)
+        r.update(seed=seed, run=str(res.out_dir), actual_rate=noisy.actual_rate)
+        _save_truth(res.out_dir / "truth.csv", res, noisy)
+        (res.out_dir / "eval.json").write_text(json.dumps(r, indent=1))
+        per_seed.append(r)
+    result = {"dataset": str(dataset), "kind": kind, "rate": rate, "seeds": list(seeds),
+              "actual_rate": [r["actual_rate"] for r in per_seed], "per_seed": per_seed, **aggregate(per_seed)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _save_truth(path: Path, res, noisy):
+    df = read_report(res.report_path).to_pandas()
+    import csv
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "flipped", "noisy_label"])
+        for p, fl, lab in zip(df["path"], noisy.flipped, noisy.labels):
+            w.writerow([p, int(fl), int(lab)])

@@ -1,0 +1,105 @@
+"""Ranking the report: arrays in, indices out (cleanlab's ``rank`` style), plus report-level helpers.
+
+Every ranking key has a direction: ``BY[key] = (column, descending)``; descending=True means
+higher values are more suspicious. ``ranked_records`` is exactly what ``memscan rank --format
+json`` prints.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError, ReportError, check_choice
+from .report import read_report
+from .scores import CATEGORIES
+
+BY = {
+    "mislabel": ("mislabel_score", True),
+    "memorization": ("memorization_score", True),
+    "atypicality": ("atypicality_score", True),
+    "csg": ("csg", True),
+    "sgal": ("sgal", True),
+    "csl": ("csl", True),
+    "aum": ("aum", False),              # low margin = suspicious
+    "p_given": ("p_given", False),      # low probability of the given label = suspicious
+    "forgetting": ("forgetting", True),
+    "learning_time": ("learning_time", True),
+}
+RECORD_COLUMNS = ("rank", "sample_id", "path", "label_name", "pred_name", "p_pred", "p_given", "score",
+                  "category")
+
+
+def rank_indices(values, /, *, descending: bool = True) -> np.ndarray:
+    """Indices that sort ``values`` from most to least suspicious; ties keep sample order."""
+    v = np.asarray(values, dtype=np.float64)
+    return np.argsort(-v if descending else v, kind="stable")
+
+
+def latest_run(base: Path = Path("memscan-runs")) -> Path:
+    runs = sorted((p for p in Path(base).glob("*/report.parquet")), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise ReportError(f"no runs under '{base}'; pass a run folder or report.parquet, or run 'memscan run' first")
+    return runs[-1].parent
+
+
+def load_frame(path):
+    return read_report(path).to_pandas()
+
+
+def select(df, /, *, by: str = "mislabel", top: int | None = None, category: str | None = None,
+           class_name: str | None = None):
+    """Rows of the report ranked by ``by``, optionally filtered, with ``rank`` and ``score`` columns."""
+    check_choice("--by", by, tuple(BY))
+    if category is not None:
+        check_choice("--category", category, CATEGORIES)
+    if top is not None and top <= 0:
+        raise ConfigError(f"--top {top} must be positive")
+    col, desc = BY[by]
+    if class_name is not None:
+        names = sorted(set(df["label_name"]))
+        if class_name not in names:
+            raise ConfigError(f"--class {class_name!r} is not a class of this report; classes: {', '.join(names)}")
+    order = rank_indices(df[col].to_numpy(), descending=desc)
+    out = df.iloc[order].copy()
+    out.insert(0, "rank", np.arange(1, len(out) + 1))
+    out["score"] = out[col]
+    if category is not None:
+        out = out[out["category"] == category]
+    if class_name is not None:
+        out = out[out["label_name"] == class_name]
+    return out.head(top) if top is not None else out
+
+
+def ranked_records(path, /, *, by: str = "mislabel", top: int | None = 500, category: str | None = None,
+                   class_name: str | None = None) -> list[dict]:
+    """The ranking as plain dicts (the ``--format json`` output)."""
+    df = select(load_frame(path), by=by, top=top, category=category, class_name=class_name)
+    return [{k: _py(r[k]) for k in RECORD_COLUMNS} for r in df.to_dict("records")]
+
+
+def class_summary(df, /) -> list[dict]:
+    """Per class: samples, suspected mislabeled, the class most often predicted instead, mean scores."""
+    rows = []
+    for name, g in df.groupby("label_name", sort=True):
+        wrong = g[g["pred_name"] != name]["pred_name"]
+        rows.append({
+            "class": name, "samples": int(len(g)),
+            "mislabeled": int((g["category"] == "mislabeled").sum()),
+            "atypical": int((g["category"] == "atypical").sum()),
+            "memorized": int((g["category"] == "memorized").sum()),
+            "mislabeled_fraction": float((g["category"] == "mislabeled").mean()),
+            "most_predicted_instead": None if wrong.empty else str(wrong.value_counts().index[0]),
+            "accuracy": float((g["pred_name"] == name).mean()),
+            "mean_mislabel_score": float(g["mislabel_score"].mean()),
+            "mean_memorization_score": float(g["memorization_score"].mean()),
+        })
+    return rows
+
+
+def _py(v):
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    return v
