@@ -183,7 +183,7 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
         "device": str(device), "precision": str(dtype).removeprefix("torch."), "channels_last": channels_last,
         "timings": timings, "categories": counts,
     }
-    report = build_table(table, sig, scores, meta)
+    report = build_table(table, labels, sig, scores, meta)
     report_path = out / "report.parquet"
     write_atomic(report, report_path)
     torch.save({"model": cfg.model, "num_classes": table.num_classes, "class_names": table.class_names,

@@ -49,13 +49,15 @@ COLUMNS = {
 }
 
 
-def build_table(table, sig, scores: dict, meta: dict) -> pa.Table:
+def build_table(table, labels, sig, scores: dict, meta: dict) -> pa.Table:
+    """``labels``: the labels the model was trained on (``table.labels``, or injected noise)."""
     names = np.array(table.class_names, dtype=object)
+    labels = np.asarray(labels)
     cols = {
         "sample_id": np.arange(len(table), dtype=np.int64),
         "path": table.paths,
-        "label": table.labels.astype(np.int32),
-        "label_name": names[table.labels].tolist(),
+        "label": labels.astype(np.int32),
+        "label_name": names[labels].tolist(),
         "pred": scores["pred"].astype(np.int32),
         "pred_name": names[scores["pred"]].tolist(),
         "p_pred": scores["p_pred"].astype(np.float32),
