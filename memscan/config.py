@@ -17,7 +17,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SIGNALS = ("inloop", "exact")
 STOPS = ("peak", "none")
-STOP_SIGNALS = ("weight-norm", "total-norm", "grad-mean", "rank-stability")
+STOP_SIGNALS = ("auto", "weight-norm", "total-norm", "grad-mean", "rank-stability")
 AUGMENTS = ("crop-flip", "crop", "none")
 
 
@@ -43,7 +43,8 @@ class RunConfig:
     # signals and stopping
     signal: str = "inloop"              # "inloop": from the training step; "exact": extra eval pass
     stop: str = "peak"                  # "peak": stop after the confirmed peak; "none": max_epochs
-    stop_signal: str = "weight-norm"    # which curve's peak stops training
+    stop_signal: str = "auto"           # "auto": weight-norm peak, or the ranking converged, first
+    rank_threshold: float = 0.999       # Spearman between consecutive epochs' rankings = converged
     smoothing: int = 3                  # epochs in the trailing moving average of the stop curve
     patience: int = 3                   # epochs the smoothed curve must stay below its peak
     min_epochs: int = 3                 # never stop before this many epochs
@@ -71,6 +72,8 @@ class RunConfig:
         _positive("max_epochs", self.max_epochs)
         _positive("smoothing", self.smoothing)
         _positive("patience", self.patience)
+        if not 0 < self.rank_threshold < 1:
+            raise ConfigError(f"rank_threshold={self.rank_threshold} must be in (0, 1), e.g. 0.999")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay={self.weight_decay} is negative; use 0 or more (default 5e-4)")
         if not 0 <= self.momentum < 1:

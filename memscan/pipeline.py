@@ -154,8 +154,10 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
                  on_record=lambda rec: write_epoch(traj_dir, rec), on_epoch=on_epoch,
                  on_step=lambda s, n: emit("step", step=s, steps=n), val_source=val_source)
     timings["train_s"] = time.perf_counter() - t
-    if result.nan_epoch is not None and result.epochs == 0:
-        raise TrainingError(f"loss became NaN in the first epoch; lower --lr (now {cfg.lr}) or check the images")
+    if result.nan_epoch is not None:
+        kept = f"the {len(res_curves)} finished epochs are kept in '{traj_dir}'" if res_curves else "nothing was kept"
+        raise TrainingError(f"loss became NaN/inf in epoch {result.nan_epoch + 1}; {kept}; lower --lr (now {cfg.lr}) "
+                            "or check the images")
 
     t = time.perf_counter()
     final_gsq, probs = exact_pass(model, source, batch_size=max(256, cfg.batch_size), dtype=dtype, want_probs=True)

@@ -166,10 +166,49 @@ class FitResult:
     nan_epoch: int | None = None
 
 
-def make_stop_detector(cfg: RunConfig):
-    if cfg.stop_signal == "rank-stability":
-        return RankStabilityDetector(min_epochs=cfg.min_epochs)
-    return PeakDetector(smoothing=cfg.smoothing, patience=cfg.patience, min_epochs=cfg.min_epochs)
+CURVE_KEYS = {"weight-norm": "weight_norm", "total-norm": "total_norm", "grad-mean": "grad_mean"}
+
+
+class StopRule:
+    """The stop decision, fed once per epoch.
+
+    * a confirmed peak of the chosen curve (``weight-norm``: conv/linear weights; ``auto`` uses it too):
+      memorization of the hard and mislabeled samples starts there, CSG and SGAL are summed up to it;
+    * ``rank-stability`` (and ``auto`` when no peak came first): the ranking by cumulative margin (AUM)
+      changed less than Spearman ``rank_threshold`` for 2 epochs in a row, i.e. more epochs no longer
+      change which samples look suspicious.
+    """
+
+    def __init__(self, cfg: RunConfig):
+        key = "weight-norm" if cfg.stop_signal == "auto" else cfg.stop_signal
+        self.curve = CURVE_KEYS.get(key)
+        self.peak = PeakDetector(smoothing=cfg.smoothing, patience=cfg.patience,
+                                 min_epochs=cfg.min_epochs) if self.curve else None
+        self.rank = RankStabilityDetector(threshold=cfg.rank_threshold, patience=2, min_epochs=cfg.min_epochs) \
+            if cfg.stop_signal in ("auto", "rank-stability") else None
+        self._cum_margin = None
+        self.reason = None
+
+    def update(self, rec, summary) -> bool:
+        if self.rank is not None:
+            m = np.nan_to_num(rec.margin.astype(np.float64))
+            self._cum_margin = m if self._cum_margin is None else self._cum_margin + m
+            self.rank.update_scores(-self._cum_margin)
+            summary["rank_stability"] = self.rank.values[-1]
+        if self.peak is not None:
+            self.peak.update(summary[self.curve])
+        epoch = len(self.peak.values if self.peak else self.rank.values)
+        if self.reason is None and self.peak_epoch is not None:
+            self.reason = (f"{self.curve.replace('_', ' ')} peaked at epoch {self.peak_epoch + 1}, confirmed at "
+                           f"epoch {epoch}")
+        elif self.reason is None and self.rank is not None and self.rank.peak_epoch is not None:
+            self.reason = (f"ranking converged at epoch {epoch} (Spearman >= {self.rank.threshold} between "
+                           f"consecutive epochs)" + (f"; no {self.curve.replace('_', ' ')} peak yet" if self.curve else ""))
+        return self.reason is not None
+
+    @property
+    def peak_epoch(self):
+        return self.peak.peak_epoch if self.peak is not None else None
 
 
 def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_record=None, on_epoch=None,
@@ -181,12 +220,8 @@ def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_reco
     n = len(source)
     steps_per_epoch = len(batch_bounds(n, cfg.batch_size, world))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps_per_epoch, cfg))
-    detector = make_stop_detector(cfg)
-    cum_loss = np.zeros(n)  # for the rank-stability detector only
+    rule = StopRule(cfg)
     curves, t0 = [], time.perf_counter()
-    stop_reason = f"reached max_epochs={cfg.max_epochs} without a confirmed peak"
-    if cfg.stop == "none":
-        stop_reason = f"trained to max_epochs={cfg.max_epochs} (--stop none)"
     epoch = start_epoch - 1
     for epoch in range(start_epoch, cfg.max_epochs):
         te = time.perf_counter()
@@ -206,7 +241,7 @@ def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_reco
             if step % 16 == 0 and bool(bad):
                 break
         if bool(bad):
-            return FitResult(epoch, detector.peak_epoch, f"loss became NaN/inf in epoch {epoch + 1}", curves,
+            return FitResult(epoch, rule.peak_epoch, f"loss became NaN/inf in epoch {epoch + 1}", curves,
                              time.perf_counter() - t0, nan_epoch=epoch)
         if cfg.signal == "exact":
             gsq, _ = exact_pass(model, source, batch_size=max(cfg.batch_size, 256), dtype=dtype)
@@ -219,20 +254,16 @@ def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_reco
         curves.append(summary)
         if on_record is not None:
             on_record(rec)
-        if cfg.stop_signal == "rank-stability":
-            cum_loss += np.nan_to_num(rec.loss)
-            detector.update_scores(cum_loss)
-        else:
-            key = {"weight-norm": "weight_norm", "total-norm": "total_norm", "grad-mean": "grad_mean"}[cfg.stop_signal]
-            detector.update(summary[key])
-        summary["peak_epoch"] = detector.peak_epoch
+        stop_now = rule.update(rec, summary)
+        summary["peak_epoch"] = rule.peak_epoch
         if on_epoch is not None:
             on_epoch(summary)
-        if cfg.stop == "peak" and detector.peak_epoch is not None:
-            stop_reason = (f"{cfg.stop_signal} peaked at epoch {detector.peak_epoch + 1}, confirmed at "
-                           f"epoch {epoch + 1}")
+        if cfg.stop == "peak" and stop_now:
             break
-    peak = detector.peak_epoch
-    if cfg.stop == "none" and peak is not None:
-        stop_reason += f"; {cfg.stop_signal} peaked at epoch {peak + 1}"
-    return FitResult(epoch + 1, peak, stop_reason, curves, time.perf_counter() - t0)
+    if cfg.stop == "none":
+        reason = f"trained to max_epochs={cfg.max_epochs} (--stop none)"
+        if rule.peak_epoch is not None:
+            reason += f"; {rule.curve.replace('_', ' ')} peaked at epoch {rule.peak_epoch + 1}"
+    else:
+        reason = rule.reason or f"reached max_epochs={cfg.max_epochs} with no peak and no converged ranking"
+    return FitResult(epoch + 1, rule.peak_epoch, reason, curves, time.perf_counter() - t0)

@@ -37,8 +37,11 @@ RUN_OPTIONS = [  # (name, type, default, typer option)
                                  "exact: an extra eval-mode pass per epoch (exact per-sample values, slower).")),
     ("stop", str, "peak", _O("peak", help="peak: stop once the stop curve's peak is confirmed; none: train to "
                              "--max-epochs.")),
-    ("stop_signal", str, "weight-norm", _O("weight-norm", help="weight-norm (conv/linear weights) | total-norm | "
-                                           "grad-mean | rank-stability.")),
+    ("stop_signal", str, "auto", _O("auto", help="auto: the conv/linear weight-norm peak, or the ranking "
+                                    "converged, whichever first | weight-norm | total-norm | grad-mean | "
+                                    "rank-stability.")),
+    ("rank_threshold", float, 0.999, _O(0.999, help="Ranking converged when Spearman between consecutive "
+                                        "epochs' AUM rankings stays >= this for 2 epochs.")),
     ("patience", int, 3, _O(3, help="Epochs the smoothed curve must stay below its peak.")),
     ("smoothing", int, 3, _O(3, help="Moving-average window of the stop curve, epochs.")),
     ("min_epochs", int, 3, _O(3, help="Never stop before this many epochs.")),

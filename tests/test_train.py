@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+import torch
+
+from memscan.config import RunConfig
+from memscan.errors import TrainingError
+from memscan.pipeline import run
+from memscan.signals import EpochRecord
+from memscan.train import StopRule, lr_factor, resolve_precision
+
+from helpers import digits_folder
+
+
+def rec(epoch, margin):
+    n = len(margin)
+    return EpochRecord(epoch, np.ones(n), np.ones(n), np.asarray(margin, float), np.ones(n, bool))
+
+
+def feed(rule, norms, margins):
+    for t, (w, m) in enumerate(zip(norms, margins)):
+        if rule.update(rec(t, m), {"weight_norm": w, "total_norm": w, "grad_mean": w}):
+            return t
+    return None
+
+
+def test_stop_rule_weight_norm_peak():
+    norms = [1, 2, 3, 4, 5, 6, 5.5, 5, 4.5, 4, 3.5, 3]
+    rng = np.random.default_rng(0)
+    margins = [rng.normal(size=50) for _ in norms]   # ranking never settles
+    rule = StopRule(RunConfig(stop_signal="weight-norm"))
+    t = feed(rule, norms, margins)
+    assert t is not None and rule.peak_epoch == 5 and "peaked at epoch 6" in rule.reason
+
+
+def test_stop_rule_auto_falls_back_to_converged_ranking():
+    base = np.arange(50.0)
+    margins = [base * (1 + 0.01 * t) for t in range(10)]   # same ranking every epoch
+    rule = StopRule(RunConfig(stop_signal="auto"))
+    t = feed(rule, np.linspace(1, 2, 10), margins)          # norm keeps rising: no peak
+    assert rule.peak_epoch is None and t == 2 and "ranking converged" in rule.reason
+
+
+def test_stop_rule_rank_only_ignores_norm():
+    rule = StopRule(RunConfig(stop_signal="rank-stability"))
+    rng = np.random.default_rng(1)
+    assert feed(rule, [1, 5, 1, 5, 1, 5], [rng.normal(size=40) for _ in range(6)]) is None
+
+
+def test_lr_schedules():
+    cfg = RunConfig(warmup_epochs=1, max_epochs=10)
+    assert lr_factor(0, 10, cfg) == pytest.approx(0.1)
+    assert lr_factor(10, 10, cfg) == 1.0 and lr_factor(95, 10, cfg) == 1.0
+    cos = cfg.replace(schedule="cosine")
+    assert lr_factor(55, 10, cos) == pytest.approx(0.5)
+    assert lr_factor(100, 10, cos) == pytest.approx(0.0)
+    one = cfg.replace(schedule="onecycle")
+    assert lr_factor(30, 10, one) == pytest.approx(1.0) and lr_factor(100, 10, one) == 0.0
+
+
+def test_precision_choice_cpu():
+    assert resolve_precision("fp32", torch.device("cpu")) == torch.float32
+    assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
+    from memscan.train import cpu_has_fast_bf16
+    expected = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+
+
+def test_nan_loss_stops_with_clear_message(tmp_path):
+    data = digits_folder(tmp_path / "d", per_class=20, classes=3)
+    cfg = RunConfig(max_epochs=3, lr=1e12, momentum=0.0, batch_size=16, image_size=8, augment="none", min_epochs=1)
+    with pytest.raises(TrainingError, match="NaN/inf in epoch 1.*lower --lr"):
+        run(data, cfg, out=tmp_path / "r")
