@@ -43,7 +43,7 @@ def main():
              "auc_sgal": auroc(sig.csl, flipped), "auc_aum": auroc(-sig.aum, flipped),
              "auc_1mp": auroc(1 - pg, flipped), "auc_forget": auroc(sig.forgetting, flipped),
              "auc_ltime": auroc(sig.learning_time, flipped),
-             "auc_combo": auroc(mislabel_statistic(sig, pg), flipped),
+             "auc_combo": auroc(mislabel_statistic(sig), flipped),
              "auc_combo+csg": auroc(percentile(1 - pg) + percentile(sig.csl) + percentile(-sig.aum)
                                     + percentile(sig.csg), flipped),
              "auc_1mp+csl": auroc(percentile(1 - pg) + percentile(sig.csl), flipped),
@@ -63,16 +63,14 @@ def main():
             stops[f"{key} (smooth {sm}, patience {pat})"] = {
                 "peak_epoch": None if d.peak_epoch is None else d.peak_epoch + 1,
                 "stop_epoch": None if stop is None else stop + 1}
-    cum = np.zeros(n)
-    for thr in (0.99, 0.995, 0.998):
+    for thr in (0.98, 0.985, 0.99):
         d, cum, stop = RankStabilityDetector(threshold=thr, patience=2), np.zeros(n), None
         for t, rec in enumerate(recs):
-            cum += np.nan_to_num(rec.loss)
-            if d.update_scores(cum) and stop is None:
+            cum += np.nan_to_num(rec.margin)
+            if d.update(cum / (t + 1)) and stop is None:
                 stop = t
-        stops[f"rank-stability >= {thr}"] = {"peak_epoch": None if d.peak_epoch is None else d.peak_epoch + 1,
-                                            "stop_epoch": None if stop is None else stop + 1,
-                                            "rho": [round(v, 4) for v in d.values]}
+        stops[f"suspect-set stability >= {thr}"] = {"stop_epoch": None if stop is None else stop + 1,
+                                                   "overlap": [round(v, 4) for v in d.values]}
     vl = [c.get("val_loss") for c in curves]
     first_min = next((t + 1 for t in range(1, E - 1) if vl[t] is not None and vl[t] <= vl[t - 1]
                       and vl[t] <= vl[t + 1]), None)

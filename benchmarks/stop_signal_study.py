@@ -50,6 +50,8 @@ def main():
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--signal", default="inloop")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--no-exact", action="store_true", help="skip the per-epoch eval pass (faster)")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -60,7 +62,8 @@ def main():
     noisy = inject_noise(dtr.table.labels, train.num_classes, rate=a.rate, kind=a.kind, seed=a.seed)
     augment = a.augment or ("crop-flip" if a.dataset == "cifar10" else "crop")
     cfg = RunConfig(model=a.model, max_epochs=a.epochs, stop="none", schedule=a.schedule, lr=a.lr,
-                    augment=augment, seed=a.seed, precision=a.precision, signal=a.signal)
+                    augment=augment, seed=a.seed, precision=a.precision, signal=a.signal,
+                    batch_size=a.batch_size)
     mean, std = channel_stats(dtr.images)
     src = InMemorySource(dtr.images, noisy.labels, mean=mean, std=std, channels_last=True)
     vsrc = InMemorySource(dval.images, dval.table.labels, mean=mean, std=std, channels_last=True)
@@ -69,14 +72,16 @@ def main():
     exact = {"grad_sq": [], "p_given": [], "pred": [], "seconds": []}
 
     def on_epoch(summary):
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}),
+              flush=True)
+        if a.no_exact:
+            return
         t = time.perf_counter()
         g, p = exact_pass(model, src, batch_size=512, dtype=dtype, want_probs=True)
         exact["grad_sq"].append(g)
         exact["p_given"].append(p[np.arange(len(p)), noisy.labels])
         exact["pred"].append(p.argmax(1))
         exact["seconds"].append(time.perf_counter() - t)
-        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}),
-              flush=True)
 
     t0 = time.perf_counter()
     res = fit(model, src, cfg, recorder=Recorder(len(src)), on_record=lambda r: write_epoch(a.out / "traj", r),

@@ -174,9 +174,9 @@ class StopRule:
 
     * a confirmed peak of the chosen curve (``weight-norm``: conv/linear weights; ``auto`` uses it too):
       memorization of the hard and mislabeled samples starts there, CSG and SGAL are summed up to it;
-    * ``rank-stability`` (and ``auto`` when no peak came first): the ranking by cumulative margin (AUM)
-      changed less than Spearman ``rank_threshold`` for 2 epochs in a row, i.e. more epochs no longer
-      change which samples look suspicious.
+    * ``rank-stability`` (and ``auto`` when no peak came first): the suspects (samples with negative
+      AUM, lowest first) overlap by >= ``rank_threshold`` between consecutive epochs for 2 epochs in a
+      row, i.e. more epochs no longer change which samples look mislabeled.
     """
 
     def __init__(self, cfg: RunConfig):
@@ -187,14 +187,17 @@ class StopRule:
         self.rank = RankStabilityDetector(threshold=cfg.rank_threshold, patience=2, min_epochs=cfg.min_epochs) \
             if cfg.stop_signal in ("auto", "rank-stability") else None
         self._cum_margin = None
+        self._epochs = 0
         self.reason = None
 
     def update(self, rec, summary) -> bool:
         if self.rank is not None:
             m = np.nan_to_num(rec.margin.astype(np.float64))
             self._cum_margin = m if self._cum_margin is None else self._cum_margin + m
-            self.rank.update_scores(-self._cum_margin)
+            self._epochs += 1
+            self.rank.update(self._cum_margin / self._epochs)
             summary["rank_stability"] = self.rank.values[-1]
+            summary["suspects"] = self.rank.suspects[-1]
         if self.peak is not None:
             self.peak.update(summary[self.curve])
         epoch = len(self.peak.values if self.peak else self.rank.values)
@@ -202,8 +205,8 @@ class StopRule:
             self.reason = (f"{self.curve.replace('_', ' ')} peaked at epoch {self.peak_epoch + 1}, confirmed at "
                            f"epoch {epoch}")
         elif self.reason is None and self.rank is not None and self.rank.peak_epoch is not None:
-            self.reason = (f"ranking converged at epoch {epoch} (Spearman >= {self.rank.threshold} between "
-                           f"consecutive epochs)" + (f"; no {self.curve.replace('_', ' ')} peak yet" if self.curve else ""))
+            self.reason = (f"suspects converged at epoch {epoch} ({self.rank.values[-1]:.1%} of the "
+                           f"{self.rank.suspects[-1]} lowest-AUM samples unchanged)" + (f"; no {self.curve.replace('_', ' ')} peak yet" if self.curve else ""))
         return self.reason is not None
 
     @property

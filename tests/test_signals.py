@@ -155,11 +155,22 @@ def test_peak_detector_ignores_first_wiggle():
     assert _feed(PeakDetector(smoothing=3, patience=3), curve) is None
 
 
-def test_rank_stability_detector():
-    d = RankStabilityDetector(threshold=0.99, patience=2, min_epochs=2)
-    base = np.arange(100.0)
-    assert not d.update_scores(base[::-1].copy())
-    assert not d.update_scores(base)          # ranking reversed: rho = -1
-    assert not d.update_scores(base + 0.1)    # identical ranking once
-    assert d.update_scores(base + 0.2)        # twice: stable
-    assert d.peak_epoch == 2
+def test_rank_stability_detector_on_suspect_set():
+    d = RankStabilityDetector(threshold=0.9, patience=2, min_epochs=2)
+    aum = np.linspace(-1, 1, 101)                 # 50 samples with negative AUM
+    assert not d.update(aum)
+    assert d.values[-1] == 0.0 and d.suspects[-1] == 50
+    shuffled = aum.copy()
+    shuffled[:50] = shuffled[:50][::-1]           # same suspects, different order: still the same set
+    assert not d.update(shuffled)
+    assert d.values[-1] == 1.0
+    swapped = shuffled.copy()
+    swapped[[0, 60]] = swapped[[60, 0]]           # one suspect replaced by a clean sample
+    assert d.update(swapped)                      # 49/50 = 0.98 >= 0.9, twice in a row
+    assert d.values[-1] == pytest.approx(0.98) and d.peak_epoch == 2
+
+
+def test_rank_stability_nothing_suspect_is_stable():
+    d = RankStabilityDetector(threshold=0.99, patience=2, min_epochs=1)
+    d.update(np.ones(5)); d.update(np.ones(5))
+    assert d.update(np.ones(5)) and d.values[-1] == 1.0

@@ -34,10 +34,10 @@ def test_stop_rule_weight_norm_peak():
 
 def test_stop_rule_auto_falls_back_to_converged_ranking():
     base = np.arange(50.0)
-    margins = [base * (1 + 0.01 * t) for t in range(10)]   # same ranking every epoch
+    margins = [(base - 25) * (1 + 0.01 * t) for t in range(10)]   # same 25 suspects every epoch
     rule = StopRule(RunConfig(stop_signal="auto"))
     t = feed(rule, np.linspace(1, 2, 10), margins)          # norm keeps rising: no peak
-    assert rule.peak_epoch is None and t == 2 and "ranking converged" in rule.reason
+    assert rule.peak_epoch is None and t == 2 and "suspects converged" in rule.reason
 
 
 def test_stop_rule_rank_only_ignores_norm():

@@ -25,11 +25,11 @@ RUN_OPTIONS = [  # (name, type, default, typer option)
     ("augment", str, "crop-flip", _O("crop-flip", help="crop-flip | crop | none (batched on the device).")),
     ("no_augment", bool, False, _O(False, "--no-augment", help="Same as --augment none.")),
     ("optimizer", str, "sgd", _O("sgd", help="sgd (nesterov momentum) | adamw.")),
-    ("lr", float, 0.05, _O(0.05, help="Peak learning rate.")),
+    ("lr", float, 0.1, _O(0.1, help="Peak learning rate.")),
     ("momentum", float, 0.9, _O(0.9, help="SGD momentum.")),
     ("weight_decay", float, 5e-4, _O(5e-4, help="Weight decay. The weight-norm peak that stops training exists "
                                      "because of it: with 0 the norm only grows.")),
-    ("batch_size", int, 256, _O(256, help="Images per step.")),
+    ("batch_size", int, 128, _O(128, help="Images per step.")),
     ("schedule", str, "constant", _O("constant", help="constant | cosine | onecycle (after warm-up).")),
     ("warmup_epochs", float, 1.0, _O(1.0, help="Linear warm-up, epochs.")),
     ("max_epochs", int, 30, _O(30, help="Upper bound on epochs.")),
@@ -40,8 +40,8 @@ RUN_OPTIONS = [  # (name, type, default, typer option)
     ("stop_signal", str, "auto", _O("auto", help="auto: the conv/linear weight-norm peak, or the ranking "
                                     "converged, whichever first | weight-norm | total-norm | grad-mean | "
                                     "rank-stability.")),
-    ("rank_threshold", float, 0.999, _O(0.999, help="Ranking converged when Spearman between consecutive "
-                                        "epochs' AUM rankings stays >= this for 2 epochs.")),
+    ("rank_threshold", float, 0.985, _O(0.985, help="Suspects converged when this fraction of the lowest-AUM "
+                                        "samples (AUM < 0) is unchanged between epochs, twice in a row.")),
     ("patience", int, 3, _O(3, help="Epochs the smoothed curve must stay below its peak.")),
     ("smoothing", int, 3, _O(3, help="Moving-average window of the stop curve, epochs.")),
     ("min_epochs", int, 3, _O(3, help="Never stop before this many epochs.")),
