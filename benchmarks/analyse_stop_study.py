@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from memscan.evaluate import detection_metrics, flag_metrics  # noqa: E402
-from memscan.scores import accumulate, confident_alternative, mislabel_statistic, percentile  # noqa: E402
+from memscan.evaluate import detection_metrics  # noqa: E402
+from memscan.scores import accumulate, mislabel_statistic, percentile  # noqa: E402
 from memscan.signals import PeakDetector, RankStabilityDetector  # noqa: E402
 from memscan.trajectories import read_epochs  # noqa: E402
 
@@ -48,8 +48,6 @@ def main():
                                     + percentile(sig.csg), flipped),
              "auc_1mp+csl": auroc(percentile(1 - pg) + percentile(sig.csl), flipped),
              "auc_1mp+aum": auroc(percentile(1 - pg) + percentile(-sig.aum), flipped)}
-        # candidate category rule at this epoch: confident learning on eval probabilities
-        probs_like = None
         rows.append(r)
     # stop rules replayed on the recorded curves
     stops = {}

@@ -76,7 +76,8 @@ def main():
     a = ap.parse_args()
     work = a.out.with_suffix("")
     work.mkdir(parents=True, exist_ok=True)
-    manifest = subset_manifest(a.dataset, a.per_class, work / "subset.parquet")
+    (work / "data").mkdir(exist_ok=True)
+    manifest = subset_manifest(a.dataset, a.per_class, work / "data" / "subset.parquet")
     augment = "crop-flip" if a.dataset == "cifar10" else "crop"
     base = RunConfig(augment=augment, seed=a.seed, max_epochs=a.epochs)
     holder = {}

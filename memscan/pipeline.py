@@ -6,7 +6,6 @@ The one function behind ``memscan run`` (and ``eval-noise``). Progress reaches t
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import sys
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from . import __version__
@@ -29,7 +27,7 @@ from .models import create_model, is_conv_net
 from .report import build_table, write_atomic
 from .scores import CATEGORIES, accumulate, compute_scores
 from .signals import Recorder
-from .train import exact_pass, fit, resolve_device, resolve_precision
+from .train import fit, predict_probs, resolve_device, resolve_precision
 from .trajectories import read_epochs, write_epoch
 
 
@@ -160,7 +158,7 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
                             "or check the images")
 
     t = time.perf_counter()
-    final_gsq, probs = exact_pass(model, source, batch_size=max(256, cfg.batch_size), dtype=dtype, want_probs=True)
+    probs = predict_probs(model, source, batch_size=max(256, cfg.batch_size), dtype=dtype)
     done_epochs = len(res_curves)
     peak = result.peak_epoch
     sig = accumulate(read_epochs(traj_dir), len(source), peak_epoch=peak)

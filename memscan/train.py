@@ -19,7 +19,6 @@ import torch.nn.functional as F
 
 from .config import RunConfig
 from .data.loader import batch_bounds, batch_slices, epoch_generator, epoch_order
-from .errors import TrainingError
 from .signals import (PeakDetector, RankStabilityDetector, Recorder, input_grad_sq, per_sample_stats,
                       weight_norms)
 
@@ -92,6 +91,18 @@ def lr_factor(step: int, steps_per_epoch: int, cfg: RunConfig) -> float:
 
 
 # ---------------------------------------------------------------- evaluation passes
+
+@torch.no_grad()
+def predict_probs(model, source, *, batch_size: int, dtype) -> np.ndarray:
+    """Softmax probabilities [N, K] in fp32 (eval mode, no augmentation)."""
+    model.eval()
+    out = []
+    for idx in torch.arange(len(source)).split(batch_size):
+        x, _ = source.batch(idx)
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            out.append(model(x).float().softmax(1).cpu())
+    return torch.cat(out).numpy()
+
 
 @torch.no_grad()
 def evaluate(model, source, *, batch_size: int, dtype) -> dict:

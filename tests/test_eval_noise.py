@@ -7,7 +7,7 @@ import pytest
 from memscan.cli import main
 from memscan.config import RunConfig
 from memscan.eval_noise import aggregate, eval_noise, read_truth
-from memscan.errors import ConfigError, DatasetError
+from memscan.errors import DatasetError
 from memscan.report import read_report
 
 from helpers import digits_folder, snapshot

@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 
 from memscan.scores import (Signals, accumulate, compute_scores, confident_alternative, percentile, rank_of,
                             upper_fence)

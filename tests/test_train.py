@@ -70,3 +70,15 @@ def test_nan_loss_stops_with_clear_message(tmp_path):
     cfg = RunConfig(max_epochs=3, lr=1e12, momentum=0.0, batch_size=16, image_size=8, augment="none", min_epochs=1)
     with pytest.raises(TrainingError, match="NaN/inf in epoch 1.*lower --lr"):
         run(data, cfg, out=tmp_path / "r")
+
+
+def test_predict_probs_matches_exact_pass():
+    from memscan.data.loader import InMemorySource
+    from memscan.models import MemscanCNN
+    from memscan.train import exact_pass, predict_probs
+    torch.manual_seed(0)
+    model = MemscanCNN(3, width=4)
+    images = np.random.default_rng(0).integers(0, 256, (9, 3, 16, 16), dtype=np.uint8)
+    src = InMemorySource(images, np.arange(9) % 3, mean=[0.5] * 3, std=[0.25] * 3)
+    _, p_exact = exact_pass(model, src, batch_size=4, dtype=torch.float32, want_probs=True)
+    np.testing.assert_allclose(predict_probs(model, src, batch_size=4, dtype=torch.float32), p_exact, rtol=1e-5)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-from pathlib import Path
 from typing import Optional
 
 import typer

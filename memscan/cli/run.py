@@ -48,13 +48,14 @@ def run_cmd(
     cache_dir: Optional[Path] = typer.Option(None, help="Decode cache (default: ~/.cache/memscan)."),
     val: Optional[Path] = typer.Option(None, help="Held-out labelled set: adds validation loss/accuracy per epoch."),
     path_column: Optional[str] = typer.Option(None, help="Manifest column holding image paths (default: path)."),
-    label_column: Optional[str] = typer.Option(None, help="Manifest column holding labels [default: label_name "
-                                               "or label]."),
+    label_column: Optional[str] = typer.Option(None, help="Manifest column holding labels (default: label_name "
+                                               "or label)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (as memscan.run returns it)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     run_opts: dict = None,
 ):
-    """Train (or fine-tune) on DATASET, record CSG every step, stop at the weight-norm peak, write the report."""
+    """Train (or fine-tune) on DATASET, record CSG every step, stop at the weight-norm peak (or once the
+    suspects stop changing), and write the ranked report."""
     from ..errors import ConfigError
     from ..pipeline import run
     opts = dict(run_opts)
