@@ -87,7 +87,8 @@ def overhead(a):
     if a.run and table is not None:
         from memscan.pipeline import run
         with tempfile.TemporaryDirectory() as tmp:
-            manifest = Path(tmp) / "subset.parquet"
+            (Path(tmp) / "data").mkdir()
+            manifest = Path(tmp) / "data" / "subset.parquet"
             import pyarrow as pa
             import pyarrow.parquet as pq
             pq.write_table(pa.table({"path": table.paths, "label": table.labels,

@@ -44,7 +44,7 @@ class RunConfig:
     signal: str = "inloop"              # "inloop": from the training step; "exact": extra eval pass
     stop: str = "peak"                  # "peak": stop after the confirmed peak; "none": max_epochs
     stop_signal: str = "auto"           # "auto": weight-norm peak, or the ranking converged, first
-    rank_threshold: float = 0.985       # suspect-set overlap between consecutive epochs = converged
+    rank_threshold: float = 0.98        # suspect-set overlap between consecutive epochs = converged
     smoothing: int = 3                  # epochs in the trailing moving average of the stop curve
     patience: int = 3                   # epochs the smoothed curve must stay below its peak
     min_epochs: int = 3                 # never stop before this many epochs
@@ -73,7 +73,7 @@ class RunConfig:
         _positive("smoothing", self.smoothing)
         _positive("patience", self.patience)
         if not 0 < self.rank_threshold < 1:
-            raise ConfigError(f"rank_threshold={self.rank_threshold} must be in (0, 1), e.g. 0.985")
+            raise ConfigError(f"rank_threshold={self.rank_threshold} must be in (0, 1), e.g. 0.98")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay={self.weight_decay} is negative; use 0 or more (default 5e-4)")
         if not 0 <= self.momentum < 1:

@@ -185,7 +185,7 @@ class RankStabilityDetector:
     of the many clean samples and converged far too late on MNIST; BENCHMARKS.md.)
     """
 
-    def __init__(self, *, threshold: float = 0.985, patience: int = 2, min_epochs: int = 3):
+    def __init__(self, *, threshold: float = 0.98, patience: int = 2, min_epochs: int = 3):
         self.threshold, self.patience, self.min_epochs = threshold, patience, min_epochs
         self._prev_order = None
         self.values: list[float] = []

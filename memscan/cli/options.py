@@ -39,7 +39,7 @@ RUN_OPTIONS = [  # (name, type, default, typer option)
     ("stop_signal", str, "auto", _O("auto", help="auto: the conv/linear weight-norm peak, or the ranking "
                                     "converged, whichever first | weight-norm | total-norm | grad-mean | "
                                     "rank-stability.")),
-    ("rank_threshold", float, 0.985, _O(0.985, help="Suspects converged when this fraction of the lowest-AUM "
+    ("rank_threshold", float, 0.98, _O(0.98, help="Suspects converged when this fraction of the lowest-AUM "
                                         "samples (AUM < 0) is unchanged between epochs, twice in a row.")),
     ("patience", int, 3, _O(3, help="Epochs the smoothed curve must stay below its peak.")),
     ("smoothing", int, 3, _O(3, help="Moving-average window of the stop curve, epochs.")),
