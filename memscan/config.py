@@ -7,7 +7,7 @@ following timm's None-defaulting options.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import ConfigError, check_choice
 
@@ -56,7 +56,6 @@ class RunConfig:
     compile: bool = False               # torch.compile (opt-in)
     workers: int | None = None          # decode threads; None: all cores
     strict: bool = False                # fail on the first unreadable image instead of skipping it
-    extra: dict = field(default_factory=dict)  # free-form notes (e.g. eval-noise settings)
 
     def __post_init__(self):
         check_choice("optimizer", self.optimizer, OPTIMIZERS)

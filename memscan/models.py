@@ -160,8 +160,3 @@ class _hub_offline:
     def __exit__(self, *exc):
         if self._c is not None:
             self._c.HF_HUB_OFFLINE = self._old
-
-
-def classifier_prefix(model: nn.Module) -> str:
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    return cfg.get("classifier", "head")

@@ -91,14 +91,6 @@ class Recorder:
         }
         return rec
 
-    def merge_from(self, other_values: dict):
-        """Overwrite with reduced values from all processes (torchrun): NaN means not seen here."""
-        for name in ("grad_sq", "loss", "margin"):
-            v = other_values[name].to(self.device)
-            cur = getattr(self, name)
-            setattr(self, name, torch.where(torch.isnan(v), cur, v))
-        self.correct = other_values["correct"].to(self.device).bool() | self.correct
-
 
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
