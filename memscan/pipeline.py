@@ -55,7 +55,8 @@ def _inside(child: Path, parent: Path) -> bool:
         return False
 
 
-def prepare_out_dir(out: Path, dataset_root: Path, *, overwrite: bool) -> Path:
+def check_out_dir(out: Path, dataset_root: Path, *, overwrite: bool) -> Path:
+    """Refuse a bad output folder before any work is done; nothing is created or deleted here."""
     out = Path(out)
     if _inside(out, dataset_root):
         raise ConfigError(f"--out '{out}' is inside the dataset folder '{dataset_root}'; memscan never writes "
@@ -67,6 +68,12 @@ def prepare_out_dir(out: Path, dataset_root: Path, *, overwrite: bool) -> Path:
         if not (out / "run.json").exists() and not (out / "report.parquet").exists():
             raise OutputExistsError(f"output folder '{out}' exists and is not a memscan run; refusing to "
                                     "overwrite it: choose another --out")
+    return out
+
+
+def create_out_dir(out: Path) -> Path:
+    """Replace an earlier run checked by ``check_out_dir`` and create the folder."""
+    if out.exists() and any(out.iterdir()):
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -95,7 +102,7 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
     np.random.seed(cfg.seed % (2 ** 32))
 
     table = load_index(dataset, path_column=path_column, label_column=label_column)
-    out = prepare_out_dir(Path(out) if out else default_out_dir(table.location), table.root, overwrite=overwrite)
+    out = check_out_dir(Path(out) if out else default_out_dir(table.location), table.root, overwrite=overwrite)
     emit("indexed", n=len(table), classes=table.num_classes, ignored=len(table.ignored))
 
     device = resolve_device(cfg.device)
@@ -138,6 +145,7 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
         val_source = InMemorySource(vd.images, vd.table.labels, mean=mean, std=std, device=device,
                                     channels_last=channels_last)
 
+    create_out_dir(out)  # only now: a bad model, weights file or dataset leaves no empty run folder behind
     traj_dir = out / "trajectories"
     curves_file = out / "epochs.parquet"
 

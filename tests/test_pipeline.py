@@ -98,3 +98,10 @@ def test_exact_signal_and_stop_none(dataset, tmp_path):
     r = run(dataset, RunConfig(**dict(FAST, signal="exact", stop="none", max_epochs=2)), out=tmp_path / "x")
     assert r.summary["epochs_trained"] == 2
     assert "--stop none" in r.summary["stop_reason"]
+
+
+def test_failed_start_leaves_no_run_folder(dataset, tmp_path):
+    from memscan.errors import ModelError
+    with pytest.raises(ModelError):
+        run(dataset, RunConfig(**dict(FAST, model="no-such-model-xyz")), out=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
