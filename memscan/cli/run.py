@@ -54,8 +54,7 @@ def run_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     run_opts: dict = None,
 ):
-    """Train (or fine-tune) on DATASET, record CSG every step, stop at the weight-norm peak (or once the
-    suspects stop changing), and write the ranked report."""
+    """Train on DATASET, record CSG every step, stop at the weight-norm peak or once the suspects settle, report."""
     from ..errors import ConfigError
     from ..pipeline import run
     opts = dict(run_opts)
