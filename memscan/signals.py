@@ -29,14 +29,19 @@ def input_grad_sq(x_grad: torch.Tensor, *, batch_size: int, reduction: str = "me
     return (g * g).sum(1) * (factor * factor)
 
 
-def per_sample_stats(logits: torch.Tensor, y: torch.Tensor):
-    """(loss_i, margin_i, correct_i) in fp32: cross-entropy, given-label logit minus the best
-    other logit (AUM's margin), and whether the argmax is the given label."""
+def margin_and_correct(logits: torch.Tensor, y: torch.Tensor):
+    """(margin_i, correct_i): given-label logit minus the best other logit (AUM's margin), and
+    whether the argmax is the given label. The training step already has the per-sample loss."""
     logits = logits.detach().float()
-    loss = nn.functional.cross_entropy(logits, y, reduction="none")
     given = logits.gather(1, y[:, None])[:, 0]
     other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
-    return loss, given - other, logits.argmax(1) == y
+    return given - other, logits.argmax(1) == y
+
+
+def per_sample_stats(logits: torch.Tensor, y: torch.Tensor):
+    """(loss_i, margin_i, correct_i) in fp32, for callers that have only the logits."""
+    loss = nn.functional.cross_entropy(logits.detach().float(), y, reduction="none")
+    return (loss, *margin_and_correct(logits, y))
 
 
 @dataclass

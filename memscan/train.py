@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .config import RunConfig
 from .data.loader import batch_bounds, batch_slices, epoch_generator, epoch_order
-from .signals import (PeakDetector, RankStabilityDetector, Recorder, input_grad_sq, per_sample_stats,
+from .signals import (PeakDetector, RankStabilityDetector, Recorder, input_grad_sq, margin_and_correct,
                       weight_norms)
 
 
@@ -159,7 +159,7 @@ def train_step(model, x, y, opt, scaler, *, dtype=torch.float32, label_smoothing
     loss = loss_i.mean()
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    _, margin, correct = per_sample_stats(logits, y)
+    margin, correct = margin_and_correct(logits, y)
     # the GradScaler's scale is read before step/update, which may change it
     gsq = input_grad_sq(x.grad, batch_size=len(y), reduction="mean", loss_scale=scaler.get_scale())
     scaler.step(opt)
