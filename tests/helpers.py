@@ -25,3 +25,23 @@ def digits_folder(root: Path, per_class: int = 30, classes: int = 4, flip_every:
 def snapshot(folder: Path) -> dict:
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in sorted(Path(folder).rglob("*"))}
+
+
+def trained_digits_run(root: Path, *, flip_every: int = 7, per_class: int = 25, classes: int = 3, epochs: int = 3):
+    """A real (tiny) memscan run on digits: (dataset folder, run folder)."""
+    from memscan.config import RunConfig
+    from memscan.pipeline import run
+    data = digits_folder(root / "digits", per_class=per_class, classes=classes, flip_every=flip_every)
+    cfg = RunConfig(max_epochs=epochs, batch_size=32, image_size=8, augment="crop", min_epochs=1)
+    res = run(data, cfg, out=root / "runs" / "digits", cache_dir=root / "cache")
+    return data, res.out_dir
+
+
+def rewrite_report(src, dest: Path, df) -> Path:
+    """Write ``df`` as a report with ``src``'s memscan metadata (reports edited for tests)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    meta = pq.read_schema(Path(src) / "report.parquet" if Path(src).is_dir() else src).metadata
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(meta), dest)
+    return dest

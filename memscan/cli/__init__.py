@@ -37,11 +37,8 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 
 def _register():
-    from . import rank as _rank, run as _run  # noqa: F401  (each module adds its command to app)
-    try:
-        from . import eval_noise as _eval  # noqa: F401
-    except ImportError:
-        pass
+    # each module adds its command to ``app``; import order is the order in --help
+    from . import run, rank, eval_noise, check, diff, report  # noqa: F401
 
 
 def main(argv=None) -> int:

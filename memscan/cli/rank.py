@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from . import app
@@ -70,7 +71,7 @@ def rank_cmd(
                   ("predicted", {}), ("p", {"justify": "right"}), (by, {"justify": "right"}), ("category", {})):
         t.add_column(c, **kw)
     for r in rows:
-        t.add_row(str(r["rank"]), r["path"], str(r["label_name"]), str(r["pred_name"]), f"{r['p_pred']:.2f}",
+        t.add_row(str(r["rank"]), escape(r["path"]), escape(str(r["label_name"])), escape(str(r["pred_name"])), f"{r['p_pred']:.2f}",
                   f"{r['score']:.4g}", r["category"])
     console.print(t)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -50,6 +50,10 @@ def run_cmd(
     path_column: Optional[str] = typer.Option(None, help="Manifest column holding image paths (default: path)."),
     label_column: Optional[str] = typer.Option(None, help="Manifest column holding labels (default: label_name "
                                                "or label)."),
+    check: Optional[List[str]] = typer.Option(None, "--check", help="Gate the report after the run, e.g. "
+                                              "\"max-mislabeled=0.02,max-count=50,class-max=cat:0.05\" (keys as "
+                                              "in 'memscan check'); exit 1 when it fails."),
+    html: bool = typer.Option(False, "--html", help="Also write report.html (thumbnails, plots) in the run folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (as memscan.run returns it)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     run_opts: dict = None,
@@ -73,21 +77,48 @@ def run_cmd(
     elif dataset is None:
         raise ConfigError("missing DATASET: pass an image folder or manifest, or --demo for the embedded example")
     cfg = config_from_options(opts)
+    gate = None
+    if check:  # parsed and checked before training, so a typo costs seconds, not the run
+        from ..check import parse_spec
+        gate = parse_spec(check)
+        if gate.get("baseline") is not None:
+            from ..report import read_metadata
+            read_metadata(gate["baseline"])
     with RunProgress(quiet=quiet or as_json) as prog:
         res = run(dataset, cfg, out=out, overwrite=overwrite, cache_dir=cache_dir, val_dataset=val, progress=prog,
                   path_column=path_column, label_column=label_column)
     if truth is not None:
         res.summary["demo"] = demo_evaluation(res, truth)
+    if html:
+        from .report import write_report_html
+        res.summary["html"] = str(write_report_html(res.out_dir, quiet=as_json).path)
+    result = None
+    if gate is not None:
+        from ..check import check_report
+        from ..ci_formats import write_text_atomic
+        from .check import write_ci_files
+        result = check_report(res.report_path, **gate)
+        write_text_atomic(res.out_dir / "check.json", json.dumps(result.to_dict(), indent=1))
+        write_ci_files(result, junit=res.out_dir / "check.xml", summary_md=res.out_dir / "check.md")
+        res.summary["check"] = result.to_dict()
     if as_json:
         typer.echo(json.dumps(res.summary, indent=1, default=str))
+        if result is not None and not result.passed:
+            raise typer.Exit(1)
         return
     print_summary(res.summary)
+    if html:
+        console.print(f"html: [bold]{res.summary['html']}[/]")
     if truth is not None:
         d = res.summary["demo"]
         console.print(f"\n[bold]demo check[/]: {d['flipped']} labels were flipped on purpose. mislabel_score "
                       f"AUROC {d['auroc']:.3f}; {d['found_in_top_k']} of them are in the top {d['flipped']} "
                       f"(precision@k {d['precision_at_k']:.2f}); category 'mislabeled' precision "
                       f"{d['flag_precision']:.2f}, recall {d['flag_recall']:.2f}.")
+    if result is not None:
+        from .check import print_check
+        console.print()
+        raise typer.Exit(print_check(result))
 
 
 def demo_evaluation(res, truth_file) -> dict:

@@ -1,0 +1,182 @@
+"""The data-quality gate behind ``memscan check`` and ``memscan run --check``.
+
+A gate compares one number from a report with a limit: the fraction of samples flagged
+``mislabeled`` (``max_mislabeled``), their count (``max_count``), the flagged fraction inside one
+class (``class_max``), and, against a baseline report of the same dataset, the number of new
+suspects (``max_new``). ``check_report`` returns every gate's value, limit, verdict and the top
+offending samples; it never exits or prints: the CLI maps ``CheckResult.passed`` to exit 0 or 1.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+from .diff import diff_reports
+from .errors import ConfigError, ReportError
+
+SPEC_KEYS = ("max-mislabeled", "max-count", "class-max", "baseline", "max-new")
+OFFENDER_FIELDS = ("path", "label_name", "pred_name", "p_pred", "mislabel_score", "category")
+
+
+@dataclass
+class GateResult:
+    name: str            # "max-mislabeled", "max-count", "class-max[cat]", "max-new"
+    passed: bool
+    value: float
+    limit: float
+    kind: str            # "fraction" or "count"
+    message: str
+    offenders: list[dict] = field(default_factory=list)   # most suspicious first
+
+
+@dataclass
+class CheckResult:
+    report: str
+    samples: int
+    flagged: int
+    passed: bool
+    gates: list[GateResult]
+    diff: dict | None = None     # ReportDiff.counts() when a baseline was given
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def failed(self) -> list[GateResult]:
+        return [g for g in self.gates if not g.passed]
+
+
+def _fraction(name: str, v) -> float:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={v!r} is not a number; give a fraction such as 0.02 (2%)") from None
+    if not 0 <= v <= 1:
+        raise ConfigError(f"{name}={v} must be a fraction between 0 and 1 (0.02 means 2%)")
+    return v
+
+
+def _count(name: str, v) -> int:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={v!r} is not a whole number of samples") from None
+    if f < 0 or f != int(f):
+        raise ConfigError(f"{name}={v} must be a whole number of samples, 0 or more")
+    return int(f)
+
+
+def parse_class_max(items) -> dict[str, float]:
+    """``["cat=0.05", "dog=0.1"]`` (or one comma-joined string) -> ``{"cat": 0.05, "dog": 0.1}``."""
+    if isinstance(items, str):
+        items = [items]
+    out = {}
+    for item in items or ():
+        for part in filter(None, (p.strip() for p in str(item).split(","))):
+            name, sep, val = part.rpartition("=") if "=" in part else part.rpartition(":")
+            if not sep or not name:
+                raise ConfigError(f"--class-max {part!r} must look like CLASS=FRACTION, e.g. cat=0.05")
+            out[name] = _fraction(f"--class-max {name}", val)
+    return out
+
+
+def parse_spec(spec) -> dict:
+    """The ``memscan run --check`` text, e.g. ``"max-mislabeled=0.02, max-count=50, class-max=cat:0.05"``,
+    as keyword arguments of ``check_report``. Several strings (a repeated option) are merged."""
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    kw: dict = {}
+    for s in specs:
+        for part in filter(None, re.split(r"[,\s]+", s.strip())):
+            key, sep, val = part.partition("=")
+            key = key.strip().lstrip("-").replace("_", "-")
+            if not sep or key not in SPEC_KEYS or not val:
+                raise ConfigError(f"--check {part!r} is not a gate; write KEY=VALUE with KEY one of: "
+                                  f"{', '.join(SPEC_KEYS)} (e.g. max-mislabeled=0.02)")
+            if key == "class-max":
+                kw.setdefault("class_max", {}).update(parse_class_max(val.replace(":", "=", 1)))
+            elif key == "max-mislabeled":
+                kw["max_mislabeled"] = _fraction("--check max-mislabeled", val)
+            elif key in ("max-count", "max-new"):
+                kw[key.replace("-", "_")] = _count(f"--check {key}", val)
+            else:
+                kw["baseline"] = val
+    if "max_new" in kw and "baseline" not in kw:
+        raise ConfigError("--check max-new needs baseline=PATH (an earlier report of the same dataset)")
+    if not kw:
+        raise ConfigError("--check is empty; give at least one gate, e.g. max-mislabeled=0.02")
+    return kw
+
+
+def _offenders(df, top: int) -> list[dict]:
+    rows = df.sort_values("mislabel_score", ascending=False, kind="stable").head(top)
+    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+            for r in rows[list(OFFENDER_FIELDS)].to_dict("records")]
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def check_report(report, /, *, max_mislabeled=None, max_count=None, class_max=None, baseline=None,
+                 max_new=None, top: int = 10) -> CheckResult:
+    """Gate a report (run folder, report.parquet or DataFrame). Give at least one limit.
+
+    Flagged = ``category == "mislabeled"``. ``class_max``: ``{class_name: fraction}``.
+    ``max_new`` needs ``baseline`` (an earlier report of the same dataset, matched by path).
+    """
+    from .diff import _frame
+    if all(v is None for v in (max_mislabeled, max_count, max_new)) and not class_max:
+        raise ConfigError("no threshold given; pass at least one of --max-mislabeled, --max-count, --class-max "
+                          "or --baseline with --max-new")
+    if max_new is not None and baseline is None:
+        raise ConfigError("--max-new needs --baseline (an earlier report of the same dataset)")
+    max_mislabeled = None if max_mislabeled is None else _fraction("--max-mislabeled", max_mislabeled)
+    max_count = None if max_count is None else _count("--max-count", max_count)
+    max_new = None if max_new is None else _count("--max-new", max_new)
+    class_max = parse_class_max(class_max) if isinstance(class_max, (str, list, tuple)) else dict(class_max or {})
+    df, name = _frame(report)
+    if len(df) == 0:
+        raise ReportError(f"'{name}' has no samples; nothing to check")
+    classes = sorted(set(df["label_name"]))
+    for c in class_max:
+        if c not in classes:
+            raise ConfigError(f"--class-max {c!r} is not a class of '{name}'; classes: {', '.join(classes)}")
+    flagged = df[df["category"] == "mislabeled"]
+    n, k = len(df), len(flagged)
+    gates = []
+    if max_mislabeled is not None:
+        frac = k / n
+        ok = frac <= max_mislabeled
+        over = k - int(max_mislabeled * n)
+        msg = (f"{_pct(frac)} of {n} samples flagged mislabeled ({k}) "
+               + (f"<= limit {_pct(max_mislabeled)}" if ok else
+                  f"> limit {_pct(max_mislabeled)}: over by {100 * (frac - max_mislabeled):.2f} points ({over} samples)"))
+        gates.append(GateResult("max-mislabeled", ok, frac, max_mislabeled, "fraction", msg,
+                                [] if ok else _offenders(flagged, top)))
+    if max_count is not None:
+        ok = k <= max_count
+        msg = f"{k} samples flagged mislabeled " + (f"<= limit {max_count}" if ok else
+                                                      f"> limit {max_count}: over by {k - max_count}")
+        gates.append(GateResult("max-count", ok, k, max_count, "count", msg, [] if ok else _offenders(flagged, top)))
+    for c, lim in class_max.items():
+        in_c = df["label_name"] == c
+        fc = flagged[flagged["label_name"] == c]
+        frac = len(fc) / int(in_c.sum())
+        ok = frac <= lim
+        msg = (f"class {c!r}: {_pct(frac)} of its {int(in_c.sum())} samples flagged mislabeled ({len(fc)}) "
+               + (f"<= limit {_pct(lim)}" if ok else f"> limit {_pct(lim)}: over by {100 * (frac - lim):.2f} points"))
+        gates.append(GateResult(f"class-max[{c}]", ok, frac, lim, "fraction", msg, [] if ok else _offenders(fc, top)))
+    diff = None
+    if baseline is not None:
+        d = diff_reports(baseline, df)
+        diff = d.counts()
+        if max_new is not None:
+            m = len(d.new_suspects)
+            ok = m <= max_new
+            msg = (f"{m} new suspects since the baseline ({len(d.resolved_suspects)} resolved, "
+                   f"{len(d.relabelled)} relabelled) " + (f"<= limit {max_new}" if ok else
+                                                        f"> limit {max_new}: over by {m - max_new}"))
+            gates.append(GateResult("max-new", ok, m, max_new, "count", msg,
+                                    [] if ok else [{k: r[k] for k in OFFENDER_FIELDS} for r in d.new_suspects[:top]]))
+    return CheckResult(report=name, samples=n, flagged=k, passed=all(g.passed for g in gates), gates=gates,
+                       diff=diff)

@@ -1,0 +1,76 @@
+"""memscan check: gate a report against quality thresholds (exit 0 pass, 1 fail, 2 usage error)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from . import app
+from .console import console
+
+EXIT_FAILED = 1
+
+
+def write_ci_files(result, *, junit: Optional[Path] = None, summary_md: Optional[Path] = None) -> None:
+    """JUnit XML and Markdown where asked, and the job summary when $GITHUB_STEP_SUMMARY is set."""
+    from ..ci_formats import append_step_summary, junit_xml, markdown_summary, write_text_atomic
+    md = markdown_summary(result)
+    if junit:
+        write_text_atomic(junit, junit_xml(result))
+    if summary_md:
+        write_text_atomic(summary_md, md)
+    append_step_summary(md)
+
+
+def print_check(result) -> int:
+    """Print each gate's verdict and the offenders of failed gates; return the exit code (0 pass, 1 fail)."""
+    for g in result.gates:
+        mark = "[green]PASS[/]" if g.passed else "[bold red]FAIL[/]"
+        console.print(f"{mark} {escape(g.name)}: {escape(g.message)}", highlight=False)
+    for g in result.failed:
+        if g.offenders:
+            t = Table(title=f"top offenders — {escape(g.name)}", title_justify="left")
+            for c in ("path", "given", "predicted", "p", "mislabel_score"):
+                t.add_column(c, overflow="fold")
+            for o in g.offenders:
+                t.add_row(escape(o["path"]), escape(str(o["label_name"])), escape(str(o["pred_name"])),
+                          f"{o['p_pred']:.2f}", f"{o['mislabel_score']:.3f}")
+            console.print(t)
+    if result.passed:
+        console.print(f"[bold green]data check passed[/] ({len(result.gates)} gates, {result.samples} samples)")
+    else:
+        console.print(f"[bold red]data check failed[/]: {escape(', '.join(g.name for g in result.failed))} "
+                      f"(see: memscan rank {escape(result.report)} --category mislabeled)", highlight=False)
+    return 0 if result.passed else EXIT_FAILED
+
+
+@app.command("check")
+def check_cmd(
+    report: Path = typer.Argument(..., help="Run folder or report.parquet to gate."),
+    max_mislabeled: Optional[float] = typer.Option(None, help="Fail when more than this fraction of samples is "
+                                                   "flagged mislabeled (0.02 = 2%)."),
+    max_count: Optional[int] = typer.Option(None, help="Fail when more than this many samples are flagged mislabeled."),
+    class_max: Optional[List[str]] = typer.Option(None, help="CLASS=FRACTION: per-class limit on the flagged "
+                                                  "fraction; repeat for several classes."),
+    baseline: Optional[Path] = typer.Option(None, help="Earlier report of the same dataset (matched by path)."),
+    max_new: Optional[int] = typer.Option(None, help="With --baseline: fail when more than this many new suspects."),
+    junit: Optional[Path] = typer.Option(None, help="Write a JUnit XML file (one test case per gate)."),
+    summary_md: Optional[Path] = typer.Option(None, help="Write a Markdown summary (also appended to "
+                                              "$GITHUB_STEP_SUMMARY when set)."),
+    top: int = typer.Option(10, help="Offending samples listed per failed gate."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (as memscan.check.check_report "
+                                 "returns it)."),
+):
+    """Gate a report: exit 0 when the data passes, 1 when a threshold is exceeded, 2 on a usage error."""
+    from ..check import check_report
+    res = check_report(report, max_mislabeled=max_mislabeled, max_count=max_count, class_max=class_max or None,
+                       baseline=baseline, max_new=max_new, top=top)
+    write_ci_files(res, junit=junit, summary_md=summary_md)
+    if as_json:
+        typer.echo(json.dumps(res.to_dict(), indent=1))
+        raise typer.Exit(0 if res.passed else EXIT_FAILED)
+    raise typer.Exit(print_check(res))

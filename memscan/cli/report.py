@@ -1,0 +1,55 @@
+"""memscan report / memscan plot: the self-contained HTML review page, or the plots alone as PNG."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import app
+from .console import console, err_console
+
+
+def write_report_html(run_dir, out=None, *, per_category: int = 300, quiet: bool = False):
+    from ..html_report import write_html
+    res = write_html(run_dir, out, per_category=per_category)
+    if res.warning and not quiet:
+        err_console.print(f"[yellow]warning:[/] {res.warning}", highlight=False)
+    return res
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Optional[Path] = typer.Argument(None, help="Run folder or report.parquet (default: latest run)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default: RUN_DIR/report.html)."),
+    per_category: int = typer.Option(300, help="Most suspicious samples shown per flagged category."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+):
+    """Write report.html: thumbnails of the flagged samples, training plots, per-class summary, config."""
+    from ..rank import latest_run
+    res = write_report_html(run_dir if run_dir is not None else latest_run(), out, per_category=per_category,
+                            quiet=as_json)
+    if as_json:
+        typer.echo(json.dumps({"html": str(res.path), "images": res.images, "missing": res.missing,
+                               "warning": res.warning}, indent=1))
+        return
+    console.print(f"wrote [bold]{res.path}[/] ({res.images} samples in the gallery"
+                  + (f", {len(res.missing)} images missing" if res.missing else "") + ")", highlight=False)
+
+
+@app.command("plot")
+def plot_cmd(
+    run_dir: Optional[Path] = typer.Argument(None, help="Run folder or report.parquet (default: latest run)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the PNG files (default: "
+                                       "RUN_DIR/plots)."),
+    dpi: int = typer.Option(120, help="Resolution of the PNG files."),
+):
+    """Write the run's plots as PNG: weight norms, mean sample gradient, accuracy, CSG distribution, per class."""
+    from ..plots import save_pngs
+    from ..rank import latest_run
+    from ..report import resolve_report_path
+    rpath = resolve_report_path(run_dir if run_dir is not None else latest_run())
+    paths = save_pngs(rpath, out if out is not None else rpath.parent / "plots", dpi=dpi)
+    for p in paths:
+        typer.echo(str(p))

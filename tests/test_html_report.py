@@ -1,0 +1,134 @@
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from memscan.cli import main
+from memscan.errors import ConfigError
+from memscan.html_report import GALLERY, gallery_rows, write_html
+from memscan.plots import PLOT_NAMES
+from memscan.report import read_report
+
+from helpers import rewrite_report
+
+CHROMIUM = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="no headless chromium on this machine (.ci/run installs "
+                                   "Debian's 'chromium'; apt-get install chromium to run these)")
+
+
+def render(html_file, fragment=""):
+    """The DOM after the page's scripts ran, and the page's console messages, from real headless Chromium."""
+    p = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                        "--disable-background-networking", "--enable-logging=stderr", "--v=0",
+                        "--virtual-time-budget=3000", "--dump-dom", html_file.resolve().as_uri() + fragment],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    console = [line for line in p.stderr.splitlines() if ":CONSOLE" in line]
+    return p.stdout, console
+
+
+def attr(dom, name):
+    m = re.search(rf'{name}="(\d+)"', dom)
+    return None if m is None else int(m.group(1))
+
+
+@pytest.fixture(scope="module")
+def page(digits_run, tmp_path_factory):
+    _, run_dir = digits_run
+    res = write_html(run_dir, tmp_path_factory.mktemp("html") / "report.html")
+    return run_dir, res
+
+
+def test_page_is_self_contained(page):
+    run_dir, res = page
+    text = res.path.read_text()
+    df = read_report(run_dir).to_pandas()
+    want = sum(min(300, int((df["category"] == c).sum())) for c in GALLERY)
+    assert res.images == want and res.missing == [] and res.warning is None
+    assert text.count('"img":"data:image/png;base64,') == want      # every card carries its thumbnail
+    assert text.count('<img class="plot"') == len(PLOT_NAMES)
+    assert not re.search(r'(src|href)="(https?:)?//', text)          # nothing fetched from the network
+    assert "<script src" not in text
+
+
+def test_gallery_rows_order_and_limit(digits_run):
+    _, run_dir = digits_run
+    df = read_report(run_dir).to_pandas()
+    rows = gallery_rows(df, per_category=2)
+    for cat, col in GALLERY.items():
+        sub = rows[rows["category"] == cat]
+        assert len(sub) == min(2, int((df["category"] == cat).sum()))
+        assert sub[col].is_monotonic_decreasing
+    with pytest.raises(ConfigError, match="at least 1"):
+        write_html(run_dir, per_category=0)
+
+
+def test_missing_images_become_placeholders(digits_run, tmp_path):
+    data, run_dir = digits_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    df = read_report(copy).to_pandas()
+    df["path"] = "gone/" + df["path"]
+    rewrite_report(copy, copy / "report.parquet", df)
+    res = write_html(copy)
+    assert res.path == copy / "report.html" and res.images > 0
+    assert len(res.missing) == res.images and "could not be read" in res.warning
+
+
+def test_plot_command_writes_pngs(digits_run, tmp_path, capsys):
+    _, run_dir = digits_run
+    assert main(["plot", str(run_dir), "--out", str(tmp_path / "plots")]) == 0
+    files = capsys.readouterr().out.split()
+    assert [f.rsplit("/", 1)[-1] for f in files] == [f"{n}.png" for n in PLOT_NAMES]
+    for f in files:
+        with Image.open(f) as im:
+            assert im.format == "PNG" and im.size[0] > 300
+
+
+def test_report_command(digits_run, tmp_path, capsys):
+    _, run_dir = digits_run
+    dest = tmp_path / "r.html"
+    assert main(["report", str(run_dir), "--out", str(dest), "--per-category", "3"]) == 0
+    assert dest.exists() and "wrote" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "none")]) == 2
+
+
+@needs_browser
+def test_gallery_renders_in_chromium(page):
+    run_dir, res = page
+    df = read_report(run_dir).to_pandas()
+    dom, console = render(res.path)
+    assert console == [], console                       # no errors, no warnings, nothing logged
+    assert not re.search(r'<html[^>]*data-js-errors', dom)
+    assert attr(dom, "data-matching") == res.images
+    assert attr(dom, "data-shown") == len(re.findall(r'<img class="thumb"', dom)) == min(60, res.images)
+    assert len(re.findall(r'<img class="plot"', dom)) == len(PLOT_NAMES)
+    cls = sorted(set(df["label_name"]))[1]
+    rows = gallery_rows(df, per_category=300)
+    want = int(((rows["category"] == "mislabeled") & (rows["label_name"] == cls)).sum())
+    dom, console = render(res.path, f"#category=mislabeled&class={cls}")
+    assert console == [] and attr(dom, "data-matching") == want
+    assert len(re.findall(r'<img class="thumb"', dom)) == min(60, want)
+
+
+@needs_browser
+def test_thousand_cards_are_paged(digits_run, tmp_path):
+    """1,200 flagged samples: the page renders one page of cards at a time (here page 20 of 20)."""
+    _, run_dir = digits_run
+    df = read_report(run_dir).to_pandas()
+    big = df.sample(1200, replace=True, random_state=0).reset_index(drop=True)
+    big["path"] = [f"{p}#{i}" for i, p in enumerate(big["path"])]   # not on disk: placeholders
+    big["category"] = np.where(np.arange(1200) % 2, "mislabeled", "atypical")
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    rewrite_report(copy, copy / "report.parquet", big)
+    res = write_html(copy, per_category=600)
+    assert res.images == 1200
+    dom, console = render(res.path, "#category=all&page=20&size=60")
+    assert console == []
+    assert attr(dom, "data-matching") == 1200 and attr(dom, "data-shown") == 60
+    assert "1141–1200 of 1200 (page 20/20)" in dom
+    assert dom.count('class="noimg"') == 60
