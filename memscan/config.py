@@ -55,6 +55,8 @@ class RunConfig:
     channels_last: bool | None = None   # None: on for conv nets on CPU/CUDA
     compile: bool = False               # torch.compile (opt-in)
     workers: int | None = None          # decode threads; None: all cores
+    cache_memory: float | None = None   # GiB of RAM the decoded images may take; above: memory-mapped
+                                        # from the on-disk cache. None: half the machine's RAM
     strict: bool = False                # fail on the first unreadable image instead of skipping it
 
     def __post_init__(self):
@@ -83,6 +85,8 @@ class RunConfig:
             raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
         if self.image_size is not None and not 8 <= self.image_size <= 1024:
             raise ConfigError(f"image_size={self.image_size} must be between 8 and 1024 pixels")
+        if self.cache_memory is not None and self.cache_memory < 0:
+            raise ConfigError(f"cache_memory={self.cache_memory} GiB is negative; use 0 (always memory-map) or more")
         if self.weights and self.pretrained:
             raise ConfigError("pass either --weights FILE or --pretrained, not both")
 

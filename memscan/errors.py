@@ -31,6 +31,14 @@ class TrainingError(MemscanError):
     """Training diverged (NaN/inf loss) or ran out of memory."""
 
 
+class OutputError(MemscanError):
+    """A file could not be written (disk full, permissions); nothing half-written is left."""
+
+
+class Interrupted(MemscanError):
+    """The user stopped a run (Ctrl-C); the message says how to resume it."""
+
+
 class ReportError(MemscanError):
     """A report file is missing, unreadable or of an unknown format version."""
 

@@ -6,6 +6,7 @@ The one function behind ``memscan run`` (and ``eval-noise``). Progress reaches t
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import sys
@@ -21,8 +22,10 @@ import torch
 from . import __version__
 from .config import RunConfig
 from .data import load_images, load_index
+from .data.cache import memory_budget
 from .data.loader import InMemorySource, channel_stats
-from .errors import ConfigError, OutputExistsError, TrainingError
+from . import distributed
+from .errors import ConfigError, Interrupted, OutputError, OutputExistsError, TrainingError
 from .models import create_model, is_conv_net
 from .report import build_table, write_atomic
 from .scores import CATEGORIES, accumulate, compute_scores
@@ -86,41 +89,113 @@ def _default_size(model_name: str, model) -> int:
     return 32
 
 
+CHECKPOINT = "checkpoint.pt"
+RUN_ARGS = "run-args.json"
+
+
+def save_checkpoint(state: dict, dest: Path) -> None:
+    """Write then rename: a crash or a full disk never leaves a corrupt checkpoint, and the previous
+    one survives until the new one is complete."""
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, dest)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        prev = f"the previous checkpoint '{dest}' is intact" if dest.exists() else "no earlier checkpoint exists"
+        raise OutputError(f"cannot write checkpoint '{dest}' ({e.strerror or e}); {prev}: free disk space, then "
+                          f"'memscan resume {dest.parent}'") from None
+
+
+def load_checkpoint(out: Path) -> dict | None:
+    p = Path(out) / CHECKPOINT
+    if not p.exists():
+        return None
+    try:
+        # our own file (written by save_checkpoint): it holds the stop rule's Python state
+        return torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise OutputError(f"checkpoint '{p}' is unreadable ({type(e).__name__}); delete it to restart the run "
+                          "from scratch with --overwrite") from None
+
+
+def _check_resumable(out: Path, cfg: RunConfig, fingerprint: str):
+    """The checkpoint of ``out``, or None to start over; refuses one of another config or dataset."""
+    if not out.exists():
+        raise ConfigError(f"--resume: no run folder '{out}'; pass the --out of the interrupted run")
+    if (out / "report.parquet").exists() and not (out / CHECKPOINT).exists():
+        raise OutputExistsError(f"run '{out}' already finished (report.parquet is there); nothing to resume")
+    for leftover in out.glob(CHECKPOINT + ".tmp*"):   # a write cut short by the crash
+        leftover.unlink(missing_ok=True)
+    ck = load_checkpoint(out)
+    if ck is None:
+        return None
+    saved = ck["config"]
+    diff = sorted(k for k, v in cfg.to_dict().items() if saved.get(k) != v)
+    if diff:
+        raise ConfigError(f"--resume: options differ from the interrupted run in {', '.join(diff)} (was: "
+                          + ", ".join(f"{k}={saved.get(k)!r}" for k in diff)
+                          + "); drop them, or use 'memscan resume RUN' which reuses the saved options")
+    if ck.get("fingerprint") != fingerprint:
+        raise ConfigError(f"--resume: the dataset changed since the run in '{out}' started (files added, removed "
+                          "or modified); start a new run instead")
+    return ck
+
+
 def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = False, cache_dir=None,
         val_dataset=None, relabel=None, progress=None, path_column: str | None = None,
-        label_column: str | None = None) -> RunResult:
+        label_column: str | None = None, resume: bool = False) -> RunResult:
     """Train on ``dataset`` (folder or manifest), record signals, and write the report folder.
 
     ``relabel(table) -> labels`` replaces the labels in memory (eval-noise); the dataset on disk is
-    never touched. Returns a ``RunResult`` whose ``summary`` is what ``--json`` prints.
+    never touched. ``resume=True`` continues the interrupted run in ``out`` from its last epoch
+    checkpoint (same report as an uninterrupted run on the CPU). Under torchrun every process calls
+    this; rank 0 writes the files. Returns a ``RunResult`` whose ``summary`` is what ``--json`` prints.
     """
     cfg = cfg or RunConfig()
-    emit = progress or (lambda event, **info: None)
     timings = {}
     t_all = time.perf_counter()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % (2 ** 32))
 
+    device = resolve_device(cfg.device)
+    dist = distributed.setup(device.type)
+    device = distributed.device_for(dist, device)
+    main = dist.is_main
+    emit = (progress or (lambda event, **info: None)) if main else (lambda event, **info: None)
+
     table = load_index(dataset, path_column=path_column, label_column=label_column)
-    out = check_out_dir(Path(out) if out else default_out_dir(table.location), table.root, overwrite=overwrite)
+    if resume:
+        if out is None:
+            raise ConfigError("--resume needs --out: the folder of the interrupted run")
+        out = Path(out)
+        ck = _check_resumable(out, cfg, table.fingerprint())
+    else:
+        out = check_out_dir(Path(out) if out else default_out_dir(table.location), table.root, overwrite=overwrite)
+        ck = None
     emit("indexed", n=len(table), classes=table.num_classes, ignored=len(table.ignored))
 
-    device = resolve_device(cfg.device)
     dtype = resolve_precision(cfg.precision, device)
     # the model is built before decoding: its preferred input size decides the decode size
     model = create_model(cfg.model, table.num_classes, weights=cfg.weights, pretrained=cfg.pretrained)
 
     t = time.perf_counter()
+    if not main:
+        dist.barrier()   # rank 0 decodes and fills the cache; the others then load it
     decoded = load_images(table, image_size=cfg.image_size, strict=cfg.strict, workers=cfg.workers,
                           cache_dir=cache_dir, default_size=_default_size(cfg.model, model),
+                          memory_bytes=memory_budget(cfg.cache_memory),
                           progress=lambda d, n: emit("decode", done=d, total=n))
+    if main:
+        dist.barrier()
     timings["decode_s"] = time.perf_counter() - t
     table = decoded.table
     labels = np.asarray(relabel(table) if relabel else table.labels, dtype=np.int64)
     if len(decoded.images) < 2 or np.bincount(labels, minlength=table.num_classes).max() == len(labels):
         raise ConfigError(f"'{table.location}': fewer than two classes have readable images; memscan needs two")
+    mapped = isinstance(decoded.images, np.memmap)
     emit("decoded", n=len(table), size=decoded.images.shape[-1], skipped=len(decoded.skipped),
-         from_cache=decoded.from_cache)
+         from_cache=decoded.from_cache, mapped=mapped)
 
     pcfg = getattr(model, "pretrained_cfg", None) or {}
     if (cfg.weights or cfg.pretrained) and "mean" in pcfg:
@@ -132,7 +207,7 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_model = torch.compile(model) if cfg.compile else model
+    train_model = distributed.wrap(torch.compile(model) if cfg.compile else model, dist, device)
     source = InMemorySource(decoded.images, labels, mean=mean, std=std, device=device, channels_last=channels_last)
     val_source = None
     if val_dataset is not None:
@@ -145,25 +220,62 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
         val_source = InMemorySource(vd.images, vd.table.labels, mean=mean, std=std, device=device,
                                     channels_last=channels_last)
 
-    create_out_dir(out)  # only now: a bad model, weights file or dataset leaves no empty run folder behind
     traj_dir = out / "trajectories"
     curves_file = out / "epochs.parquet"
+    ck_file = out / CHECKPOINT
+    res_curves: list[dict] = []
+    if main:
+        if ck is None:
+            if resume:   # killed before the first checkpoint: start the same run over in place
+                shutil.rmtree(traj_dir, ignore_errors=True)
+            else:        # only now: a bad model, weights file or dataset leaves no empty run folder behind
+                create_out_dir(out)
+            (out / RUN_ARGS).write_text(json.dumps({
+                "dataset": str(Path(dataset).resolve()), "config": cfg.to_dict(), "path_column": path_column,
+                "label_column": label_column, "cache_dir": None if cache_dir is None else str(Path(cache_dir).resolve()),
+                "val_dataset": None if val_dataset is None else str(Path(val_dataset).resolve()),
+                "relabelled": relabel is not None}, indent=1))
+        else:
+            res_curves = list(ck["curves"])
+            for f in traj_dir.glob("epoch-*.parquet"):   # epochs after the checkpoint are redone
+                if int(f.stem.split("-")[1]) > ck["epoch"]:
+                    f.unlink()
+            write_atomic(pa.Table.from_pylist(res_curves), curves_file) if res_curves else None
+    dist.barrier()
+    last_ck = {"epoch": None if ck is None else ck["epoch"]}
 
     def on_epoch(summary):
-        write_atomic(pa.Table.from_pylist(res_curves + [summary]), curves_file)
+        if main:
+            write_atomic(pa.Table.from_pylist(res_curves + [summary]), curves_file)
         res_curves.append(summary)
         emit("epoch", **summary, max_epochs=cfg.max_epochs)
 
-    res_curves: list[dict] = []
+    def on_checkpoint(state):
+        if main:
+            save_checkpoint(dict(state, config=cfg.to_dict(), fingerprint=table.fingerprint()), ck_file)
+            last_ck["epoch"] = state["epoch"]
+
+    if ck is not None:
+        emit("resumed", epoch=ck["epoch"] + 1)
     t = time.perf_counter()
-    result = fit(train_model, source, cfg, recorder=Recorder(len(source), device=device),
-                 on_record=lambda rec: write_epoch(traj_dir, rec), on_epoch=on_epoch,
-                 on_step=lambda s, n: emit("step", step=s, steps=n), val_source=val_source)
+    try:
+        result = fit(train_model, source, cfg, recorder=Recorder(len(source), device=device),
+                     on_record=(lambda rec: write_epoch(traj_dir, rec)) if main else None, on_epoch=on_epoch,
+                     on_step=lambda s, n: emit("step", step=s, steps=n), val_source=val_source,
+                     rank=dist.rank, world=dist.world, resume=ck, on_checkpoint=on_checkpoint,
+                     stop_decider=dist.decide if dist.active else None)
+    except KeyboardInterrupt:
+        done = "no epoch finished" if last_ck["epoch"] is None else f"epochs 1-{last_ck['epoch'] + 1} are saved"
+        raise Interrupted(f"interrupted; {done} in '{out}': continue with 'memscan resume {out}'") from None
     timings["train_s"] = time.perf_counter() - t
     if result.nan_epoch is not None:
         kept = f"the {len(res_curves)} finished epochs are kept in '{traj_dir}'" if res_curves else "nothing was kept"
         raise TrainingError(f"loss became NaN/inf in epoch {result.nan_epoch + 1}; {kept}; lower --lr (now {cfg.lr}) "
                             "or check the images")
+    if not main:   # rank 0 scores and writes the report; the others are done
+        dist.barrier()
+        dist.teardown()
+        return RunResult(out, out / "report.parquet", {"rank": dist.rank, "epochs_trained": len(res_curves)})
 
     t = time.perf_counter()
     probs = predict_probs(model, source, batch_size=max(256, cfg.batch_size), dtype=dtype)
@@ -181,6 +293,7 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
         "dataset": {"location": str(table.location), "source": table.source, "n": len(table),
                     "classes": table.class_names, "fingerprint": table.fingerprint(),
                     "image_size": int(decoded.images.shape[-1]), "skipped": decoded.skipped,
+                    "memory_mapped": mapped,
                     "ignored_files": len(table.ignored)},
         "stop": {"reason": result.stop_reason, "epochs_trained": done_epochs,
                  "peak_epoch": None if peak is None else peak + 1,
@@ -188,12 +301,16 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
         "curves": {k: [c.get(k) for c in res_curves] for k in
                    ("weight_norm", "total_norm", "norm_layer_norm", "grad_mean", "loss_mean", "train_acc",
                     "val_loss", "val_acc", "lr")},
-        "device": str(device), "precision": str(dtype).removeprefix("torch."), "channels_last": channels_last,
+        "device": str(device), "processes": dist.world, "precision": str(dtype).removeprefix("torch."), "channels_last": channels_last,
         "timings": timings, "categories": counts,
     }
     report = build_table(table, labels, sig, scores, meta)
     report_path = out / "report.parquet"
-    write_atomic(report, report_path)
+    try:
+        write_atomic(report, report_path)
+    except OSError as e:
+        raise OutputError(f"cannot write '{report_path}' ({e.strerror or e}); no partial report was left and the "
+                          f"training checkpoint is kept: free disk space, then 'memscan resume {out}'") from None
     torch.save({"model": cfg.model, "num_classes": table.num_classes, "class_names": table.class_names,
                 "state_dict": model.state_dict(), "mean": mean, "std": std,
                 "image_size": int(decoded.images.shape[-1]), "epoch": done_epochs}, out / "model.pt")
@@ -201,6 +318,9 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
         **meta, "versions": {"memscan": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
                              "platform": platform.platform()},
         "command": sys.argv, "created": datetime.now().isoformat(timespec="seconds")}, indent=1, default=str))
+    ck_file.unlink(missing_ok=True)   # the run is complete: model.pt holds the final weights
+    dist.barrier()
+    dist.teardown()
 
     top = np.argsort(scores["mislabel_rank"])[:10]
     summary = {

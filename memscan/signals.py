@@ -83,6 +83,24 @@ class Recorder:
         if correct is not None:
             self.correct[idx] = correct.detach().to(self.device)
 
+    def all_reduce(self, group=None):
+        """Combine the processes' records of one epoch (torch.distributed): each sample was seen by
+        exactly one process, so a sum over processes of (value where seen, else 0) is its value.
+        One collective of 5 x N floats per epoch, whatever the number of steps."""
+        import torch.distributed as dist
+        seen = ~torch.isnan(self.loss)
+        packed = torch.stack([torch.nan_to_num(self.grad_sq), torch.nan_to_num(self.loss),
+                              torch.nan_to_num(self.margin), self.correct.float(), seen.float()])
+        dist.all_reduce(packed, group=group)
+        count = packed[4]
+        if bool((count > 1).any()):
+            raise RuntimeError("a sample was recorded by more than one process in one epoch")
+        nan = torch.full_like(count, float("nan"))
+        self.grad_sq = torch.where(count > 0, packed[0], nan)
+        self.loss = torch.where(count > 0, packed[1], nan)
+        self.margin = torch.where(count > 0, packed[2], nan)
+        self.correct = packed[3] > 0.5
+
     def end_epoch(self) -> EpochRecord:
         rec = EpochRecord(self.epoch, self.grad_sq.cpu().numpy(), self.loss.cpu().numpy(),
                           self.margin.cpu().numpy(), self.correct.cpu().numpy())

@@ -225,8 +225,26 @@ class StopRule:
         return self.peak.peak_epoch if self.peak is not None else None
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP and torch.compile wrappers (norms and checkpoints use it)."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def _oom_types():
+    return tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
+                             getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None), MemoryError) if t)
+
+
 def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_record=None, on_epoch=None,
-        on_step=None, val_source=None, start_epoch: int = 0, rank: int = 0, world: int = 1) -> FitResult:
+        on_step=None, val_source=None, rank: int = 0, world: int = 1, resume: dict | None = None,
+        on_checkpoint=None, stop_decider=None) -> FitResult:
+    """Train with recording. ``resume``: a state from ``on_checkpoint`` (continues after its epoch,
+    bit-identical on the CPU). ``on_checkpoint(state)`` is called at the end of every epoch.
+    ``stop_decider(bool) -> bool``: makes one process's stop decision everyone's (DDP broadcast)."""
     device = source.device
     dtype = resolve_precision(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -236,8 +254,17 @@ def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_reco
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps_per_epoch, cfg))
     rule = StopRule(cfg)
     curves, t0 = [], time.perf_counter()
+    start_epoch, stopped = 0, False
+    if resume is not None:
+        unwrap(model).load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        torch.set_rng_state(resume["rng"])
+        rule, curves = resume["rule"], list(resume["curves"])
+        start_epoch, stopped = resume["epoch"] + 1, resume["stopped"]
     epoch = start_epoch - 1
-    for epoch in range(start_epoch, cfg.max_epochs):
+    for epoch in range(start_epoch, start_epoch if stopped else cfg.max_epochs):
         te = time.perf_counter()
         model.train()
         recorder.start_epoch(epoch)
@@ -246,7 +273,15 @@ def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_reco
         for step, idx in enumerate(batch_slices(epoch_order(n, cfg.seed, epoch), cfg.batch_size,
                                                 rank=rank, world=world)):
             x, y = source.batch(idx, augment=cfg.augment, generator=gen)
-            loss, stats = train_step(model, x, y, opt, scaler, dtype=dtype, label_smoothing=cfg.label_smoothing)
+            try:
+                loss, stats = train_step(model, x, y, opt, scaler, dtype=dtype, label_smoothing=cfg.label_smoothing)
+            except _oom_types() as e:
+                from .errors import TrainingError
+                raise TrainingError(
+                    f"out of memory on {device} at batch size {cfg.batch_size} ({type(e).__name__}); pass a smaller "
+                    f"--batch-size (e.g. {max(1, cfg.batch_size // 2)}) or --image-size"
+                    + ("" if device.type != "cpu" else ", or --cache-memory 0 to keep the decoded images on disk")
+                ) from None
             recorder.record(idx, **stats)
             sched.step()
             bad |= ~torch.isfinite(loss)
@@ -260,19 +295,28 @@ def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_reco
         if cfg.signal == "exact":
             gsq, _ = exact_pass(model, source, batch_size=max(cfg.batch_size, 256), dtype=dtype)
             recorder.record(torch.arange(n), grad_sq=torch.from_numpy(gsq))
+        if world > 1:
+            recorder.all_reduce()   # every process now holds every sample's values for the epoch
         rec = recorder.end_epoch()
-        summary = dict(rec.summary, lr=opt.param_groups[0]["lr"], **weight_norms(model))
+        summary = dict(rec.summary, lr=opt.param_groups[0]["lr"], **weight_norms(unwrap(model)))
         if val_source is not None:
             summary.update(evaluate(model, val_source, batch_size=512, dtype=dtype))
         summary["seconds"] = time.perf_counter() - te
         curves.append(summary)
         if on_record is not None:
             on_record(rec)
-        stop_now = rule.update(rec, summary)
+        stop_now = rule.update(rec, summary) and cfg.stop == "peak"
+        if stop_decider is not None:
+            stop_now = stop_decider(stop_now)
         summary["peak_epoch"] = rule.peak_epoch
         if on_epoch is not None:
             on_epoch(summary)
-        if cfg.stop == "peak" and stop_now:
+        if on_checkpoint is not None:
+            on_checkpoint({"epoch": epoch, "stopped": stop_now or epoch + 1 >= cfg.max_epochs,
+                           "model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
+                           "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                           "rng": torch.get_rng_state(), "rule": rule, "curves": curves})
+        if stop_now:
             break
     if cfg.stop == "none":
         reason = f"trained to max_epochs={cfg.max_epochs} (--stop none)"

@@ -6,12 +6,12 @@ import sys
 
 import typer
 
-from ..errors import (ConfigError, DatasetError, MemscanError, ModelError, OutputExistsError, ReportError,
-                      TrainingError)
+from ..errors import (ConfigError, DatasetError, Interrupted, MemscanError, ModelError, OutputError,
+                      OutputExistsError, ReportError, TrainingError)
 
 EXIT_CODES = {  # first match wins
     ConfigError: 2, DatasetError: 2, OutputExistsError: 2, ReportError: 2, ModelError: 2,
-    TrainingError: 3, MemscanError: 2,
+    TrainingError: 3, OutputError: 74, Interrupted: 130, MemscanError: 2,
 }
 EXIT_INTERRUPTED = 130
 EXIT_BUG = 70

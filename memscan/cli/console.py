@@ -44,7 +44,10 @@ class RunProgress:
                 p.remove_task(self.tasks.pop("decode"))
             src = "from cache" if info["from_cache"] else "decoded"
             p.console.print(f"{src}: {info['n']} images at {info['size']}x{info['size']} px"
+                            + (", memory-mapped from the on-disk cache" if info.get("mapped") else "")
                             + (f", [yellow]{info['skipped']} unreadable skipped[/]" if info["skipped"] else ""))
+        elif event == "resumed":
+            p.console.print(f"resuming after epoch {info['epoch']} (checkpoint)")
         elif event == "step":
             t = self._task("train", "training", info["steps"])
             p.update(t, completed=info["step"], total=info["steps"])

@@ -51,6 +51,9 @@ RUN_OPTIONS = [  # (name, type, default, typer option)
                                               help="(default: on for conv nets)")),
     ("compile", bool, False, _O(False, "--compile", help="torch.compile the model.")),
     ("workers", Optional[int], None, _O(None, help="Decode threads (default: all cores).")),
+    ("cache_memory", Optional[float], None, _O(None, help="GiB of RAM the decoded images may use; a larger "
+                                               "dataset is memory-mapped from the on-disk cache (default: half "
+                                               "the RAM; 0: always map).")),
     ("strict", bool, False, _O(False, "--strict", help="Fail on unreadable images instead of skipping them.")),
 ]
 RUN_OPTION_NAMES = {name for name, *_ in RUN_OPTIONS}

@@ -45,6 +45,8 @@ def run_cmd(
                               "of labels flipped (no download), and score the detection."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: ./memscan-runs/<name>-<time>)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out from its last "
+                                "epoch checkpoint (its saved options apply; same report as an uninterrupted run)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Decode cache (default: ~/.cache/memscan)."),
     val: Optional[Path] = typer.Option(None, help="Held-out labelled set: adds validation loss/accuracy per epoch."),
     path_column: Optional[str] = typer.Option(None, help="Manifest column holding image paths (default: path)."),
@@ -76,7 +78,17 @@ def run_cmd(
             out = default_out_dir(Path("demo"))
     elif dataset is None:
         raise ConfigError("missing DATASET: pass an image folder or manifest, or --demo for the embedded example")
-    cfg = config_from_options(opts)
+    if resume:
+        if out is None:
+            raise ConfigError("--resume needs --out: the folder of the interrupted run")
+        saved = saved_run_args(out)["config"]
+        given = {k: v for k, v in opts.items() if user_set(ctx, k)}
+        if "no_augment" in given:
+            given["augment"] = "none" if given.pop("no_augment") else saved["augment"]
+        from ..config import RunConfig
+        cfg = RunConfig.from_dict({**saved, **given})
+    else:
+        cfg = config_from_options(opts)
     gate = None
     if check:  # parsed and checked before training, so a typo costs seconds, not the run
         from ..check import parse_spec
@@ -86,7 +98,9 @@ def run_cmd(
             read_metadata(gate["baseline"])
     with RunProgress(quiet=quiet or as_json) as prog:
         res = run(dataset, cfg, out=out, overwrite=overwrite, cache_dir=cache_dir, val_dataset=val, progress=prog,
-                  path_column=path_column, label_column=label_column)
+                  path_column=path_column, label_column=label_column, resume=resume)
+    if res.summary.get("rank", 0) != 0:   # torchrun: rank 0 reports
+        return
     if truth is not None:
         res.summary["demo"] = demo_evaluation(res, truth)
     if html:
@@ -119,6 +133,40 @@ def run_cmd(
         from .check import print_check
         console.print()
         raise typer.Exit(print_check(result))
+
+
+def saved_run_args(out: Path) -> dict:
+    from ..errors import ConfigError
+    f = Path(out) / "run-args.json"
+    if not f.exists():
+        raise ConfigError(f"'{out}' is not a resumable memscan run (no {f.name}); pass the --out folder of the "
+                          "interrupted run")
+    args = json.loads(f.read_text())
+    if args.get("relabelled"):
+        raise ConfigError(f"'{out}' was made by eval-noise (labels changed in memory); rerun eval-noise instead")
+    return args
+
+
+@app.command("resume")
+def resume_cmd(
+    run_dir: Path = typer.Argument(..., help="Folder of an interrupted 'memscan run'."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+):
+    """Continue an interrupted run from its last epoch checkpoint, with the options it was started with."""
+    from ..config import RunConfig
+    from ..pipeline import run
+    a = saved_run_args(run_dir)
+    with RunProgress(quiet=quiet or as_json) as prog:
+        res = run(a["dataset"], RunConfig.from_dict(a["config"]), out=run_dir, cache_dir=a["cache_dir"],
+                  val_dataset=a["val_dataset"], progress=prog, path_column=a["path_column"],
+                  label_column=a["label_column"], resume=True)
+    if res.summary.get("rank", 0) != 0:
+        return
+    if as_json:
+        typer.echo(json.dumps(res.summary, indent=1, default=str))
+        return
+    print_summary(res.summary)
 
 
 def demo_evaluation(res, truth_file) -> dict:

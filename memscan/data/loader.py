@@ -41,28 +41,44 @@ def batch_slices(order: torch.Tensor, batch_size: int, *, rank: int = 0, world: 
 
 
 class InMemorySource:
-    """uint8 images [N,3,S,S] and labels on one device; batches come out as normalised floats."""
+    """uint8 images [N,3,S,S] and labels on one device; batches come out as normalised floats.
+
+    A memory-mapped array (``np.memmap``, the on-disk decode cache of a dataset larger than the
+    memory budget) stays on disk: each batch is gathered from it, so only the pages of the batch
+    are read. Batches hold the same pixels either way, so results do not depend on the mode.
+    """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, mean, std, device="cpu",
                  channels_last: bool = False):
         self.device = torch.device(device)
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        self.mapped = isinstance(images, np.memmap)
+        self._host = images if self.mapped else None
+        self.images = None if self.mapped else torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=self.device)
         self.mean = torch.as_tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.as_tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255
         self.channels_last = channels_last
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return self.labels.shape[0]
 
     @property
     def image_size(self) -> int:
-        return self.images.shape[-1]
+        return (self._host if self.mapped else self.images).shape[-1]
 
     def batch(self, idx: torch.Tensor, *, augment: str = "none", generator: torch.Generator | None = None):
         """(x float32 normalised, y) for sample ids ``idx``."""
-        idx = idx.to(self.device)
-        x = self.images[idx]
+        if self.mapped:
+            # sorted reads are sequential on disk; the inverse permutation restores the batch order
+            ids = idx.cpu().numpy()
+            order = np.argsort(ids, kind="stable")
+            rows = np.empty((len(ids),) + self._host.shape[1:], dtype=np.uint8)
+            rows[order] = self._host[ids[order]]
+            x = torch.from_numpy(rows).to(self.device, non_blocking=True)
+            idx = idx.to(self.device)
+        else:
+            idx = idx.to(self.device)
+            x = self.images[idx]
         if augment != "none":
             x = augment_batch(x, flip=augment == "crop-flip", generator=generator)
         x = (x.float() - self.mean) / self.std

@@ -1,0 +1,174 @@
+"""Checkpoints, resume after SIGKILL / Ctrl-C, a full disk, out of memory, and the memory-mapped cache."""
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from memscan import pipeline
+from memscan.cli import main
+from memscan.config import RunConfig
+from memscan.errors import ConfigError, OutputError, OutputExistsError, TrainingError
+from memscan.pipeline import CHECKPOINT, load_checkpoint, run
+from memscan.report import read_report
+
+from helpers import digits_folder
+
+CFG = dict(max_epochs=8, stop="none", batch_size=16, image_size=8, augment="crop-flip", min_epochs=1)
+ARGS = ["--max-epochs", "8", "--stop", "none", "--batch-size", "16", "--image-size", "8", "--min-epochs", "1"]
+COMPARED = ["label", "pred", "csg", "sgal", "csl", "aum", "forgetting", "learning_time", "mislabel_score",
+            "memorization_score", "category"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return digits_folder(tmp_path_factory.mktemp("d") / "digits", per_class=90, classes=4, flip_every=9)
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """An uninterrupted run, in a subprocess like the interrupted ones (same threads, same kernels)."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    p = subprocess.run(cli(data, out), env=env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return read_report(out).to_pandas()
+
+
+def env():
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+def cli(data, out, *extra):
+    return [sys.executable, "-m", "memscan", "run", str(data), "--out", str(out), "-q", *ARGS, *extra]
+
+
+def same_report(a, b):
+    for c in COMPARED:
+        if a[c].dtype.kind == "f":
+            np.testing.assert_allclose(a[c].to_numpy(), b[c].to_numpy(), rtol=1e-6, atol=1e-9, err_msg=c)
+        else:
+            assert (a[c].to_numpy() == b[c].to_numpy()).all(), c
+
+
+def wait_for(path, proc, timeout=120):
+    t = time.time()
+    while not path.exists():
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert time.time() - t < timeout
+        time.sleep(0.005)
+
+
+def test_sigkill_mid_run_then_resume_gives_the_same_report(data, reference, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(cli(data, out), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for(out / "trajectories" / "epoch-0002.parquet", proc)   # epoch 3 done: killed inside epoch 4 (or
+    proc.send_signal(signal.SIGKILL)                              # while its checkpoint is being written)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL and not (out / "report.parquet").exists()
+    ck = load_checkpoint(out)                                     # never a corrupt checkpoint
+    assert ck is not None and 1 <= ck["epoch"] <= 6
+    p = subprocess.run([sys.executable, "-m", "memscan", "resume", str(out), "--json"], env=env(),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    same_report(read_report(out).to_pandas(), reference)
+    assert not (out / CHECKPOINT).exists() and not list(out.glob("*.tmp*"))
+    assert len(list((out / "trajectories").glob("epoch-*.parquet"))) == 8
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(data, reference, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(cli(data, out), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(out / "trajectories" / "epoch-0001.parquet", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert f"memscan resume {out}" in " ".join(err.split())
+    # --resume on the run command works too, with the saved options (no need to repeat them)
+    p = subprocess.run([sys.executable, "-m", "memscan", "run", str(data), "--out", str(out), "--resume", "-q"],
+                       env=env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    same_report(read_report(out).to_pandas(), reference)
+
+
+def test_full_disk_keeps_the_previous_checkpoint(data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    cfg = RunConfig(**CFG)
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *a, **k):
+        if str(f).startswith(str(out / CHECKPOINT)):
+            calls.append(f)
+            if len(calls) == 3:
+                with open(f, "wb") as fh:        # half a file, then the disk is full
+                    fh.write(b"partial")
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(OutputError, match="No space left on device.*previous checkpoint.*is intact.*memscan resume"):
+        run(data, cfg, out=out)
+    assert load_checkpoint(out)["epoch"] == 1 and [p.name for p in out.glob(CHECKPOINT + "*")] == [CHECKPOINT]
+    monkeypatch.setattr(torch, "save", real_save)
+    res = run(data, cfg, out=out, resume=True)
+    fresh = run(data, cfg, out=tmp_path / "fresh")
+    same_report(read_report(res.report_path).to_pandas(), read_report(fresh.report_path).to_pandas())
+
+
+def test_resume_refuses_changed_options_and_finished_runs(data, tmp_path):
+    cfg = RunConfig(**dict(CFG, max_epochs=2))
+    out = tmp_path / "run"
+    run(data, cfg, out=out)
+    with pytest.raises(OutputExistsError, match="already finished"):
+        run(data, cfg, out=out, resume=True)
+    (out / "report.parquet").unlink()
+    torch.save({"config": cfg.to_dict(), "fingerprint": "x", "epoch": 0}, out / CHECKPOINT)
+    with pytest.raises(ConfigError, match="differ from the interrupted run in lr"):
+        run(data, cfg.replace(lr=0.01), out=out, resume=True)
+    with pytest.raises(ConfigError, match="dataset changed"):
+        run(data, cfg, out=out, resume=True)
+    with pytest.raises(ConfigError, match="no run folder"):
+        run(data, cfg, out=tmp_path / "none", resume=True)
+    assert main(["resume", str(tmp_path / "none")]) == 2
+
+
+def test_out_of_memory_is_a_clear_error(data, tmp_path, monkeypatch):
+    import memscan.train as train
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train, "train_step", oom)
+    with pytest.raises(TrainingError, match=r"out of memory on cpu at batch size 16.*--batch-size \(e.g. 8\)"):
+        run(data, RunConfig(**CFG), out=tmp_path / "run")
+
+
+def test_memory_mapped_cache_gives_the_same_report(data, tmp_path):
+    cfg = RunConfig(**dict(CFG, max_epochs=3))
+    a = run(data, cfg, out=tmp_path / "ram", cache_dir=tmp_path / "c1")
+    b = run(data, cfg.replace(cache_memory=0), out=tmp_path / "mapped", cache_dir=tmp_path / "c2")
+    from memscan.report import read_metadata
+    assert read_metadata(b.report_path)["dataset"]["memory_mapped"] is True
+    assert read_metadata(a.report_path)["dataset"]["memory_mapped"] is False
+    same_report(read_report(a.report_path).to_pandas(), read_report(b.report_path).to_pandas())
+    c = run(data, cfg.replace(cache_memory=0), out=tmp_path / "mapped2", cache_dir=tmp_path / "c2")   # from cache
+    assert c.summary["timings"]["decode_s"] < b.summary["timings"]["decode_s"]
+    same_report(read_report(a.report_path).to_pandas(), read_report(c.report_path).to_pandas())
+
+
+def test_mapped_decode_compacts_skipped_images(tmp_path):
+    from memscan.data import load_images, load_index
+    d = digits_folder(tmp_path / "d", per_class=10, classes=2)
+    bad = sorted((d / "c0").iterdir())[3]
+    bad.write_bytes(b"not an image")
+    t = load_index(d)
+    ram = load_images(t, image_size=8, cache_dir=tmp_path / "c1")
+    mm = load_images(t, image_size=8, cache_dir=tmp_path / "c2", memory_bytes=0)
+    assert isinstance(mm.images, np.memmap) and not isinstance(ram.images, np.memmap)
+    assert mm.images.shape[0] == 19 and np.array_equal(np.asarray(mm.images), ram.images)
+    assert [s["path"] for s in mm.skipped] == [str(bad.relative_to(d))]
+    assert not list((tmp_path / "c2").glob("*.tmp*"))
