@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import platform
 import shutil
 import sys
@@ -267,6 +268,13 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
     except KeyboardInterrupt:
         done = "no epoch finished" if last_ck["epoch"] is None else f"epochs 1-{last_ck['epoch'] + 1} are saved"
         raise Interrupted(f"interrupted; {done} in '{out}': continue with 'memscan resume {out}'") from None
+    except RuntimeError as e:
+        if not dist.active:
+            raise
+        # gloo/NCCL report a dead peer as a RuntimeError from whichever collective noticed it
+        msg = re.sub(r"^\[[^\]]*\]\s*", "", str(e).splitlines()[0])[:160]
+        raise TrainingError(f"rank {dist.rank}: lost contact with the other processes ({msg}); "
+                            f"one probably died (see its log); continue with 'memscan resume {out}'") from None
     timings["train_s"] = time.perf_counter() - t
     if result.nan_epoch is not None:
         kept = f"the {len(res_curves)} finished epochs are kept in '{traj_dir}'" if res_curves else "nothing was kept"

@@ -41,8 +41,26 @@ def _register():
     from . import run, rank, eval_noise, check, diff, report  # noqa: F401
 
 
+def _terminate(signum, frame):
+    # torchrun (and CI runners, schedulers) stop a job with SIGTERM: treat it like Ctrl-C so the run
+    # ends with its "how to resume" message instead of dying silently
+    raise KeyboardInterrupt
+
+
+def _ignore_terminate():
+    """While an error is reported, a second signal (torchrun stopping the other ranks) must not cut it off."""
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def main(argv=None) -> int:
     _register()
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     from .console import err_console
     try:
         rc = app(args=argv, standalone_mode=False)  # returns typer.Exit's code in this mode
@@ -50,12 +68,15 @@ def main(argv=None) -> int:
     except typer.Exit as e:
         return e.exit_code
     except KeyboardInterrupt:
+        _ignore_terminate()
         err_console.print("[yellow]interrupted[/]")
         return EXIT_INTERRUPTED
     except MemscanError as e:
+        _ignore_terminate()
         if state["debug"]:
             raise
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return next(code for cls, code in EXIT_CODES.items() if isinstance(e, cls))
     except Exception as e:  # click usage errors and real bugs
         # typer vendors click: recognise its usage errors by shape, not by import path
@@ -66,7 +87,8 @@ def main(argv=None) -> int:
             return EXIT_INTERRUPTED
         if state["debug"]:
             raise
-        err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {e} (rerun with --debug for "
+        from rich.markup import escape
+        err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))} (rerun with --debug for "
                           "the traceback and report it)", highlight=False, soft_wrap=True)
         return EXIT_BUG
 
