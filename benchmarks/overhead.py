@@ -101,6 +101,12 @@ def overhead(a):
             out["memscan_run_train_ips"] = len(table) * (a.epochs + 1) / t["train_s"]
             out["memscan_run_end_to_end_ips"] = len(table) * (a.epochs + 1) / t["total_s"]
             out["run_vs_bare"] = out["memscan_run_end_to_end_ips"] / out["bare"]
+            # (c') the same run with the decoded images memory-mapped from disk (--cache-memory 0)
+            run(manifest, rcfg.replace(max_epochs=1, cache_memory=0), out=Path(tmp) / "warm2")
+            r2 = run(manifest, rcfg.replace(cache_memory=0), out=Path(tmp) / "r2")
+            t2 = r2.summary["timings"]
+            out["memscan_run_mapped_train_ips"] = len(table) * (a.epochs + 1) / t2["train_s"]
+            out["mapped_vs_ram_train"] = out["memscan_run_mapped_train_ips"] / out["memscan_run_train_ips"]
     return out
 
 
@@ -109,17 +115,22 @@ def variants(a):
     x = torch.randn(a.batch_size, 3, 32, 32)
     y = torch.randint(0, 10, (a.batch_size,))
     out = {}
-    for name, cl, dtype in (("fp32", False, torch.float32), ("channels_last", True, torch.float32),
-                            ("bf16", False, torch.bfloat16), ("channels_last+bf16", True, torch.bfloat16)):
+    combos = [("fp32", False, torch.float32), ("channels_last", True, torch.float32),
+              ("bf16", False, torch.bfloat16), ("channels_last+bf16", True, torch.bfloat16)]
+    if a.compile:
+        combos.append(("channels_last+compile", True, torch.float32))
+    for name, cl, dtype in combos:
         for record in (False, True):
             m = create_model(a.model, 10)
             xx = x
             if cl:
                 m, xx = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+            if "compile" in name:
+                m = torch.compile(m)
             opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
             scaler = torch.amp.GradScaler("cpu", enabled=False)
             times = []
-            for i in range(a.steps + 2):
+            for i in range(a.steps + (4 if "compile" in name else 2)):
                 t = time.perf_counter()
                 if record:
                     train_step(m, xx, y, opt, scaler, dtype=dtype)
@@ -129,7 +140,7 @@ def variants(a):
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-                if i >= 2:
+                if i >= (4 if "compile" in name else 2):
                     times.append(time.perf_counter() - t)
             out[f"{name}{' +recording' if record else ''}"] = a.batch_size / statistics.median(times)
     return out
@@ -144,6 +155,7 @@ def main():
     ap.add_argument("--run", action="store_true", help="also time memscan.run end to end")
     ap.add_argument("--variants", action="store_true", help="precision/layout train-step speed instead")
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--compile", action="store_true", help="with --variants: add torch.compile")
     a = ap.parse_args()
     res = variants(a) if a.variants else overhead(a)
     res["machine"] = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"

@@ -289,7 +289,7 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
     probs = predict_probs(model, source, batch_size=max(256, cfg.batch_size), dtype=dtype)
     done_epochs = len(res_curves)
     peak = result.peak_epoch
-    sig = accumulate(read_epochs(traj_dir), len(source), peak_epoch=peak)
+    sig = accumulate(read_epochs(traj_dir), len(source), peak_epoch=peak, window_start=done_epochs // 2)
     scores = compute_scores(sig, probs, labels)
     timings["score_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_all
@@ -305,7 +305,8 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
                     "ignored_files": len(table.ignored)},
         "stop": {"reason": result.stop_reason, "epochs_trained": done_epochs,
                  "peak_epoch": None if peak is None else peak + 1,
-                 "csg_epochs": sig.peak_epochs, "nan": result.nan_epoch is not None},
+                 "csg_epochs": sig.peak_epochs, "mislabel_window": [done_epochs // 2 + 1, done_epochs],
+                 "nan": result.nan_epoch is not None},
         "curves": {k: [c.get(k) for c in res_curves] for k in
                    ("weight_norm", "total_norm", "norm_layer_norm", "grad_mean", "loss_mean", "train_acc",
                     "val_loss", "val_acc", "lr")},

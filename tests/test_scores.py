@@ -23,6 +23,24 @@ def test_accumulate_matches_hand_computed():
     assert (s.epochs, s.peak_epochs) == (3, 2)
     all_epochs = accumulate(records, 2, peak_epoch=None)
     np.testing.assert_allclose(all_epochs.csg, [9, 12])
+    # the late window behind mislabel_score: epochs >= window_start (default: the second half, here 1..2)
+    np.testing.assert_allclose(s.late_aum, [1.5, -0.5])
+    np.testing.assert_allclose(s.late_loss, [0.6, 3.5])
+    late = accumulate(iter(records), 2, peak_epoch=None, window_start=2)   # streams: any iterable
+    np.testing.assert_allclose(late.late_aum, [2.0, 1.0])
+    np.testing.assert_allclose(late.late_loss, [0.1, 1.0])
+
+
+def test_mislabel_statistic_uses_the_late_window():
+    from memscan.scores import mislabel_statistic
+    # sample 0 looks bad early (chance-level epochs) and fine late; sample 1 the other way round
+    records = [rec(0, [1, 1], [5.0, 0.1], [-3, 3], [False, True]),
+               rec(1, [1, 1], [0.1, 2.0], [2, -1], [True, False]),
+               rec(2, [1, 1], [0.1, 2.0], [2, -1], [True, False])]
+    stat = mislabel_statistic(accumulate(records, 2, peak_epoch=None, window_start=1))
+    assert stat[1] > stat[0]
+    whole = mislabel_statistic(accumulate(records, 2, peak_epoch=None, window_start=0))
+    assert whole[0] > whole[1]                       # over all epochs the early noise would win
 
 
 def test_never_learned_gets_full_learning_time_and_nan_counts_zero():
@@ -79,3 +97,11 @@ def test_compute_scores_ranges_and_categories():
     assert s["category"][10] == "memorized"
     assert s["category"][11] in ("atypical", "mislabeled")
     assert (s["mislabel_rank"][bad] <= 12).all()
+
+
+def test_average_rank_matches_scipy():
+    from scipy.stats import rankdata
+    from memscan.scores import average_rank
+    rng = np.random.default_rng(0)
+    for x in (rng.normal(size=1000), rng.integers(0, 5, 300).astype(float), np.array([2.0]), np.zeros(7)):
+        np.testing.assert_array_equal(average_rank(x), rankdata(x, method="average"))
