@@ -126,8 +126,9 @@ def _check_resumable(out: Path, cfg: RunConfig, fingerprint: str):
         raise ConfigError(f"--resume: no run folder '{out}'; pass the --out of the interrupted run")
     if (out / "report.parquet").exists() and not (out / CHECKPOINT).exists():
         raise OutputExistsError(f"run '{out}' already finished (report.parquet is there); nothing to resume")
-    for leftover in out.glob(CHECKPOINT + ".tmp*"):   # a write cut short by the crash
-        leftover.unlink(missing_ok=True)
+    for leftover in [*out.glob("*.tmp*"), *out.glob("trajectories/*.tmp*")]:   # writes cut short by the crash
+        if re.search(r"\.tmp\d+$", leftover.name):
+            leftover.unlink(missing_ok=True)
     ck = load_checkpoint(out)
     if ck is None:
         return None
