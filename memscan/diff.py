@@ -50,8 +50,9 @@ def _frame(report):
     """A report path/run folder or an already-loaded DataFrame."""
     if hasattr(report, "columns"):
         return report, "<frame>"
-    from .report import read_report, resolve_report_path
-    return read_report(report).to_pandas(), str(resolve_report_path(report))
+    from .rank import load_frame
+    from .report import resolve_report_path
+    return load_frame(report, SAMPLE_FIELDS), str(resolve_report_path(report))
 
 
 def diff_reports(old, new, /, *, watch=("mislabeled",)) -> ReportDiff:

@@ -43,8 +43,20 @@ def latest_run(base: Path = Path("memscan-runs")) -> Path:
     return runs[-1].parent
 
 
-def load_frame(path):
-    return read_report(path).to_pandas()
+def load_frame(path, columns=None):
+    """The report as a DataFrame; ``columns`` reads only those (a 1.28 M-row report reads in a
+    fraction of the time when a ranking needs 8 of its 25 columns)."""
+    if columns is None:
+        return read_report(path).to_pandas()
+    import pyarrow.parquet as pq
+    from .report import read_metadata, resolve_report_path
+    read_metadata(path)
+    return pq.read_table(resolve_report_path(path), columns=list(dict.fromkeys(columns))).to_pandas()
+
+
+def needed_columns(by: str = "mislabel") -> list[str]:
+    check_choice("--by", by, tuple(BY))
+    return [c for c in RECORD_COLUMNS if c not in ("rank", "score")] + ["label_name", BY[by][0]]
 
 
 def select(df, /, *, by: str = "mislabel", top: int | None = None, category: str | None = None,
@@ -74,7 +86,7 @@ def select(df, /, *, by: str = "mislabel", top: int | None = None, category: str
 def ranked_records(path, /, *, by: str = "mislabel", top: int | None = 500, category: str | None = None,
                    class_name: str | None = None) -> list[dict]:
     """The ranking as plain dicts (the ``--format json`` output)."""
-    df = select(load_frame(path), by=by, top=top, category=category, class_name=class_name)
+    df = select(load_frame(path, needed_columns(by)), by=by, top=top, category=category, class_name=class_name)
     return [{k: _py(r[k]) for k in RECORD_COLUMNS} for r in df.to_dict("records")]
 
 

@@ -31,11 +31,12 @@ def rank_cmd(
     summary: bool = typer.Option(False, "--summary", help="Per-class health summary instead of the ranking."),
 ):
     """Rank the samples of a report, most suspicious first."""
-    from ..rank import class_summary, latest_run, load_frame, ranked_records, select
+    from ..rank import class_summary, latest_run, load_frame, needed_columns, ranked_records, select
     check_choice("--format", fmt, FORMATS)
     path = report if report is not None else latest_run()
     if summary:
-        rows = class_summary(load_frame(path))
+        rows = class_summary(load_frame(path, ["label_name", "pred_name", "category", "mislabel_score",
+                                               "memorization_score"]))
         if fmt == "json":
             typer.echo(json.dumps(rows, indent=1))
         elif fmt == "csv":
@@ -54,8 +55,8 @@ def rank_cmd(
         typer.echo(json.dumps(ranked_records(path, by=by, top=top, category=category, class_name=class_name),
                               indent=1))
         return
-    df = select(load_frame(path), by=by, top=top, category=category, class_name=class_name)
     if fmt == "paths":
+        df = select(load_frame(path, needed_columns(by)), by=by, top=top, category=category, class_name=class_name)
         from ..report import read_metadata
         root = Path(read_metadata(path)["dataset"]["location"])
         root = root.parent if root.is_file() else root
