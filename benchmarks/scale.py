@@ -90,6 +90,25 @@ def per_sample(a):
     return out
 
 
+def polled(cmd, env) -> dict:
+    """Run ``cmd``, sampling /proc/PID/status: peak total RSS, and peak anonymous RSS (the memory that
+    cannot be given back; memory-mapped image pages are file-backed and the kernel reclaims them)."""
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    hwm = anon = 0
+    status = Path(f"/proc/{p.pid}/status")
+    while p.poll() is None:
+        try:
+            f = dict(line.split(":", 1) for line in status.read_text().splitlines())
+            hwm = max(hwm, int(f["VmHWM"].split()[0]))
+            anon = max(anon, int(f["RssAnon"].split()[0]))
+        except (OSError, KeyError, ValueError):
+            pass
+        time.sleep(0.1)
+    out, err = p.communicate()
+    assert p.returncode == 0, err[-2000:]
+    return {"peak_rss_mb": hwm / 1024, "peak_anon_rss_mb": anon / 1024, "stdout": out}
+
+
 def rss(a):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -102,22 +121,24 @@ def rss(a):
             keep = np.sort(np.concatenate([np.flatnonzero(t.labels == c)[:pc] for c in range(t.num_classes)]))
             s = t.subset(keep)
             (tmp / f"d{pc}").mkdir()
-            manifest = tmp / f"d{pc}" / "subset.parquet"
-            pq.write_table(pa.table({"path": s.paths, "label": s.labels,
-                                     "image": pa.array(s.image_bytes, pa.binary())}), manifest)
+            if a.folder:   # an image folder: the index holds paths only, so only the pixels can be big
+                manifest = tmp / f"d{pc}" / "images"
+                subprocess.run([sys.executable, str(DATA.parents[1] / "materialize.py"), str(DATA), str(manifest),
+                                "--per-class", str(pc)], check=True, capture_output=True)
+            else:
+                manifest = tmp / f"d{pc}" / "subset.parquet"
+                pq.write_table(pa.table({"path": s.paths, "label": s.labels,
+                                         "image": pa.array(s.image_bytes, pa.binary())}), manifest)
             env = dict(os.environ, MEMSCAN_CACHE_DIR=str(tmp / "cache"))
             base = [sys.executable, "-m", "memscan", "run", str(manifest), "--max-epochs", "1", "--stop", "none",
                     "-q", "--json", "--overwrite"]
             subprocess.run(base + ["--out", str(tmp / "warm")], env=env, capture_output=True, check=True)
             for mode, extra in (("ram", []), ("mapped", ["--cache-memory", "0"])):
                 t0 = time.perf_counter()
-                p = subprocess.run(["/usr/bin/time", "-f", "%M"] + base + ["--out", str(tmp / mode)] + extra,
-                                   env=env, capture_output=True, text=True)
-                assert p.returncode == 0, p.stderr[-2000:]
-                summ = json.loads(p.stdout)
-                res.append({"n": len(s), "mode": mode, "peak_rss_mb": int(p.stderr.strip().splitlines()[-1]) / 1024,
-                            "wall_s": time.perf_counter() - t0, "train_s": summ["timings"]["train_s"],
-                            "images_mb": len(s) * 3 * 32 * 32 / 2**20})
+                peak = polled(base + ["--out", str(tmp / mode)] + extra, env)
+                summ = json.loads(peak.pop("stdout"))
+                res.append({"n": len(s), "mode": mode, **peak, "wall_s": time.perf_counter() - t0,
+                            "train_s": summ["timings"]["train_s"], "images_mb": len(s) * 3 * 32 * 32 / 2**20})
                 print(json.dumps(res[-1]), file=sys.stderr)
     return {"runs": res}
 
@@ -133,6 +154,7 @@ def main():
     r = sub.add_parser("rss")
     r.add_argument("--per-class", default="1250,2500,5000")
     r.add_argument("--tmp", default=None)
+    r.add_argument("--folder", action="store_true", help="materialize an image folder instead of a bytes manifest")
     a = ap.parse_args()
     out = per_sample(a) if a.what == "per-sample" else rss(a)
     out["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
