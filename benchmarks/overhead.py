@@ -27,7 +27,7 @@ from memscan.data import load_images, load_index  # noqa: E402
 from memscan.data.loader import InMemorySource, batch_slices, channel_stats, epoch_generator, epoch_order  # noqa
 from memscan.models import create_model  # noqa: E402
 from memscan.signals import Recorder  # noqa: E402
-from memscan.train import make_optimizer, train_step  # noqa: E402
+from memscan.train import make_optimizer, resolve_device, resolve_precision, train_step  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "train.parquet"
 
@@ -42,10 +42,18 @@ def images(per_class):
     return rng.integers(0, 256, (per_class * 10, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, per_class * 10), None
 
 
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def epoch(model, src, opt, cfg, ep, *, record, dtype=torch.float32, recorder=None):
     model.train()
     gen = epoch_generator(cfg.seed, ep, 1)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    dev = src.device
+    # fp16 needs loss scaling; the recorded input gradient is unscaled by train_step
+    scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
+    sync(dev)
     t = time.perf_counter()
     for idx in batch_slices(epoch_order(len(src), cfg.seed, ep), cfg.batch_size):
         x, y = src.batch(idx, augment=cfg.augment, generator=gen)
@@ -53,33 +61,37 @@ def epoch(model, src, opt, cfg, ep, *, record, dtype=torch.float32, recorder=Non
             _, stats = train_step(model, x, y, opt, scaler, dtype=dtype)
             recorder.record(idx, **stats)
         else:
-            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
                 loss = F.cross_entropy(model(x).float(), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
     if record:
         recorder.end_epoch()
+    sync(dev)
     return len(src) / (time.perf_counter() - t)
 
 
 def overhead(a):
     imgs, labels, table = images(a.per_class)
     mean, std = channel_stats(imgs)
-    cfg = RunConfig(model=a.model, batch_size=a.batch_size)
+    cfg = RunConfig(model=a.model, batch_size=a.batch_size, device=a.device, precision=a.precision)
+    device = resolve_device(a.device)
+    dtype = resolve_precision(a.precision, device)
     res = {"bare": [], "recording": []}
     models = {}
     for kind in res:
         torch.manual_seed(0)
-        m = create_model(a.model, 10).to(memory_format=torch.channels_last)
+        m = create_model(a.model, 10).to(device).to(memory_format=torch.channels_last)
         models[kind] = (m, make_optimizer(m, cfg))
-    src = InMemorySource(imgs, labels, mean=mean, std=std, channels_last=True)
-    rec = Recorder(len(src))
+    src = InMemorySource(imgs, labels, mean=mean, std=std, channels_last=True, device=device)
+    rec = Recorder(len(src), device=device)
     for ep in range(a.epochs + 1):  # epoch 0 is warm-up, not counted
         for kind, (m, opt) in models.items():
             if kind == "recording":
                 rec.start_epoch(ep)
-            ips = epoch(m, src, opt, cfg, ep, record=kind == "recording", recorder=rec)
+            ips = epoch(m, src, opt, cfg, ep, record=kind == "recording", recorder=rec, dtype=dtype)
             if ep:
                 res[kind].append(ips)
     out = {k: statistics.median(v) for k, v in res.items()}
@@ -93,7 +105,8 @@ def overhead(a):
             import pyarrow.parquet as pq
             pq.write_table(pa.table({"path": table.paths, "label": table.labels,
                                      "image": pa.array(table.image_bytes, pa.binary())}), manifest)
-            rcfg = RunConfig(model=a.model, batch_size=a.batch_size, stop="none", max_epochs=a.epochs + 1)
+            rcfg = RunConfig(model=a.model, batch_size=a.batch_size, stop="none", max_epochs=a.epochs + 1,
+                             device=a.device, precision=a.precision)
             run(manifest, rcfg.replace(max_epochs=1), out=Path(tmp) / "warm")     # builds the decode cache
             r = run(manifest, rcfg, out=Path(tmp) / "r")
             t = r.summary["timings"]
@@ -160,9 +173,14 @@ def main():
     ap.add_argument("--variants", action="store_true", help="precision/layout train-step speed instead")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--compile", action="store_true", help="with --variants: add torch.compile")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto (overhead mode)")
+    ap.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 | auto (overhead mode)")
     a = ap.parse_args()
     res = variants(a) if a.variants else overhead(a)
     res["machine"] = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    if torch.cuda.is_available() and a.device != "cpu":
+        res["gpu"] = torch.cuda.get_device_name()
+    res["device"], res["precision"] = a.device, a.precision
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}, indent=1))
 
 
