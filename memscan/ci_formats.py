@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from .check import CheckResult
+from .files import write_atomic_with
 
 
 def _offender_line(o: dict) -> str:
@@ -70,10 +71,7 @@ def markdown_summary(result: CheckResult, *, title: str = "memscan data check") 
 def write_text_atomic(dest, text: str) -> Path:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, dest)
-    return dest
+    return write_atomic_with(dest, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def append_step_summary(text: str) -> Path | None:

@@ -6,7 +6,6 @@ The one function behind ``memscan run`` (and ``eval-noise``). Progress reaches t
 from __future__ import annotations
 
 import json
-import os
 import re
 import platform
 import shutil
@@ -27,6 +26,7 @@ from .data.cache import memory_budget
 from .data.loader import InMemorySource, channel_stats
 from . import distributed
 from .errors import ConfigError, Interrupted, OutputError, OutputExistsError, TrainingError
+from .files import TMP_NAME, write_atomic_with
 from .models import create_model, is_conv_net
 from .report import build_table, write_atomic
 from .scores import CATEGORIES, accumulate, compute_scores
@@ -97,12 +97,9 @@ RUN_ARGS = "run-args.json"
 def save_checkpoint(state: dict, dest: Path) -> None:
     """Write then rename: a crash or a full disk never leaves a corrupt checkpoint, and the previous
     one survives until the new one is complete."""
-    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
     try:
-        torch.save(state, tmp)
-        os.replace(tmp, dest)
+        write_atomic_with(dest, lambda tmp: torch.save(state, tmp))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         prev = f"the previous checkpoint '{dest}' is intact" if dest.exists() else "no earlier checkpoint exists"
         raise OutputError(f"cannot write checkpoint '{dest}' ({e.strerror or e}); {prev}: free disk space, then "
                           f"'memscan resume {dest.parent}'") from None
@@ -127,7 +124,7 @@ def _check_resumable(out: Path, cfg: RunConfig, fingerprint: str):
     if (out / "report.parquet").exists() and not (out / CHECKPOINT).exists():
         raise OutputExistsError(f"run '{out}' already finished (report.parquet is there); nothing to resume")
     for leftover in [*out.glob("*.tmp*"), *out.glob("trajectories/*.tmp*")]:   # writes cut short by the crash
-        if re.search(r"\.tmp\d+$", leftover.name):
+        if TMP_NAME.search(leftover.name):
             leftover.unlink(missing_ok=True)
     ck = load_checkpoint(out)
     if ck is None:

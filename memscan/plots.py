@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import write_atomic_with
 from .scores import upper_fence
 
 CATEGORY_COLORS = {"mislabeled": "#d62728", "atypical": "#ff7f0e", "memorized": "#9467bd", "ok": "#7f7f7f"}
@@ -129,11 +130,8 @@ def save_pngs(report, out_dir, *, dpi: int = 120) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, fig in figures(meta, df).items():
-        p = out_dir / f"{name}.png"
-        tmp = p.with_name(p.name + ".tmp.png")
-        fig.savefig(tmp, dpi=dpi)
-        tmp.replace(p)
-        paths.append(p)
+        paths.append(write_atomic_with(out_dir / f"{name}.png",
+                                       lambda tmp, fig=fig: fig.savefig(tmp, dpi=dpi, format="png")))
     return paths
 
 

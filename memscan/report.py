@@ -7,7 +7,6 @@ column's meaning and direction. ``read_report`` refuses files of an unknown form
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import ReportError
+from .files import write_atomic_with
 
 FORMAT_VERSION = 1
 META_KEY = b"memscan"
@@ -92,14 +92,7 @@ def _jsonable(o):
 
 
 def write_atomic(table: pa.Table, dest: Path) -> None:
-    dest = Path(dest)
-    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic_with(dest, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def resolve_report_path(path) -> Path:

@@ -35,6 +35,15 @@ class Signals:
     late_aum: np.ndarray | None = None   # mean margin over the late window (epochs >= window_start)
     late_loss: np.ndarray | None = None  # summed loss over the late window
 
+    @property
+    def window_aum(self) -> np.ndarray:
+        """Mean margin behind mislabel_score: the late window's, or all epochs' when not accumulated."""
+        return self.aum if self.late_aum is None else self.late_aum
+
+    @property
+    def window_loss(self) -> np.ndarray:
+        return self.csl if self.late_loss is None else self.late_loss
+
 
 def accumulate(records, n: int, *, peak_epoch: int | None, window_start: int | None = None) -> Signals:
     """Stream ``EpochRecord``s (in epoch order) into per-sample totals; O(n) memory.
@@ -111,9 +120,7 @@ def mislabel_statistic(sig: Signals) -> np.ndarray:
     1 - p(given) lowered the AUROC; and the first epochs, where the network is still near chance,
     only add noise: the late window raised the AUROC at 30 of 35 (run, stop epoch) points measured,
     by up to 0.009; 4 were equal and one 0.001 lower."""
-    aum = sig.aum if sig.late_aum is None else sig.late_aum
-    loss = sig.csl if sig.late_loss is None else sig.late_loss
-    return (percentile(-aum) + percentile(loss)) / 2
+    return (percentile(-sig.window_aum) + percentile(sig.window_loss)) / 2
 
 
 def confident_alternative(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -150,8 +157,7 @@ def compute_scores(sig: Signals, probs: np.ndarray, labels: np.ndarray) -> dict:
     # confident learning alone over-flags while a short run is still underfit; requiring that the given
     # label also loses on average over the late window (negative AUM there) raised the precision by
     # 0.05-0.10 at a recall 0.01 lower on every CIFAR-10 run measured (BENCHMARKS.md §5)
-    late_aum = sig.aum if sig.late_aum is None else sig.late_aum
-    mislabeled = (alt >= 0) & (alt != labels) & (late_aum < 0)
+    mislabeled = (alt >= 0) & (alt != labels) & (sig.window_aum < 0)
     high_csg = sig.csg > upper_fence(sig.csg)
     memorized = high_csg & ~mislabeled & (pred == labels)
     atypical = high_csg & ~mislabeled & (pred != labels)

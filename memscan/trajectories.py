@@ -7,13 +7,13 @@ O(N) whatever the number of epochs; scores stream the epochs back with ``read_ep
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .files import write_atomic_with
 from .signals import EpochRecord
 
 SCHEMA = pa.schema([
@@ -35,11 +35,8 @@ def write_epoch(folder: Path, rec: EpochRecord) -> Path:
         pa.array(rec.grad_sq.astype(np.float32)), pa.array(rec.loss.astype(np.float32)),
         pa.array(rec.margin.astype(np.float32)), pa.array(rec.correct.astype(bool)),
     ], schema=SCHEMA)
-    dest = epoch_file(folder, rec.epoch)
-    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, dest)
-    return dest
+    return write_atomic_with(epoch_file(folder, rec.epoch),
+                             lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def read_epochs(folder: Path, *, upto: int | None = None):
