@@ -2,6 +2,8 @@
 
     # the O(N) parts at ImageNet size, on synthetic per-sample values (no images needed):
     python benchmarks/scale.py per-sample --n 1280000 --epochs 15 --classes 100
+    # scoring with 1.28 M x 1000 class probabilities memory-mapped from disk (what memscan does above 1 GiB)
+    python benchmarks/scale.py probs --n 1280000 --classes 1000 --on-disk
     # peak RSS of `memscan run` (1 epoch) on CIFAR-10 subsets, decoded images in RAM vs memory-mapped:
     python benchmarks/scale.py rss --per-class 1250,2500,5000
 
@@ -90,6 +92,52 @@ def per_sample(a):
     return out
 
 
+def _anon_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def probs(a):
+    """Scoring with N x K class probabilities in RAM or memory-mapped from the run folder (what
+    ``pipeline.probability_buffer`` picks above 1 GiB): time and peak anonymous memory."""
+    import threading
+
+    from memscan.pipeline import probability_buffer
+    from memscan.scores import Signals, compute_scores
+    n, k = a.n, a.classes
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, k, n)
+    x = rng.random(n)
+    sig = Signals(csg=x, sgal=x, csl=x, aum=x - 0.5, forgetting=np.zeros(n, np.int32),
+                  learning_time=np.zeros(n, np.int32), epochs=10, peak_epochs=10)
+    peak = {"anon": _anon_mb()}
+    done = threading.Event()
+
+    def poll():
+        while not done.wait(0.05):
+            peak["anon"] = max(peak["anon"], _anon_mb())
+    threading.Thread(target=poll, daemon=True).start()
+    out = {"n": n, "classes": k, "probs_gb": n * k * 4 / 2**30, "on_disk": a.on_disk, "anon_start_mb": _anon_mb()}
+    with tempfile.TemporaryDirectory(dir=a.tmp) as tmp:
+        with probability_buffer(Path(tmp), n, k, memory_bytes=0 if a.on_disk else 2**40) as buf:
+            t = time.perf_counter()
+            for s in range(0, n, 8192):   # as the prediction pass fills it: a batch at a time
+                e = min(n, s + 8192)
+                p = rng.random((e - s, k), dtype=np.float32) ** 8
+                buf[s:e] = p / p.sum(1, keepdims=True)
+            out["fill_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            compute_scores(sig, buf, labels)
+            out["scores_s"] = time.perf_counter() - t
+            del buf
+    done.set()
+    out["peak_anon_mb"] = max(peak["anon"], _anon_mb())
+    out["peak_rss_mb"] = rss_mb()
+    return out
+
+
 def polled(cmd, env) -> dict:
     """Run ``cmd``, sampling /proc/PID/status: peak total RSS, and peak anonymous RSS (the memory that
     cannot be given back; memory-mapped image pages are file-backed and the kernel reclaims them)."""
@@ -151,12 +199,17 @@ def main():
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--classes", type=int, default=100)
     p.add_argument("--tmp", default=None)
+    q = sub.add_parser("probs")
+    q.add_argument("--n", type=int, default=1_280_000)
+    q.add_argument("--classes", type=int, default=1000)
+    q.add_argument("--on-disk", action="store_true")
+    q.add_argument("--tmp", default=None)
     r = sub.add_parser("rss")
     r.add_argument("--per-class", default="1250,2500,5000")
     r.add_argument("--tmp", default=None)
     r.add_argument("--folder", action="store_true", help="materialize an image folder instead of a bytes manifest")
     a = ap.parse_args()
-    out = per_sample(a) if a.what == "per-sample" else rss(a)
+    out = {"per-sample": per_sample, "probs": probs, "rss": rss}[a.what](a)
     out["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}, indent=1))
 

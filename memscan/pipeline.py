@@ -6,11 +6,13 @@ The one function behind ``memscan run`` (and ``eval-noise``). Progress reaches t
 from __future__ import annotations
 
 import json
+import os
 import re
 import platform
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -103,6 +105,39 @@ def save_checkpoint(state: dict, dest: Path) -> None:
         prev = f"the previous checkpoint '{dest}' is intact" if dest.exists() else "no earlier checkpoint exists"
         raise OutputError(f"cannot write checkpoint '{dest}' ({e.strerror or e}); {prev}: free disk space, then "
                           f"'memscan resume {dest.parent}'") from None
+
+
+PROBS_IN_RAM = 2 ** 30   # bytes of class probabilities kept in RAM; above: a temporary file, memory-mapped
+
+
+@contextmanager
+def probability_buffer(out: Path, n: int, k: int, memory_bytes: int):
+    """Where the prediction pass writes the [N, K] fp32 probabilities: RAM when they are small, else a
+    memory-mapped temporary file in the run folder (1.28 M x 1000 classes = 5 GB), so that memscan's
+    RAM stays O(N). The file is allocated up front (a full disk fails here, not with SIGBUS mid-pass),
+    named like an interrupted atomic write so that ``memscan resume`` cleans it after a crash, and
+    removed afterwards."""
+    size = n * k * 4
+    if size <= min(PROBS_IN_RAM, memory_bytes):
+        yield np.empty((n, k), dtype=np.float32)
+        return
+    path = out / f"probs.f32.tmp{os.getpid()}"
+    try:
+        with open(path, "wb") as f:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(f.fileno(), 0, size)
+            else:  # pragma: no cover - macOS/Windows
+                f.truncate(size)
+        buf = np.memmap(path, dtype=np.float32, mode="r+", shape=(n, k))
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        raise OutputError(f"cannot allocate {size / 2**30:.1f} GiB for the class probabilities in '{out}' "
+                          f"({e.strerror or e}): free disk space, then 'memscan resume {out}'") from None
+    try:
+        yield buf
+    finally:
+        del buf
+        path.unlink(missing_ok=True)
 
 
 def load_checkpoint(out: Path) -> dict | None:
@@ -284,11 +319,13 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
         return RunResult(out, out / "report.parquet", {"rank": dist.rank, "epochs_trained": len(res_curves)})
 
     t = time.perf_counter()
-    probs = predict_probs(model, source, batch_size=max(256, cfg.batch_size), dtype=dtype)
-    done_epochs = len(res_curves)
-    peak = result.peak_epoch
-    sig = accumulate(read_epochs(traj_dir), len(source), peak_epoch=peak, window_start=done_epochs // 2)
-    scores = compute_scores(sig, probs, labels)
+    with probability_buffer(out, len(source), table.num_classes, memory_budget(cfg.cache_memory)) as buf:
+        probs = predict_probs(model, source, batch_size=max(256, cfg.batch_size), dtype=dtype, out=buf)
+        done_epochs = len(res_curves)
+        peak = result.peak_epoch
+        sig = accumulate(read_epochs(traj_dir), len(source), peak_epoch=peak, window_start=done_epochs // 2)
+        scores = compute_scores(sig, probs, labels)
+        del probs, buf
     timings["score_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_all
 

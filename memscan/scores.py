@@ -123,15 +123,51 @@ def mislabel_statistic(sig: Signals) -> np.ndarray:
     return (percentile(-sig.window_aum) + percentile(sig.window_loss)) / 2
 
 
+SCORE_CHUNK = 65536   # rows of the [N, K] probabilities handled at a time: no N x K temporaries
+
+
+def _chunks(n: int):
+    for i in range(0, n, SCORE_CHUNK):
+        yield slice(i, min(n, i + SCORE_CHUNK))
+
+
+def class_thresholds(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Confident learning's per-class thresholds t_j = mean p_j over the samples labelled j (1.0 for a
+    class with no samples). Streams ``probs`` in row chunks, so a memory-mapped array is read once."""
+    k = probs.shape[1]
+    total, count = np.zeros(k), np.zeros(k)
+    for sl in _chunks(len(labels)):
+        lab = labels[sl]
+        np.add.at(total, lab, np.asarray(probs[sl])[np.arange(len(lab)), lab])
+        count += np.bincount(lab, minlength=k)
+    return np.where(count > 0, total / np.maximum(count, 1), 1.0)
+
+
 def confident_alternative(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Confident learning's rule (Northcutt et al. 2021): per-class thresholds t_j = mean p_j over
     samples labelled j; a sample's confident class is the argmax over classes j with p_j >= t_j.
     Returns that class, or -1 when no class clears its threshold."""
-    k = probs.shape[1]
-    t = np.array([probs[labels == j, j].mean() if (labels == j).any() else 1.0 for j in range(k)])
-    above = np.where(probs >= t[None, :], probs, -1.0)
-    best = above.argmax(1)
-    return np.where(above.max(1) >= 0, best, -1)
+    labels = np.asarray(labels)
+    t = class_thresholds(probs, labels)
+    out = np.empty(len(labels), dtype=np.int64)
+    for sl in _chunks(len(labels)):
+        p = np.asarray(probs[sl])
+        above = np.where(p >= t[None, :], p, -1.0)
+        best = above.argmax(1)
+        out[sl] = np.where(above[np.arange(len(best)), best] >= 0, best, -1)
+    return out
+
+
+def prediction_summary(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p_given, predicted class, p_pred) per sample, streamed in row chunks."""
+    n = len(labels)
+    p_given, p_max, pred = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.int64)
+    for sl in _chunks(n):
+        p = np.asarray(probs[sl])
+        p_given[sl] = p[np.arange(len(p)), labels[sl]]
+        pred[sl] = p.argmax(1)
+        p_max[sl] = p[np.arange(len(p)), pred[sl]]
+    return p_given, pred, p_max
 
 
 def upper_fence(x: np.ndarray) -> float:
@@ -143,12 +179,11 @@ def upper_fence(x: np.ndarray) -> float:
 
 
 def compute_scores(sig: Signals, probs: np.ndarray, labels: np.ndarray) -> dict:
-    """Scores, ranks and categories for every sample. ``probs`` [N, K] at the stop point."""
+    """Scores, ranks and categories for every sample. ``probs`` [N, K] at the stop point (an array or
+    a ``np.memmap``: it is read in row chunks and never copied whole)."""
     labels = np.asarray(labels)
     n = len(labels)
-    p_given = probs[np.arange(n), labels]
-    pred = probs.argmax(1)
-    p_max = probs.max(1)
+    p_given, pred, p_max = prediction_summary(probs, labels)
     mis = percentile(mislabel_statistic(sig))
     mem = percentile(sig.csg)
     aty = percentile((percentile(sig.csg) + percentile(1 - p_max)) / 2)

@@ -93,15 +93,18 @@ def lr_factor(step: int, steps_per_epoch: int, cfg: RunConfig) -> float:
 # ---------------------------------------------------------------- evaluation passes
 
 @torch.no_grad()
-def predict_probs(model, source, *, batch_size: int, dtype) -> np.ndarray:
-    """Softmax probabilities [N, K] in fp32 (eval mode, no augmentation)."""
+def predict_probs(model, source, *, batch_size: int, dtype, out: np.ndarray | None = None) -> np.ndarray:
+    """Softmax probabilities [N, K] in fp32 (eval mode, no augmentation), written batch by batch into
+    ``out`` when given (e.g. a ``np.memmap`` for N x K too large for RAM), else into a new array."""
     model.eval()
-    out = []
     for idx in torch.arange(len(source)).split(batch_size):
         x, _ = source.batch(idx)
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            out.append(model(x).float().softmax(1).cpu())
-    return torch.cat(out).numpy()
+            p = model(x).float().softmax(1).cpu().numpy()
+        if out is None:
+            out = np.empty((len(source), p.shape[1]), dtype=np.float32)
+        out[idx[0].item():idx[-1].item() + 1] = p
+    return out
 
 
 @torch.no_grad()
@@ -186,7 +189,7 @@ class StopRule:
     * a confirmed peak of the chosen curve (``weight-norm``: conv/linear weights; ``auto`` uses it too):
       memorization of the hard and mislabeled samples starts there, CSG and SGAL are summed up to it;
     * ``rank-stability`` (and ``auto`` when no peak came first): the suspects (samples with negative
-      AUM, lowest first) overlap by >= ``rank_threshold`` between consecutive epochs for 2 epochs in a
+      AUM, lowest first) agree beyond chance by >= ``rank_threshold`` between consecutive epochs for 2 epochs in a
       row, i.e. more epochs no longer change which samples look mislabeled.
     """
 
@@ -216,8 +219,8 @@ class StopRule:
             self.reason = (f"{self.curve.replace('_', ' ')} peaked at epoch {self.peak_epoch + 1}, confirmed at "
                            f"epoch {epoch}")
         elif self.reason is None and self.rank is not None and self.rank.peak_epoch is not None:
-            self.reason = (f"suspects converged at epoch {epoch} ({self.rank.values[-1]:.1%} of the "
-                           f"{self.rank.suspects[-1]} lowest-AUM samples unchanged)" + (f"; no {self.curve.replace('_', ' ')} peak yet" if self.curve else ""))
+            self.reason = (f"suspects converged at epoch {epoch} (the {self.rank.suspects[-1]} lowest-AUM samples "
+                           f"agree {self.rank.values[-1]:.1%} beyond chance with the epoch before)" + (f"; no {self.curve.replace('_', ' ')} peak yet" if self.curve else ""))
         return self.reason is not None
 
     @property

@@ -105,3 +105,28 @@ def test_failed_start_leaves_no_run_folder(dataset, tmp_path):
     with pytest.raises(ModelError):
         run(dataset, RunConfig(**dict(FAST, model="no-such-model-xyz")), out=tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def test_probability_buffer_in_ram_or_a_temporary_memmap(tmp_path, monkeypatch):
+    import memscan.pipeline as pipeline
+    with pipeline.probability_buffer(tmp_path, 10, 3, memory_bytes=2 ** 30) as buf:
+        assert type(buf) is np.ndarray and buf.shape == (10, 3)
+    monkeypatch.setattr(pipeline, "PROBS_IN_RAM", 64)      # 10 x 3 x 4 B = 120 B: too big for "RAM"
+    with pipeline.probability_buffer(tmp_path, 10, 3, memory_bytes=2 ** 30) as buf:
+        assert isinstance(buf, np.memmap) and buf.shape == (10, 3)
+        (tmp,) = tmp_path.glob("probs.f32.tmp*")
+        assert tmp.stat().st_size == 120
+        buf[:] = 1.0
+    assert not list(tmp_path.glob("probs*"))               # removed afterwards
+
+
+def test_run_with_probabilities_on_disk_gives_the_same_report(tmp_path, monkeypatch, dataset, result):
+    import pandas as pd
+
+    import memscan.pipeline as pipeline
+    monkeypatch.setattr(pipeline, "PROBS_IN_RAM", 0)
+    b = read_report(run(dataset, RunConfig(**FAST), out=tmp_path / "b").report_path).to_pandas()
+    assert not list((tmp_path / "b").glob("probs*"))
+    a = read_report(result.report_path).to_pandas()
+    cols = ["p_given", "pred", "p_pred", "confident_class", "mislabel_score", "category"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])

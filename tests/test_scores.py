@@ -105,3 +105,31 @@ def test_average_rank_matches_scipy():
     rng = np.random.default_rng(0)
     for x in (rng.normal(size=1000), rng.integers(0, 5, 300).astype(float), np.array([2.0]), np.zeros(7)):
         np.testing.assert_array_equal(average_rank(x), rankdata(x, method="average"))
+
+
+def _reference_alternative(probs, labels):
+    """The rule written the direct, whole-array way."""
+    k = probs.shape[1]
+    t = np.array([probs[labels == j, j].mean() if (labels == j).any() else 1.0 for j in range(k)])
+    above = np.where(probs >= t[None, :], probs, -1.0)
+    return np.where(above.max(1) >= 0, above.argmax(1), -1)
+
+
+def test_chunked_scoring_equals_whole_array_and_reads_a_memmap(tmp_path, monkeypatch):
+    import memscan.scores as scores
+    monkeypatch.setattr(scores, "SCORE_CHUNK", 7)         # many chunks, a ragged last one
+    rng = np.random.default_rng(3)
+    n, k = 101, 6
+    labels = rng.integers(0, k - 1, n)                     # class k-1 has no samples: threshold 1.0
+    probs = rng.dirichlet(np.full(k, 0.5), size=n).astype(np.float32)
+    mm = np.memmap(tmp_path / "p.f32", dtype=np.float32, mode="w+", shape=(n, k))
+    mm[:] = probs
+    for p in (probs, mm):
+        np.testing.assert_array_equal(confident_alternative(p, labels), _reference_alternative(probs, labels))
+        p_given, pred, p_max = scores.prediction_summary(p, labels)
+        np.testing.assert_array_equal(p_given, probs[np.arange(n), labels])
+        np.testing.assert_array_equal(pred, probs.argmax(1))
+        np.testing.assert_array_equal(p_max, probs.max(1))
+    np.testing.assert_allclose(scores.class_thresholds(mm, labels)[:k - 1],
+                               [probs[labels == j, j].mean() for j in range(k - 1)], rtol=1e-6)
+    assert scores.class_thresholds(mm, labels)[k - 1] == 1.0

@@ -166,8 +166,28 @@ def test_rank_stability_detector_on_suspect_set():
     assert d.values[-1] == 1.0
     swapped = shuffled.copy()
     swapped[[0, 60]] = swapped[[60, 0]]           # one suspect replaced by a clean sample
-    assert d.update(swapped)                      # 49/50 = 0.98 >= 0.9, twice in a row
-    assert d.values[-1] == pytest.approx(0.98) and d.peak_epoch == 2
+    assert d.update(swapped)                      # overlap 49/50 = 0.98, twice >= 0.9 beyond chance
+    chance = 50 / 101                             # two random sets of 50 among 101 overlap this much
+    assert d.values[-1] == pytest.approx((0.98 - chance) / (1 - chance)) and d.peak_epoch == 2
+
+
+def test_rank_stability_is_corrected_for_chance():
+    """The same raw overlap means less when the suspects are most of the data."""
+    def agreement(n, k, replaced):
+        d = RankStabilityDetector(threshold=0.5)
+        aum = np.linspace(0.01, 1, n)
+        aum[:k] = -np.linspace(1, 0.01, k)        # exactly k suspects
+        d.update(aum)
+        nxt = aum.copy()
+        nxt[:replaced], nxt[k:k + replaced] = aum[k:k + replaced], aum[:replaced]
+        d.update(nxt)
+        return d.values[-1]
+    few, many = agreement(1000, 100, 5), agreement(1000, 800, 40)    # both: raw overlap 0.95
+    assert few == pytest.approx((0.95 - 0.1) / 0.9) and many == pytest.approx((0.95 - 0.8) / 0.2)
+    assert many < few
+    every = RankStabilityDetector(threshold=0.5)
+    every.update(-np.ones(4)); every.update(-np.ones(4))
+    assert every.values[-1] == 0.0                # all samples suspect: nothing has settled
 
 
 def test_rank_stability_nothing_suspect_is_stable():

@@ -56,7 +56,7 @@ class RunProgress:
                 p.reset(self.tasks["train"])
             peak = info.get("peak_epoch")
             mark = f"  [green]peak at epoch {peak + 1}[/]" if peak is not None else ""
-            rs = (f"  suspects {info['suspects']} ({info['rank_stability']:.1%} stable)"
+            rs = (f"  suspects {info['suspects']} (agreement {info['rank_stability']:.2f})"
                   if info.get("suspects") is not None else "")
             val = f"  val loss {info['val_loss']:.3f} acc {info['val_acc']:.3f}" if "val_loss" in info else ""
             p.console.print(f"epoch {info['epoch'] + 1:>3}/{info['max_epochs']}  loss {info['loss_mean']:.3f}  "

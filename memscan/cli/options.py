@@ -24,11 +24,11 @@ RUN_OPTIONS = [  # (name, type, default, typer option)
     ("augment", str, "crop-flip", _O("crop-flip", help="crop-flip | crop | none (batched on the device).")),
     ("no_augment", bool, False, _O(False, "--no-augment", help="Same as --augment none.")),
     ("optimizer", str, "sgd", _O("sgd", help="sgd (nesterov momentum) | adamw.")),
-    ("lr", float, 0.1, _O(0.1, help="Peak learning rate.")),
+    ("lr", float, 0.0125, _O(0.0125, help="Peak learning rate (per batch of --batch-size).")),
     ("momentum", float, 0.9, _O(0.9, help="SGD momentum.")),
     ("weight_decay", float, 5e-4, _O(5e-4, help="Weight decay. The weight-norm peak that stops training exists "
                                      "because of it: with 0 the norm only grows.")),
-    ("batch_size", int, 128, _O(128, help="Images per step.")),
+    ("batch_size", int, 64, _O(64, help="Images per step.")),
     ("schedule", str, "constant", _O("constant", help="constant | cosine | onecycle (after warm-up).")),
     ("warmup_epochs", float, 1.0, _O(1.0, help="Linear warm-up, epochs.")),
     ("max_epochs", int, 30, _O(30, help="Upper bound on epochs.")),
@@ -39,8 +39,9 @@ RUN_OPTIONS = [  # (name, type, default, typer option)
     ("stop_signal", str, "auto", _O("auto", help="auto: the conv/linear weight-norm peak, or the ranking "
                                     "converged, whichever first | weight-norm | total-norm | grad-mean | "
                                     "rank-stability.")),
-    ("rank_threshold", float, 0.98, _O(0.98, help="Suspects converged when this fraction of the lowest-AUM "
-                                        "samples (AUM < 0) is unchanged between epochs, twice in a row.")),
+    ("rank_threshold", float, 0.87, _O(0.87, help="Suspects converged when the lowest-AUM samples (AUM < 0) "
+                                        "agree this much beyond chance between epochs, twice in a row; "
+                                        "higher = later stop, better ranking.")),
     ("patience", int, 3, _O(3, help="Epochs the smoothed curve must stay below its peak.")),
     ("smoothing", int, 3, _O(3, help="Moving-average window of the stop curve, epochs.")),
     ("min_epochs", int, 3, _O(3, help="Never stop before this many epochs.")),

@@ -12,7 +12,7 @@ from . import app
 from .console import RunProgress, console
 from .options import config_from_options, run_options, user_set
 
-DEMO_CONFIG = dict(image_size=16, augment="crop", batch_size=64, max_epochs=40, lr=0.05)
+DEMO_CONFIG = dict(image_size=16, augment="crop", max_epochs=40)
 
 
 def print_summary(s: dict, title: str = "memscan run") -> None:
