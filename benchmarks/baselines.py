@@ -59,7 +59,7 @@ def train_probs(images, labels, cfg, train_idx, eval_idx, mean, std, num_classes
 
 
 def metrics(score, truth):
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in detection_metrics(score, truth).items()}
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in detection_metrics(score, truth).items()}
 
 
 def main():

@@ -124,6 +124,14 @@ def overhead(a):
             t2 = r2.summary["timings"]
             out["memscan_run_mapped_train_ips"] = len(table) * (a.epochs + 1) / t2["train_s"]
             out["mapped_vs_ram_train"] = out["memscan_run_mapped_train_ips"] / out["memscan_run_train_ips"]
+        # (a) again, right after (c): (c) cannot alternate with (a) epoch by epoch, so it is compared with
+        # the mean of the bare loop measured before and after it (this VM drifts by tens of % over minutes)
+        m, opt = models["bare"]
+        after = [epoch(m, src, opt, cfg, a.epochs + 1 + ep, record=False, dtype=dtype) for ep in range(a.epochs)]
+        out["bare_after"] = statistics.median(after)
+        ref = (out["bare"] + out["bare_after"]) / 2
+        out["run_epoch_vs_bare_bracketed"] = out["memscan_run_epoch_ips"] / ref
+        out["run_vs_bare_bracketed"] = out["memscan_run_end_to_end_ips"] / ref
     return out
 
 

@@ -123,12 +123,13 @@ def mislabel_statistic(sig: Signals) -> np.ndarray:
     return (percentile(-sig.window_aum) + percentile(sig.window_loss)) / 2
 
 
-SCORE_CHUNK = 65536   # rows of the [N, K] probabilities handled at a time: no N x K temporaries
+SCORE_CHUNK_BYTES = 2 ** 26   # [rows, K] fp32 block handled at a time (64 MiB): no N x K temporaries
 
 
-def _chunks(n: int):
-    for i in range(0, n, SCORE_CHUNK):
-        yield slice(i, min(n, i + SCORE_CHUNK))
+def _chunks(n: int, k: int):
+    rows = max(1, SCORE_CHUNK_BYTES // (4 * k))
+    for i in range(0, n, rows):
+        yield slice(i, min(n, i + rows))
 
 
 def class_thresholds(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -136,7 +137,7 @@ def class_thresholds(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     class with no samples). Streams ``probs`` in row chunks, so a memory-mapped array is read once."""
     k = probs.shape[1]
     total, count = np.zeros(k), np.zeros(k)
-    for sl in _chunks(len(labels)):
+    for sl in _chunks(len(labels), probs.shape[1]):
         lab = labels[sl]
         np.add.at(total, lab, np.asarray(probs[sl])[np.arange(len(lab)), lab])
         count += np.bincount(lab, minlength=k)
@@ -150,7 +151,7 @@ def confident_alternative(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels)
     t = class_thresholds(probs, labels)
     out = np.empty(len(labels), dtype=np.int64)
-    for sl in _chunks(len(labels)):
+    for sl in _chunks(len(labels), probs.shape[1]):
         p = np.asarray(probs[sl])
         above = np.where(p >= t[None, :], p, -1.0)
         best = above.argmax(1)
@@ -162,7 +163,7 @@ def prediction_summary(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarra
     """(p_given, predicted class, p_pred) per sample, streamed in row chunks."""
     n = len(labels)
     p_given, p_max, pred = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.int64)
-    for sl in _chunks(n):
+    for sl in _chunks(n, probs.shape[1]):
         p = np.asarray(probs[sl])
         p_given[sl] = p[np.arange(len(p)), labels[sl]]
         pred[sl] = p.argmax(1)

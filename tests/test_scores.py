@@ -117,7 +117,7 @@ def _reference_alternative(probs, labels):
 
 def test_chunked_scoring_equals_whole_array_and_reads_a_memmap(tmp_path, monkeypatch):
     import memscan.scores as scores
-    monkeypatch.setattr(scores, "SCORE_CHUNK", 7)         # many chunks, a ragged last one
+    monkeypatch.setattr(scores, "SCORE_CHUNK_BYTES", 7 * 4 * 6)   # 7 rows of 6 classes: ragged last chunk
     rng = np.random.default_rng(3)
     n, k = 101, 6
     labels = rng.integers(0, k - 1, n)                     # class k-1 has no samples: threshold 1.0
