@@ -1,0 +1,109 @@
+"""Where does the recording cost go? One training step, four ways, interleaved (median of 15 x 20 steps):
+
+bare step; the same with the input requiring grad (the input gradient CSG needs); memscan's ``train_step``;
+``train_step`` + ``Recorder.record``. Then the input gradient computed outside autograd from a hook on the
+stem conv's output (conv-transpose, or unfold/fold), checked against autograd's and timed.
+
+    python benchmarks/step_overhead.py [--batch-size 64] [--precision bf16|fp32]
+"""
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from memscan.models import create_model  # noqa: E402
+from memscan.signals import Recorder  # noqa: E402
+from memscan.train import train_step  # noqa: E402
+
+
+def timed(fns, rounds=15, steps=20):
+    for f in fns.values():
+        for _ in range(10):
+            f()
+    res = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            for _ in range(steps):
+                f()
+            res[k].append((time.perf_counter() - t) / steps)
+    base = statistics.median(res["bare"])
+    return {k: {"ms": round(statistics.median(v) * 1e3, 3), "vs_bare": round(statistics.median(v) / base - 1, 4)}
+            for k, v in res.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    dt = torch.bfloat16 if a.precision == "bf16" else torch.float32
+    b = a.batch_size
+    x = torch.randn(b, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (b,))
+    m = create_model("memscan-cnn", 10).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    rec = Recorder(b)
+    rec.start_epoch(0)
+    idx = torch.arange(b)
+    stem, store = m.features[0], {}
+    auto = dict(device_type="cpu", dtype=dt, enabled=dt != torch.float32)
+
+    def step(inp):
+        with torch.autocast(**auto):
+            loss = F.cross_entropy(m(inp).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+
+    def bare():
+        step(x)
+        opt.step()
+
+    def xgrad():
+        step(x.detach().requires_grad_(True))
+        opt.step()
+
+    def capture(mod, inp, out):
+        out.register_hook(lambda g: store.__setitem__("g", g))
+
+    def hooked_grad():
+        g, w = store["g"].float(), stem.weight.float()
+        if store["kind"] == "convT":
+            return F.conv_transpose2d(g, w, padding=1)
+        return F.fold(torch.matmul(w.flatten(1).t(), g.flatten(2)), tuple(x.shape[-2:]), 3, padding=1)
+
+    def hook(kind):
+        def f():
+            store["kind"] = kind
+            h = stem.register_forward_hook(capture)
+            step(x)
+            h.remove()
+            (hooked_grad().flatten(1) ** 2).sum(1)
+            opt.step()
+        return f
+
+    xx = x.detach().requires_grad_(True)
+    step(xx)
+    errors = {}
+    for kind in ("convT", "fold"):
+        store["kind"] = kind
+        h = stem.register_forward_hook(capture)
+        step(x)
+        h.remove()
+        errors[kind] = float((hooked_grad() - xx.grad).abs().max() / xx.grad.abs().max())
+    fns = {"bare": bare, "input requires grad": xgrad,
+           "train_step": lambda: train_step(m, x, y, opt, scaler, dtype=dt),
+           "train_step + record": lambda: rec.record(idx, **train_step(m, x, y, opt, scaler, dtype=dt)[1]),
+           "hook + conv_transpose2d": hook("convT"), "hook + unfold/fold": hook("fold")}
+    print({"batch_size": b, "precision": a.precision, "hook_max_rel_error": errors, "steps": timed(fns)})
+
+
+if __name__ == "__main__":
+    main()
