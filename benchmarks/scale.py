@@ -122,8 +122,8 @@ def probs(a):
     out = {"n": n, "classes": k, "probs_gb": n * k * 4 / 2**30, "on_disk": a.on_disk, "anon_start_mb": _anon_mb()}
     with tempfile.TemporaryDirectory(dir=a.tmp) as tmp:
         import contextlib
-        ram = contextlib.nullcontext(np.empty((n, k), dtype=np.float32))   # all in RAM, for comparison
-        with (probability_buffer(Path(tmp), n, k, memory_bytes=0) if a.on_disk else ram) as buf:
+        with (probability_buffer(Path(tmp), n, k, memory_bytes=0) if a.on_disk
+              else contextlib.nullcontext(np.empty((n, k), dtype=np.float32))) as buf:   # all in RAM, to compare
             t = time.perf_counter()
             for s in range(0, n, 8192):   # as the prediction pass fills it: a batch at a time
                 e = min(n, s + 8192)

@@ -37,7 +37,8 @@ class RunConfig:
     weight_decay: float = 5e-4          # L2 decay; the weight-norm peak exists because of it
     batch_size: int = 64                # images per step (per process under torchrun). 64 at lr 0.0125:
                                         # the recipe that ranks flipped labels best after few epochs
-                                        # (BENCHMARKS.md §5, recipe study); 128 at lr 0.1 needed ~4 more
+                                        # (BENCHMARKS.md §0, "The recipe"); 128 at lr 0.1 needed ~4 more
+                                        # epochs for the same AUROC
     schedule: str = "constant"          # lr after warm-up; "constant" does not depend on max_epochs
     warmup_epochs: float = 1.0          # linear warm-up length, epochs
     max_epochs: int = 30

@@ -116,13 +116,14 @@ MISLABEL_WEIGHTS = (0.8, 0.2)   # (trajectory statistic, 1 - p(given) at the sto
 
 
 def mislabel_statistic(sig: Signals) -> np.ndarray:
-    """Raw mislabel statistic, higher = more suspicious: the mean of the percentiles of the negated
+    """Raw trajectory statistic, higher = more suspicious: the mean of the percentiles of the negated
     AUM and of the cumulative loss, both over the late window (the second half of the epochs trained).
     Chosen on measurements (BENCHMARKS.md, "Which score"): with injected noise on CIFAR-10, MNIST and
-    digits these two are the strongest signals at every epoch; adding CSG or the single stop-point
-    1 - p(given) lowered the AUROC; and the first epochs, where the network is still near chance,
-    only add noise: the late window raised the AUROC at 30 of 35 (run, stop epoch) points measured,
-    by up to 0.009; 4 were equal and one 0.001 lower."""
+    digits these two are the strongest signals at every epoch; adding CSG lowered the AUROC; and the
+    first epochs, where the network is still near chance, only add noise: the late window raised the
+    AUROC at 30 of 35 (run, stop epoch) points measured, by up to 0.009; 4 were equal and one 0.001
+    lower. ``compute_scores`` blends in the stop point's 1 - p(given) (``MISLABEL_WEIGHTS``); the stop
+    rule's replays use this statistic alone."""
     return (percentile(-sig.window_aum) + percentile(sig.window_loss)) / 2
 
 
@@ -135,24 +136,25 @@ def _chunks(n: int, k: int):
         yield slice(i, min(n, i + rows))
 
 
-def class_thresholds(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def class_thresholds(probs: np.ndarray, labels: np.ndarray, p_given: np.ndarray | None = None) -> np.ndarray:
     """Confident learning's per-class thresholds t_j = mean p_j over the samples labelled j (1.0 for a
-    class with no samples). Streams ``probs`` in row chunks, so a memory-mapped array is read once."""
+    class with no samples): the mean of p(given) per class, so ``p_given`` (when the caller has it)
+    is all it needs; otherwise it is gathered from ``probs`` in row chunks."""
+    labels = np.asarray(labels)
+    if p_given is None:
+        p_given = prediction_summary(probs, labels)[0]
     k = probs.shape[1]
-    total, count = np.zeros(k), np.zeros(k)
-    for sl in _chunks(len(labels), probs.shape[1]):
-        lab = labels[sl]
-        np.add.at(total, lab, np.asarray(probs[sl])[np.arange(len(lab)), lab])
-        count += np.bincount(lab, minlength=k)
+    count = np.bincount(labels, minlength=k)
+    total = np.bincount(labels, weights=np.asarray(p_given, np.float64), minlength=k)
     return np.where(count > 0, total / np.maximum(count, 1), 1.0)
 
 
-def confident_alternative(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def confident_alternative(probs: np.ndarray, labels: np.ndarray, p_given: np.ndarray | None = None) -> np.ndarray:
     """Confident learning's rule (Northcutt et al. 2021): per-class thresholds t_j = mean p_j over
     samples labelled j; a sample's confident class is the argmax over classes j with p_j >= t_j.
     Returns that class, or -1 when no class clears its threshold."""
     labels = np.asarray(labels)
-    t = class_thresholds(probs, labels)
+    t = class_thresholds(probs, labels, p_given)
     out = np.empty(len(labels), dtype=np.int64)
     for sl in _chunks(len(labels), probs.shape[1]):
         p = np.asarray(probs[sl])
@@ -196,7 +198,7 @@ def compute_scores(sig: Signals, probs: np.ndarray, labels: np.ndarray) -> dict:
     mem = percentile(sig.csg)
     aty = percentile((percentile(sig.csg) + percentile(1 - p_max)) / 2)
 
-    alt = confident_alternative(probs, labels)
+    alt = confident_alternative(probs, labels, p_given)
     # confident learning alone over-flags while a short run is still underfit; requiring that the given
     # label also loses on average over the late window (negative AUM there) raised the precision by
     # 0.05-0.10 at a recall 0.01 lower on every CIFAR-10 run measured (BENCHMARKS.md §5)

@@ -199,7 +199,7 @@ class RankStabilityDetector:
     is the overlap two random sets of k samples would have (Cohen's kappa in spirit). Converged when it
     stays >= ``threshold`` for ``patience`` epochs. The raw overlap was used first: it grows with k/n,
     so one threshold stopped too early at high noise (many suspects) and too late at low noise
-    (BENCHMARKS.md §5). (A Spearman correlation over all samples was tried before that: dominated by
+    (BENCHMARKS.md §0). (A Spearman correlation over all samples was tried before that: dominated by
     the order of the many clean samples, it converged far too late on MNIST.)
     """
 
