@@ -3,7 +3,8 @@
 (a) a bare, well-written training loop (same model, in-memory data, augmentation, batch size);
 (b) the same loop with memscan's per-sample recording (``train_step`` + ``Recorder``);
 (c) optionally ``memscan.run`` end to end on the same images (decode cache already built).
-(a) and (b) alternate epoch by epoch so machine noise hits both alike; ratios are reported.
+(a), (b) and a second copy of (a) (the noise floor: two identical loops) alternate epoch by epoch in
+ABBA order so machine noise hits all alike; ratios are reported, also per epoch-pair.
 
     python benchmarks/overhead.py --per-class 500 --epochs 3 [--model memscan-cnn] [--run]
     python benchmarks/overhead.py --variants            # fp32 / channels_last / bf16 train-step speed
@@ -27,6 +28,7 @@ from memscan.data import load_images, load_index  # noqa: E402
 from memscan.data.loader import InMemorySource, batch_slices, channel_stats, epoch_generator, epoch_order  # noqa
 from memscan.models import create_model  # noqa: E402
 from memscan.signals import Recorder  # noqa: E402
+from memscan.stem_grad import StemGrad  # noqa: E402
 from memscan.train import make_optimizer, resolve_device, resolve_precision, train_step  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "train.parquet"
@@ -47,7 +49,10 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def epoch(model, src, opt, cfg, ep, *, record, dtype=torch.float32, recorder=None):
+STEMS = {}   # model id -> StemGrad, as ``fit`` keeps it: found and checked on the first step
+
+
+def epoch(model, src, opt, cfg, ep, *, record, dtype=torch.float32, recorder=None, stem_grad=True):
     model.train()
     gen = epoch_generator(cfg.seed, ep, 1)
     dev = src.device
@@ -58,8 +63,14 @@ def epoch(model, src, opt, cfg, ep, *, record, dtype=torch.float32, recorder=Non
     for idx in batch_slices(epoch_order(len(src), cfg.seed, ep), cfg.batch_size):
         x, y = src.batch(idx, augment=cfg.augment, generator=gen)
         if record:
-            _, stats = train_step(model, x, y, opt, scaler, dtype=dtype)
-            recorder.record(idx, **stats)
+            if stem_grad and id(model) not in STEMS:
+                STEMS[id(model)] = StemGrad.find(model, x)
+            stem = STEMS.get(id(model))
+            _, signals = train_step(model, x, y, opt, scaler, dtype=dtype, stem=stem)
+            if stem is not None and not stem.verified:
+                stem.detach()
+                STEMS[id(model)] = None
+            recorder.record_step(idx, signals)
         else:
             with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
                 loss = F.cross_entropy(model(x).float(), y)
@@ -69,6 +80,8 @@ def epoch(model, src, opt, cfg, ep, *, record, dtype=torch.float32, recorder=Non
             scaler.update()
     if record:
         recorder.end_epoch()
+        if STEMS.get(id(model)) is not None:
+            STEMS[id(model)].detach()
     sync(dev)
     return len(src) / (time.perf_counter() - t)
 
@@ -79,7 +92,8 @@ def overhead(a):
     cfg = RunConfig(model=a.model, batch_size=a.batch_size, device=a.device, precision=a.precision)
     device = resolve_device(a.device)
     dtype = resolve_precision(a.precision, device)
-    res = {"bare": [], "recording": []}
+    # "control" is a second bare loop: its difference from "bare" is the measurement's noise floor
+    res = {"bare": [], "recording": [], "control": []}
     models = {}
     for kind in res:
         torch.manual_seed(0)
@@ -87,15 +101,28 @@ def overhead(a):
         models[kind] = (m, make_optimizer(m, cfg))
     src = InMemorySource(imgs, labels, mean=mean, std=std, channels_last=True, device=device)
     rec = Recorder(len(src), device=device)
+    pairs, controls = [], []
     for ep in range(a.epochs + 1):  # epoch 0 is warm-up, not counted
-        for kind, (m, opt) in models.items():
+        # ABBA order: a drift of the machine's speed within a pair hits (a) and (b) alike
+        order = list(models.items()) if ep % 2 == 0 else list(models.items())[::-1]
+        pair = {}
+        for kind, (m, opt) in order:
             if kind == "recording":
                 rec.start_epoch(ep)
-            ips = epoch(m, src, opt, cfg, ep, record=kind == "recording", recorder=rec, dtype=dtype)
+            pair[kind] = epoch(m, src, opt, cfg, ep, record=kind == "recording", recorder=rec, dtype=dtype,
+                               stem_grad=not a.no_stem)
             if ep:
-                res[kind].append(ips)
+                res[kind].append(pair[kind])
+        if ep:
+            pairs.append(pair["bare"] / pair["recording"] - 1)
+            controls.append(pair["bare"] / pair["control"] - 1)
     out = {k: statistics.median(v) for k, v in res.items()}
     out["recording_overhead"] = out["bare"] / out["recording"] - 1
+    # the same, from each epoch's side-by-side pair: median and the spread across pairs
+    out["recording_overhead_paired_median"] = statistics.median(pairs)
+    out["recording_overhead_pairs"] = [round(p, 4) for p in pairs]
+    out["control_difference_paired_median"] = statistics.median(controls)
+    out["control_differences"] = [round(p, 4) for p in controls]
     if a.run and table is not None:
         from memscan.pipeline import run
         with tempfile.TemporaryDirectory() as tmp:
@@ -183,13 +210,21 @@ def main():
     ap.add_argument("--compile", action="store_true", help="with --variants: add torch.compile")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto (overhead mode)")
     ap.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 | auto (overhead mode)")
+    ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--no-stem", action="store_true",
+                    help="(b) takes the input gradient from autograd even where a strided stem allows the faster path")
     a = ap.parse_args()
     res = variants(a) if a.variants else overhead(a)
     res["machine"] = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     if torch.cuda.is_available() and a.device != "cpu":
         res["gpu"] = torch.cuda.get_device_name()
     res["device"], res["precision"] = a.device, a.precision
-    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}, indent=1))
+    res["stem_path"] = not a.no_stem
+    text = json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}, indent=1)
+    print(text)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ bare step; the same with the input requiring grad (the input gradient CSG needs)
 stem conv's output (conv-transpose, or unfold/fold), checked against autograd's and timed.
 
     python benchmarks/step_overhead.py [--batch-size 64] [--precision bf16|fp32]
+    python benchmarks/step_overhead.py --paths --model resnet18 [--size 32]   # autograd vs stem path
 """
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from memscan.models import create_model  # noqa: E402
 from memscan.signals import Recorder  # noqa: E402
+from memscan.stem_grad import StemGrad  # noqa: E402
 from memscan.train import train_step  # noqa: E402
 
 
@@ -37,11 +40,67 @@ def timed(fns, rounds=15, steps=20):
             for k, v in res.items()}
 
 
+def paths(a):
+    """Bare step vs memscan's recording step with the input gradient from autograd and from the
+    strided stem's output (``stem_grad``), interleaved in short blocks in ABBA order; the overhead
+    is the median over rounds of each round's own ratio (robust to this VM's drift)."""
+    torch.manual_seed(0)
+    dt = torch.bfloat16 if a.precision == "bf16" else torch.float32
+    b = a.batch_size
+    x = torch.randn(b, 3, a.size, a.size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (b,))
+    m = create_model(a.model, 10).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(m.parameters(), lr=0.001, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    rec = Recorder(b)
+    rec.start_epoch(0)
+    idx = torch.arange(b)
+    stem = StemGrad.find(m, x)
+    auto = dict(device_type="cpu", dtype=dt, enabled=dt != torch.float32)
+
+    def bare():
+        with torch.autocast(**auto):
+            loss = F.cross_entropy(m(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    fns = {"bare": bare, "record, autograd input grad": lambda: rec.record_step(idx, train_step(
+        m, x, y, opt, scaler, dtype=dt)[1])}
+    if stem is not None:
+        train_step(m, x, y, opt, scaler, dtype=dt, stem=stem)     # the checking step
+        assert stem.verified
+        fns["record, stem path"] = lambda: rec.record_step(idx, train_step(m, x, y, opt, scaler, dtype=dt, stem=stem)[1])
+    for f in fns.values():
+        for _ in range(5):
+            f()
+    res = {k: [] for k in fns}
+    for r in range(a.rounds):
+        for k, f in (list(fns.items()) if r % 2 == 0 else list(fns.items())[::-1]):
+            t = time.perf_counter()
+            for _ in range(a.steps):
+                f()
+            res[k].append((time.perf_counter() - t) / a.steps)
+    out = {k: {"ms": round(statistics.median(v) * 1e3, 3),
+               "vs_bare_paired_median": round(statistics.median(t / u - 1 for t, u in zip(v, res["bare"])), 4)}
+           for k, v in res.items()}
+    print(json.dumps({"model": a.model, "size": a.size, "batch_size": b, "precision": a.precision,
+                      "stem": None if stem is None else f"{stem.conv.kernel_size} stride {stem.conv.stride}",
+                      "rounds": a.rounds, "steps_per_block": a.steps, "steps": out}, indent=1))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--paths", action="store_true", help="bare vs recording via autograd vs via the stem")
+    ap.add_argument("--model", default="memscan-cnn", help="with --paths")
+    ap.add_argument("--size", type=int, default=32, help="with --paths: image size, px")
+    ap.add_argument("--rounds", type=int, default=30, help="with --paths")
+    ap.add_argument("--steps", type=int, default=6, help="with --paths: steps per block")
     a = ap.parse_args()
+    if a.paths:
+        return paths(a)
     torch.manual_seed(0)
     dt = torch.bfloat16 if a.precision == "bf16" else torch.float32
     b = a.batch_size
@@ -100,7 +159,7 @@ def main():
         errors[kind] = float((hooked_grad() - xx.grad).abs().max() / xx.grad.abs().max())
     fns = {"bare": bare, "input requires grad": xgrad,
            "train_step": lambda: train_step(m, x, y, opt, scaler, dtype=dt),
-           "train_step + record": lambda: rec.record(idx, **train_step(m, x, y, opt, scaler, dtype=dt)[1]),
+           "train_step + record": lambda: rec.record_step(idx, train_step(m, x, y, opt, scaler, dtype=dt)[1]),
            "hook + conv_transpose2d": hook("convT"), "hook + unfold/fold": hook("fold")}
     print({"batch_size": b, "precision": a.precision, "hook_max_rel_error": errors, "steps": timed(fns)})
 

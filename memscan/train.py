@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from .config import RunConfig
 from .data.loader import batch_bounds, batch_slices, epoch_generator, epoch_order
-from .signals import (PeakDetector, RankStabilityDetector, Recorder, input_grad_sq, margin_and_correct,
-                      weight_norms)
+from .signals import PeakDetector, RankStabilityDetector, Recorder, StepSignals, input_grad_sq, weight_norms
+from .stem_grad import StemGrad
 
 
 # ---------------------------------------------------------------- device and precision
@@ -150,24 +150,58 @@ def exact_pass(model, source, *, batch_size: int, dtype, want_probs: bool = Fals
 
 # ---------------------------------------------------------------- the loop
 
-def train_step(model, x, y, opt, scaler, *, dtype=torch.float32, label_smoothing: float = 0.0):
-    """One optimisation step that also returns the per-sample signals of this very step:
-    (batch loss, {grad_sq, loss, margin, correct}). The input gradient comes from the same
-    backward pass as the weight gradients (x is a leaf that requires grad)."""
-    x = x.detach().requires_grad_(True)
+def train_step(model, x, y, opt, scaler, *, dtype=torch.float32, label_smoothing: float = 0.0,
+               stem: StemGrad | None = None):
+    """One optimisation step that also returns the raw per-sample signals of this very step:
+    (batch loss, ``StepSignals``). The input gradient comes from the same backward pass as the
+    weight gradients: x is a leaf that requires grad, or, with a verified ``stem``, from the
+    gradient at the strided stem conv's output (faster; see ``stem_grad``). An unverified ``stem``
+    is checked against autograd in this step and marked verified if it agrees. The step is the bare
+    loop's step plus that and one reduction; the rest of the per-sample arithmetic is the
+    recorder's, block-wise."""
+    use_stem = stem is not None and stem.verified
+    x = x.detach()
+    if dtype != torch.float32 and x.is_floating_point():
+        # The leaf is the tensor the first conv reads: autocast would cast x to ``dtype`` there
+        # anyway (same values), and an fp32 leaf adds a cast back in the backward pass, a large
+        # share of the recording cost on CPU. The gradient's values are the same either way.
+        x = x.to(dtype)
+    if not use_stem:
+        x.requires_grad_(True)
+    if stem is not None:
+        stem.attach()
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
         logits = model(x)
     logits = logits.float()
-    loss_i = F.cross_entropy(logits, y, reduction="none", label_smoothing=label_smoothing)
-    loss = loss_i.mean()
+    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    margin, correct = margin_and_correct(logits, y)
-    # the GradScaler's scale is read before step/update, which may change it
-    gsq = input_grad_sq(x.grad, batch_size=len(y), reduction="mean", loss_scale=scaler.get_scale())
+    if use_stem:
+        gnorm = stem.norm()
+    else:
+        g = x.grad
+        gnorm = torch.linalg.vector_norm(g, dim=tuple(range(1, g.ndim)), dtype=torch.float32)
+        if stem is not None:
+            got = stem.norm()
+            stem.verified = bool(((got - gnorm).abs() <= STEM_TOLERANCE * gnorm + 1e-30).all())
+            if stem.verified:   # every step's value from one path, however a run was resumed
+                gnorm = got
+    if scaler.is_enabled():
+        # undone now: update() below changes the scale in place. The private async getter avoids a
+        # device sync per step; get_scale() is the public fallback.
+        get = getattr(scaler, "_get_scale_async", None)
+        scale = get() if get is not None else None
+        gnorm = gnorm / (scale if scale is not None else scaler.get_scale())
     scaler.step(opt)
     scaler.update()
-    return loss.detach(), {"grad_sq": gsq, "loss": loss_i.detach(), "margin": margin, "correct": correct}
+    # the mean loss makes x.grad[i] 1/B of sample i's own gradient
+    return loss.detach(), StepSignals(logits.detach(), y, gnorm, float(len(y)), label_smoothing)
+
+
+#: relative agreement the stem path must show with autograd's input gradient on the first step;
+#: float rounding alone stays below 1e-5 (bf16 included), a second path from x to the loss
+#: (which the stem path would miss) shows up far above it
+STEM_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -244,10 +278,12 @@ def _oom_types():
 
 def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_record=None, on_epoch=None,
         on_step=None, val_source=None, rank: int = 0, world: int = 1, resume: dict | None = None,
-        on_checkpoint=None, stop_decider=None) -> FitResult:
+        on_checkpoint=None, stop_decider=None, stem_grad: bool = True) -> FitResult:
     """Train with recording. ``resume``: a state from ``on_checkpoint`` (continues after its epoch,
     bit-identical on the CPU). ``on_checkpoint(state)`` is called at the end of every epoch.
-    ``stop_decider(bool) -> bool``: makes one process's stop decision everyone's (DDP broadcast)."""
+    ``stop_decider(bool) -> bool``: makes one process's stop decision everyone's (DDP broadcast).
+    ``stem_grad``: take the input gradient from a strided stem conv's output where the first step
+    confirms it equals autograd's (``stem_grad``); False keeps autograd's throughout."""
     device = source.device
     dtype = resolve_precision(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -267,17 +303,26 @@ def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_reco
         rule, curves = resume["rule"], list(resume["curves"])
         start_epoch, stopped = resume["epoch"] + 1, resume["stopped"]
     epoch = start_epoch - 1
+    stem, stem_tried = None, False
     for epoch in range(start_epoch, start_epoch if stopped else cfg.max_epochs):
         te = time.perf_counter()
         model.train()
         recorder.start_epoch(epoch)
         gen = epoch_generator(cfg.seed, epoch, stream=1 + rank)
-        bad = torch.zeros((), dtype=torch.bool, device=device)
+        bad, losses = False, []
         for step, idx in enumerate(batch_slices(epoch_order(n, cfg.seed, epoch), cfg.batch_size,
                                                 rank=rank, world=world)):
             x, y = source.batch(idx, augment=cfg.augment, generator=gen)
+            if stem is None and not stem_tried:
+                stem_tried = True
+                if stem_grad and not cfg.compile:
+                    stem = StemGrad.find(unwrap(model), x)
             try:
-                loss, stats = train_step(model, x, y, opt, scaler, dtype=dtype, label_smoothing=cfg.label_smoothing)
+                loss, stats = train_step(model, x, y, opt, scaler, dtype=dtype, label_smoothing=cfg.label_smoothing,
+                                         stem=stem)
+                if stem is not None and not stem.verified:   # it disagreed with autograd: not for this model
+                    stem.detach()
+                    stem = None
             except _oom_types() as e:
                 from .errors import TrainingError
                 raise TrainingError(
@@ -285,14 +330,21 @@ def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_reco
                     f"--batch-size (e.g. {max(1, cfg.batch_size // 2)}) or --image-size"
                     + ("" if device.type != "cpu" else ", or --cache-memory 0 to keep the decoded images on disk")
                 ) from None
-            recorder.record(idx, **stats)
+            recorder.record_step(idx, stats)
             sched.step()
-            bad |= ~torch.isfinite(loss)
+            losses.append(loss)
             if on_step is not None:
                 on_step(step + 1, steps_per_epoch)
-            if step % 16 == 0 and bool(bad):
-                break
-        if bool(bad):
+            if len(losses) == 16:    # checked every 16 steps: each check is a device sync
+                bad = not bool(torch.isfinite(torch.stack(losses)).all())
+                losses.clear()
+                if bad:
+                    break
+        if not bad and losses:
+            bad = not bool(torch.isfinite(torch.stack(losses)).all())
+        if stem is not None:
+            stem.detach()    # no capture outside training steps (prediction and exact passes)
+        if bad:
             return FitResult(epoch, rule.peak_epoch, f"loss became NaN/inf in epoch {epoch + 1}", curves,
                              time.perf_counter() - t0, nan_epoch=epoch)
         if cfg.signal == "exact":

@@ -7,8 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from memscan.models import MemscanCNN
-from memscan.signals import (PeakDetector, RankStabilityDetector, Recorder, input_grad_sq, per_sample_stats,
-                             weight_norms)
+from memscan.signals import (PeakDetector, RankStabilityDetector, Recorder, StepSignals, input_grad_sq,
+                             per_sample_stats, weight_norms)
 from memscan.train import exact_pass, train_step
 from memscan.data.loader import InMemorySource
 
@@ -30,10 +30,49 @@ def test_inloop_grad_equals_one_sample_backward_without_batch_coupling():
     x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 4, (6,))
     expected = [one_sample_grad_sq(model, x[i], y[i]) for i in range(6)]
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    _, stats = train_step(model, x, y, opt, torch.amp.GradScaler("cpu", enabled=False))
+    _, signals = train_step(model, x, y, opt, torch.amp.GradScaler("cpu", enabled=False))
+    stats = signals.per_sample()
     np.testing.assert_allclose(stats["grad_sq"].numpy(), expected, rtol=1e-5)
     np.testing.assert_allclose(stats["loss"].numpy(),
                                F.cross_entropy(model(x), y, reduction="none").detach().numpy(), rtol=1e-6)
+
+
+def test_inloop_grad_is_unscaled_under_a_grad_scaler():
+    # a GradScaler multiplies the loss (and so x.grad) by 2**16; the recorded norm must not see it
+    model = tiny_mlp()
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 4, (6,))
+    expected = [one_sample_grad_sq(model, x[i], y[i]) for i in range(6)]
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    _, signals = train_step(model, x, y, torch.optim.SGD(model.parameters(), lr=0.0), scaler)
+    np.testing.assert_allclose(signals.per_sample()["grad_sq"].numpy(), expected, rtol=1e-5)
+
+
+def test_record_step_blocks_equal_step_by_step_records():
+    # buffered steps (blocks of 4, a short last batch with its own 1/B factor) store exactly what
+    # recording each step's values at once stores
+    torch.manual_seed(0)
+    n, sizes = 23, [5, 5, 5, 5, 3]
+    order = torch.randperm(n)
+    steps, start = [], 0
+    for b in sizes:
+        sig = StepSignals(torch.randn(b, 4), torch.randint(0, 4, (b,)), torch.rand(b), float(b))
+        steps.append((order[start:start + b], sig))
+        start += b
+    blocked, direct = Recorder(n), Recorder(n)
+    blocked.BLOCK_STEPS = 4
+    for r in (blocked, direct):
+        r.start_epoch(0)
+    for idx, sig in steps:
+        blocked.record_step(idx, sig)
+        direct.record(idx, **sig.per_sample())
+    assert len(blocked._pending) == 1          # the fifth step waits for the epoch's end
+    a, b = blocked.end_epoch(), direct.end_epoch()
+    for f in ("grad_sq", "loss", "margin"):
+        np.testing.assert_allclose(getattr(a, f), getattr(b, f), rtol=1e-6)
+    assert a.correct.tolist() == b.correct.tolist()
+    assert a.summary["seen"] == n
+    idx, sig = steps[0]
+    np.testing.assert_allclose(a.grad_sq[idx.numpy()], ((sig.grad_norm * 5) ** 2).numpy(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
@@ -194,3 +233,22 @@ def test_rank_stability_nothing_suspect_is_stable():
     d = RankStabilityDetector(threshold=0.99, patience=2, min_epochs=1)
     d.update(np.ones(5)); d.update(np.ones(5))
     assert d.update(np.ones(5)) and d.values[-1] == 1.0
+
+
+def test_low_precision_leaf_gives_the_fp32_leafs_gradient():
+    # train_step makes the bf16 cast of x the grad leaf (cheaper); autocast casts an fp32 leaf to
+    # the same values at the first conv, so loss, logits and input gradient are identical
+    torch.manual_seed(0)
+    model = MemscanCNN(3, width=4).to(memory_format=torch.channels_last)
+    x = torch.randn(8, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 3, (8,))
+    ref = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(ref).float()
+    F.cross_entropy(logits, y).backward()
+    expected = (ref.grad.flatten(1) * 8).square().sum(1)
+    model.zero_grad()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    loss, signals = train_step(model, x, y, opt, torch.amp.GradScaler("cpu", enabled=False), dtype=torch.bfloat16)
+    assert torch.equal(signals.logits, logits.detach())
+    np.testing.assert_allclose(signals.per_sample()["grad_sq"].numpy(), expected.numpy(), rtol=1e-5)

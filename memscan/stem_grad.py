@@ -1,0 +1,135 @@
+"""The per-sample input-gradient norm from the gradient at a strided stem conv's output.
+
+CSG needs ||d loss_i / d x_i||^2. Autograd gets it from the stem conv's backward-data pass, which
+oneDNN runs several times slower than the forward conv of the same size when the stem is strided
+(resnet's 7x7/2 on 64 CIFAR images in bf16: 2.5 ms against 0.5 ms): its output has only 3 channels
+and is written with a stride. Split by output phase, that transposed conv is an ordinary stride-1
+conv of the stem's output gradient with 3 x s^2 output channels (one per input channel and phase
+(a, b): the pixels x[s*i + a, s*j + b]), and the squared norm of its output is the squared norm of
+the input gradient (the phases only rearrange pixels). Same values to float rounding, 1.8-5.9x
+faster, weight re-arrangement included (BENCHMARKS.md §6, ``benchmarks/stem_grad_speed.py``).
+
+It is valid only where x reaches the loss through that conv alone. ``StemGrad.find`` picks the conv
+that receives x itself; the training loop checks the result against autograd's on its first step
+and keeps autograd otherwise. Stride-1 stems gain nothing (the phase conv is the transposed conv)
+and keep autograd.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _phase_taps(k: int, s: int, p: int):
+    """For one spatial dim: tap table [s, L] (kernel index, or -1 for none) of the phase convs, the
+    offset of its first tap relative to the output position, and L."""
+    info = []
+    for a in range(s):
+        r, c = (a + p) % s, (a + p) // s
+        info.append((r, c, -(-(k - r) // s)))
+    dmin = min(c - m + 1 for r, c, m in info)
+    length = max(c for r, c, m in info) - dmin + 1
+    taps = [[s * (c - (t + dmin)) + r if 0 <= s * (c - (t + dmin)) + r < k else -1 for t in range(length)]
+            for r, c, m in info]
+    return torch.tensor(taps), dmin, length
+
+
+class StemGrad:
+    """Computes per-sample ||dL/dx_i|| from the stem conv's output gradient (see module doc).
+
+    Use: ``attach()`` before the forward pass, ``norm(...)`` after backward (before the optimizer
+    step: the forward used the current weights), ``detach()`` to stop capturing.
+    """
+
+    def __init__(self, conv: nn.Conv2d, in_hw: tuple[int, int]):
+        self.conv = conv
+        self.in_hw = in_hw
+        self.verified = False
+        self._grad = None
+        self._handle = None
+        (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+        th, dh, lh = _phase_taps(kh, sh, ph)
+        tw, dw, lw = _phase_taps(kw, sw, pw)
+        self.s, self.L, self.dmin = (sh, sw), (lh, lw), (dh, dw)
+        # gather index into the flattened kernel (kh*kw taps, plus one zero tap at the end)
+        zero = kh * kw
+        idx = torch.where((th[:, :, None, None] >= 0) & (tw[None, None] >= 0),
+                          th.clamp(min=0)[:, :, None, None] * kw + tw.clamp(min=0)[None, None], zero)
+        self.idx = idx.permute(0, 2, 1, 3).reshape(-1)            # (a, b, t, u)
+        h, w = in_hw
+        self.q = (-(-h // sh), -(-w // sw))
+        ho = (h + 2 * ph - kh) // sh + 1
+        wo = (w + 2 * pw - kw) // sw + 1
+        self.pad = tuple(max(-d, l - 1 + d, d + q + l - 1 - o, 0)
+                         for d, l, q, o in zip(self.dmin, self.L, self.q, (ho, wo)))
+        # phases whose last row/column falls outside the image (h or w not a multiple of the stride)
+        self.mask = None
+        if h % sh or w % sw:
+            rows = torch.tensor([[q < -(-(h - a) // sh) for q in range(self.q[0])] for a in range(sh)])
+            cols = torch.tensor([[q < -(-(w - b) // sw) for q in range(self.q[1])] for b in range(sw)])
+            self.mask = (rows[:, None, :, None] & cols[None, :, None, :]).reshape(sh * sw, *self.q)
+
+    @staticmethod
+    def find(model: nn.Module, x: torch.Tensor) -> "StemGrad | None":
+        """The strided plain Conv2d that receives ``x`` itself in a forward pass of ``model``, or None."""
+        found = []
+        probe = x[:2].detach()
+
+        def pre(mod, args):
+            if not found and args and args[0] is probe:
+                found.append(mod)
+
+        handles = [m.register_forward_pre_hook(pre) for m in model.modules() if isinstance(m, nn.Conv2d)]
+        was_training = model.training
+        try:
+            model.eval()
+            with torch.no_grad():
+                model(probe)
+        finally:
+            model.train(was_training)
+            for h in handles:
+                h.remove()
+        if not found:
+            return None
+        conv = found[0]
+        if (conv.stride == (1, 1) or conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros"
+                or isinstance(conv.padding, str)):
+            return None
+        return StemGrad(conv, tuple(x.shape[-2:]))
+
+    def attach(self):
+        def capture(mod, args, out):
+            if out.requires_grad:
+                out.register_hook(self._keep)
+        self._grad = None
+        if self._handle is None:
+            self._handle = self.conv.register_forward_hook(capture)
+
+    def _keep(self, g):
+        self._grad = g
+
+    def detach(self):
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self._grad = None
+
+    def norm(self) -> torch.Tensor:
+        """Per-sample ||x.grad_i||_2 (fp32) of the last backward pass, as autograd would give it."""
+        g, self._grad = self._grad, None
+        if g is None:
+            raise RuntimeError("no gradient reached the stem conv in this step")
+        w = self.conv.weight.detach().to(g.dtype)
+        o, c, kh, kw = w.shape
+        sh, sw = self.s
+        lh, lw = self.L
+        wt = torch.cat([w.permute(1, 2, 3, 0).reshape(c, kh * kw, o), w.new_zeros(c, 1, o)], 1)
+        wp = wt[:, self.idx.to(w.device)]                          # [c, sh*sw*lh*lw, o]
+        wp = wp.reshape(c * sh * sw, lh, lw, o).permute(0, 3, 1, 2)
+        out = F.conv2d(g, wp.contiguous(memory_format=torch.channels_last), padding=self.pad)
+        oh, ow = (p + d for p, d in zip(self.pad, self.dmin))
+        out = out[:, :, oh:oh + self.q[0], ow:ow + self.q[1]]
+        if self.mask is not None:
+            out = out * self.mask.to(out.device).repeat(c, 1, 1).to(out.dtype)
+        return torch.linalg.vector_norm(out, dim=(1, 2, 3), dtype=torch.float32)

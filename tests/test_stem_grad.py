@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from memscan.config import RunConfig
+from memscan.data.loader import InMemorySource
+from memscan.models import MemscanCNN
+from memscan.signals import Recorder
+from memscan.stem_grad import StemGrad
+from memscan.train import fit, train_step
+
+
+def autograd_and_stem_norms(model, x, dtype=torch.float32):
+    stem = StemGrad.find(model, x)
+    assert stem is not None
+    xx = x.detach().to(dtype).requires_grad_(True)
+    stem.attach()
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        loss = F.cross_entropy(model(xx).float(), torch.arange(len(x)) % 4, reduction="sum")
+    loss.backward()
+    got = stem.norm()
+    stem.detach()
+    return torch.linalg.vector_norm(xx.grad, dim=(1, 2, 3), dtype=torch.float32), got
+
+
+def strided(k, s, p, cout=8):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, cout, k, s, p), nn.BatchNorm2d(cout), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(cout, 4))
+
+
+@pytest.mark.parametrize("k,s,p,h,w", [(7, 2, 3, 32, 32), (7, 2, 3, 33, 31), (3, 2, 1, 29, 32), (4, 4, 0, 32, 32),
+                                       (5, 3, 2, 30, 31), (3, 2, 0, 32, 32), ((3, 5), (2, 3), (1, 2), 20, 27)])
+def test_phase_conv_norm_equals_autograd_input_gradient(k, s, p, h, w):
+    # including image sizes that are not multiples of the stride and non-square kernels/strides
+    torch.manual_seed(1)
+    ref, got = autograd_and_stem_norms(strided(k, s, p).train(), torch.randn(5, 3, h, w))
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name,size", [("resnet18", 32), ("convnext_atto", 32), ("efficientnet_b0", 32)])
+def test_timm_stems_in_bf16(name, size):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=4).to(memory_format=torch.channels_last).train()
+    x = torch.randn(4, 3, size, size).contiguous(memory_format=torch.channels_last)
+    ref, got = autograd_and_stem_norms(model, x, torch.bfloat16)
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-4)
+
+
+def test_find_skips_stride_one_stems_and_preprocessed_inputs():
+    x = torch.randn(2, 3, 16, 16)
+    assert StemGrad.find(MemscanCNN(3, width=4), x) is None          # stride 1: autograd is as fast
+
+    class Scaled(nn.Module):   # x is changed before the conv sees it
+        def __init__(self):
+            super().__init__()
+            self.net = strided(3, 2, 1)
+
+        def forward(self, x):
+            return self.net(x * 2)
+    assert StemGrad.find(Scaled(), x) is None
+    assert StemGrad.find(strided(3, 2, 1), x).conv.stride == (2, 2)
+
+
+class TwoPaths(nn.Module):
+    """x reaches the loss through the stem conv and directly: the stem path would miss a part."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, 2, 1)
+        self.head = nn.Linear(8 + 3, 4)
+
+    def forward(self, x):
+        return self.head(torch.cat([self.stem(x).mean((2, 3)), x.mean((2, 3))], 1))
+
+
+def test_train_step_verifies_the_stem_against_autograd():
+    x, y = torch.randn(6, 3, 16, 16), torch.randint(0, 4, (6,))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    for model, ok in ((strided(7, 2, 3), True), (TwoPaths(), False)):
+        stem = StemGrad.find(model, x)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        _, plain = train_step(model, x, y, opt, scaler)
+        _, first = train_step(model, x, y, opt, scaler, stem=stem)   # the checking step
+        assert stem.verified is ok
+        np.testing.assert_allclose(first.grad_norm.numpy(), plain.grad_norm.numpy(), rtol=1e-5)
+        if ok:
+            _, later = train_step(model, x, y, opt, scaler, stem=stem)   # stem path only
+            np.testing.assert_allclose(later.grad_norm.numpy(), plain.grad_norm.numpy(), rtol=1e-5)
+        stem.detach()
+
+
+def test_fit_records_the_same_csg_through_the_stem():
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (48, 3, 16, 16), dtype=np.uint8)
+    labels = rng.integers(0, 4, 48)
+    cfg = RunConfig(batch_size=16, stop="none", max_epochs=2, augment="none", precision="fp32")
+    got = {}
+    for use in (True, False):
+        torch.manual_seed(0)
+        model = strided(5, 2, 2)
+        src = InMemorySource(imgs, labels, mean=[0.5] * 3, std=[0.25] * 3)
+        records = []
+        fit(model, src, cfg, recorder=Recorder(48), on_record=records.append, stem_grad=use)
+        got[use] = np.stack([r.grad_sq for r in records])
+        assert not any(h for m in model.modules() for h in m._forward_hooks.values())   # nothing left attached
+    np.testing.assert_allclose(got[True], got[False], rtol=1e-4)
