@@ -1,18 +1,19 @@
-"""The per-sample input-gradient norm from the gradient at a strided stem conv's output.
+"""The per-sample input-gradient norm from the gradient at the stem conv's output.
 
-CSG needs ||d loss_i / d x_i||^2. Autograd gets it from the stem conv's backward-data pass, which
-oneDNN runs several times slower than the forward conv of the same size when the stem is strided
-(resnet's 7x7/2 on 64 CIFAR images in bf16: 2.5 ms against 0.5 ms): its output has only 3 channels
-and is written with a stride. Split by output phase, that transposed conv is an ordinary stride-1
-conv of the stem's output gradient with 3 x s^2 output channels (one per input channel and phase
-(a, b): the pixels x[s*i + a, s*j + b]), and the squared norm of its output is the squared norm of
-the input gradient (the phases only rearrange pixels). Same values to float rounding, 1.8-5.9x
-faster, weight re-arrangement included (BENCHMARKS.md §6, ``benchmarks/stem_grad_speed.py``).
+CSG needs ||d loss_i / d x_i||^2. Autograd gets it from the stem conv's backward-data pass, a
+transposed conv with only 3 output channels, which oneDNN runs at the cost of one with 16 (the
+channels fill its vector lanes) and, for strided stems, writes with a stride: resnet's 7x7/2 on 64
+CIFAR images in bf16 takes 2.5 ms against 0.5 ms for its forward conv. Split by output phase — the
+pixels x[S*i + a, S*j + b] for a, b < S — that transposed conv is an ordinary conv of the stem's
+output gradient with 3 x S^2 output channels, at stride S / (stem stride), and the squared norm of its
+output is the squared norm of the input gradient (the phases only rearrange pixels). S is the stem's
+stride, or 2 for a stride-1 stem (else the phase conv would be the transposed conv itself). Same
+values to float rounding, 1.8-5.9x faster, the per-step weight re-arrangement included
+(BENCHMARKS.md §6, ``benchmarks/stem_grad_speed.py``).
 
 It is valid only where x reaches the loss through that conv alone. ``StemGrad.find`` picks the conv
 that receives x itself; the training loop checks the result against autograd's on its first step
-and keeps autograd otherwise. Stride-1 stems gain nothing (the phase conv is the transposed conv)
-and keep autograd.
+and keeps autograd otherwise.
 """
 from __future__ import annotations
 
@@ -21,11 +22,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def _phase_taps(k: int, s: int, p: int):
-    """For one spatial dim: tap table [s, L] (kernel index, or -1 for none) of the phase convs, the
-    offset of its first tap relative to the output position, and L."""
+def _phase_taps(k: int, s: int, p: int, f: int):
+    """For one spatial dim of a conv (kernel k, stride s, padding p): the tap table [s*f, L] (kernel
+    index, or -1 for none) of the phase conv, which runs at stride f over the conv's output gradient
+    and yields the input-gradient pixels s*f*q + a for phase a; the offset of its first tap; L."""
     info = []
-    for a in range(s):
+    for a in range(s * f):
         r, c = (a + p) % s, (a + p) // s
         info.append((r, c, -(-(k - r) // s)))
     dmin = min(c - m + 1 for r, c, m in info)
@@ -33,6 +35,17 @@ def _phase_taps(k: int, s: int, p: int):
     taps = [[s * (c - (t + dmin)) + r if 0 <= s * (c - (t + dmin)) + r < k else -1 for t in range(length)]
             for r, c, m in info]
     return torch.tensor(taps), dmin, length
+
+
+def _padding(dmin: int, length: int, f: int, q: int, n_out: int):
+    """Symmetric zero padding of the phase conv such that its output u = q + (P + dmin) / f reads
+    the gradient at f*q + dmin + t, for all q < q_out."""
+    pad = max(-dmin, 0)
+    while (pad + dmin) % f:
+        pad += 1
+    while (n_out + 2 * pad - length) // f + 1 < q + (pad + dmin) // f:
+        pad += f
+    return pad
 
 
 class StemGrad:
@@ -48,9 +61,13 @@ class StemGrad:
         self.verified = False
         self._grad = None
         self._handle = None
-        (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
-        th, dh, lh = _phase_taps(kh, sh, ph)
-        tw, dw, lw = _phase_taps(kw, sw, pw)
+        (kh, kw), (cs_h, cs_w), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+        # a stride-1 stem's phase conv would be its transposed conv itself: run it at stride 2 over
+        # the output gradient instead (4 phases, 12 output channels: 2x faster for a 3x3 stem)
+        self.f = (2 if cs_h == 1 else 1, 2 if cs_w == 1 else 1)
+        th, dh, lh = _phase_taps(kh, cs_h, ph, self.f[0])
+        tw, dw, lw = _phase_taps(kw, cs_w, pw, self.f[1])
+        sh, sw = cs_h * self.f[0], cs_w * self.f[1]      # phases per dim
         self.s, self.L, self.dmin = (sh, sw), (lh, lw), (dh, dw)
         # gather index into the flattened kernel (kh*kw taps, plus one zero tap at the end)
         zero = kh * kw
@@ -59,10 +76,10 @@ class StemGrad:
         self.idx = idx.permute(0, 2, 1, 3).reshape(-1)            # (a, b, t, u)
         h, w = in_hw
         self.q = (-(-h // sh), -(-w // sw))
-        ho = (h + 2 * ph - kh) // sh + 1
-        wo = (w + 2 * pw - kw) // sw + 1
-        self.pad = tuple(max(-d, l - 1 + d, d + q + l - 1 - o, 0)
-                         for d, l, q, o in zip(self.dmin, self.L, self.q, (ho, wo)))
+        ho = (h + 2 * ph - kh) // cs_h + 1
+        wo = (w + 2 * pw - kw) // cs_w + 1
+        self.pad = tuple(_padding(d, l, f, q, o) for d, l, f, q, o in zip(self.dmin, self.L, self.f, self.q, (ho, wo)))
+        self.start = tuple((p + d) // f for p, d, f in zip(self.pad, self.dmin, self.f))
         # phases whose last row/column falls outside the image (h or w not a multiple of the stride)
         self.mask = None
         if h % sh or w % sw:
@@ -93,8 +110,7 @@ class StemGrad:
         if not found:
             return None
         conv = found[0]
-        if (conv.stride == (1, 1) or conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros"
-                or isinstance(conv.padding, str)):
+        if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             return None
         return StemGrad(conv, tuple(x.shape[-2:]))
 
@@ -125,11 +141,14 @@ class StemGrad:
         sh, sw = self.s
         lh, lw = self.L
         wt = torch.cat([w.permute(1, 2, 3, 0).reshape(c, kh * kw, o), w.new_zeros(c, 1, o)], 1)
-        wp = wt[:, self.idx.to(w.device)]                          # [c, sh*sw*lh*lw, o]
+        if self.idx.device != w.device:      # once: a host-to-device copy per step would sync
+            self.idx = self.idx.to(w.device)
+            self.mask = None if self.mask is None else self.mask.to(w.device)
+        wp = wt[:, self.idx]                                       # [c, sh*sw*lh*lw, o]
         wp = wp.reshape(c * sh * sw, lh, lw, o).permute(0, 3, 1, 2)
-        out = F.conv2d(g, wp.contiguous(memory_format=torch.channels_last), padding=self.pad)
-        oh, ow = (p + d for p, d in zip(self.pad, self.dmin))
+        out = F.conv2d(g, wp.contiguous(memory_format=torch.channels_last), stride=self.f, padding=self.pad)
+        oh, ow = self.start
         out = out[:, :, oh:oh + self.q[0], ow:ow + self.q[1]]
         if self.mask is not None:
-            out = out * self.mask.to(out.device).repeat(c, 1, 1).to(out.dtype)
+            out = out * self.mask.repeat(c, 1, 1).to(out.dtype)
         return torch.linalg.vector_norm(out, dim=(1, 2, 3), dtype=torch.float32)

@@ -1,8 +1,9 @@
 """The training loop: one flat loop that records per-sample signals and decides when to stop.
 
-``fit`` trains ``model`` on an ``ImageSource`` and, at every step, feeds the ``Recorder`` with the
-per-sample squared input-gradient norm, loss, margin and correctness taken from that very step
-(the input gradient costs one extra conv backward: what makes CSG nearly free). After each
+``fit`` trains ``model`` on an ``ImageSource`` and, at every step, feeds the ``Recorder`` with that
+very step's logits and per-sample input-gradient norms, from which it takes loss, margin and
+correctness (the input gradient costs one extra conv over the stem's output gradient: what makes CSG
+nearly free; ``stem_grad``). After each
 epoch it hands the epoch's record to ``on_record`` (the trajectory writer), updates the stop
 detector and reports a summary through ``on_epoch``. It never prints.
 """
@@ -155,7 +156,7 @@ def train_step(model, x, y, opt, scaler, *, dtype=torch.float32, label_smoothing
     """One optimisation step that also returns the raw per-sample signals of this very step:
     (batch loss, ``StepSignals``). The input gradient comes from the same backward pass as the
     weight gradients: x is a leaf that requires grad, or, with a verified ``stem``, from the
-    gradient at the strided stem conv's output (faster; see ``stem_grad``). An unverified ``stem``
+    gradient at the stem conv's output (faster; see ``stem_grad``). An unverified ``stem``
     is checked against autograd in this step and marked verified if it agrees. The step is the bare
     loop's step plus that and one reduction; the rest of the per-sample arithmetic is the
     recorder's, block-wise."""
@@ -282,8 +283,8 @@ def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_reco
     """Train with recording. ``resume``: a state from ``on_checkpoint`` (continues after its epoch,
     bit-identical on the CPU). ``on_checkpoint(state)`` is called at the end of every epoch.
     ``stop_decider(bool) -> bool``: makes one process's stop decision everyone's (DDP broadcast).
-    ``stem_grad``: take the input gradient from a strided stem conv's output where the first step
-    confirms it equals autograd's (``stem_grad``); False keeps autograd's throughout."""
+    ``stem_grad``: take the input gradient from the stem conv's output gradient where the first step
+    confirms it equals autograd's (module ``stem_grad``); False keeps autograd's throughout."""
     device = source.device
     dtype = resolve_precision(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

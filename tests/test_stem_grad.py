@@ -33,7 +33,9 @@ def strided(k, s, p, cout=8):
 
 
 @pytest.mark.parametrize("k,s,p,h,w", [(7, 2, 3, 32, 32), (7, 2, 3, 33, 31), (3, 2, 1, 29, 32), (4, 4, 0, 32, 32),
-                                       (5, 3, 2, 30, 31), (3, 2, 0, 32, 32), ((3, 5), (2, 3), (1, 2), 20, 27)])
+                                       (5, 3, 2, 30, 31), (3, 2, 0, 32, 32), ((3, 5), (2, 3), (1, 2), 20, 27),
+                                       (3, 1, 1, 32, 32), (3, 1, 1, 31, 29), (5, 1, 2, 16, 16), (1, 1, 0, 9, 8),
+                                       (3, 1, 0, 16, 16), ((3, 3), (1, 2), (1, 1), 17, 20)])
 def test_phase_conv_norm_equals_autograd_input_gradient(k, s, p, h, w):
     # including image sizes that are not multiples of the stride and non-square kernels/strides
     torch.manual_seed(1)
@@ -50,9 +52,12 @@ def test_timm_stems_in_bf16(name, size):
     np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-4)
 
 
-def test_find_skips_stride_one_stems_and_preprocessed_inputs():
+def test_find_takes_the_conv_that_receives_the_input_itself():
     x = torch.randn(2, 3, 16, 16)
-    assert StemGrad.find(MemscanCNN(3, width=4), x) is None          # stride 1: autograd is as fast
+    model = MemscanCNN(4, width=4)
+    assert StemGrad.find(model, x).conv is model.features[0]
+    ref, got = autograd_and_stem_norms(model.train(), torch.randn(5, 3, 16, 16))
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5)
 
     class Scaled(nn.Module):   # x is changed before the conv sees it
         def __init__(self):
