@@ -41,52 +41,54 @@ def timed(fns, rounds=15, steps=20):
 
 
 def paths(a):
-    """Bare step vs memscan's recording step with the input gradient from autograd and from the
-    strided stem's output (``stem_grad``), interleaved in short blocks in ABBA order; the overhead
-    is the median over rounds of each round's own ratio (robust to this VM's drift)."""
-    torch.manual_seed(0)
+    """Bare step vs memscan's recording step with the input gradient from autograd and from the stem
+    conv's output gradient (``stem_grad``). Each variant trains its own copy of the model; the three
+    alternate step by step (ABC, CBA, ...) over 8 rotating batches, and the overhead is the median
+    over steps of each step's time against the bare step next to it: drift cancels."""
     dt = torch.bfloat16 if a.precision == "bf16" else torch.float32
     b = a.batch_size
-    x = torch.randn(b, 3, a.size, a.size).contiguous(memory_format=torch.channels_last)
+    xs = [torch.randn(b, 3, a.size, a.size).contiguous(memory_format=torch.channels_last) for _ in range(8)]
     y = torch.randint(0, 10, (b,))
-    m = create_model(a.model, 10).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(m.parameters(), lr=0.001, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    rec = Recorder(b)
+    rec = Recorder(b * 8)
     rec.start_epoch(0)
     idx = torch.arange(b)
-    stem = StemGrad.find(m, x)
+
+    def copy():
+        torch.manual_seed(0)
+        m = create_model(a.model, 10).to(memory_format=torch.channels_last)
+        return m, torch.optim.SGD(m.parameters(), lr=0.001, momentum=0.9)
+    (mb, ob), (ma, oa), (ms, os_) = copy(), copy(), copy()
+    stem = StemGrad.find(ms, xs[0])
     auto = dict(device_type="cpu", dtype=dt, enabled=dt != torch.float32)
 
-    def bare():
+    def bare(x):
         with torch.autocast(**auto):
-            loss = F.cross_entropy(m(x).float(), y)
-        opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(mb(x).float(), y)
+        ob.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        ob.step()
 
-    fns = {"bare": bare, "record, autograd input grad": lambda: rec.record_step(idx, train_step(
-        m, x, y, opt, scaler, dtype=dt)[1])}
+    fns = {"bare": bare,
+           "record, autograd input grad": lambda x: rec.record_step(idx, train_step(ma, x, y, oa, scaler, dtype=dt)[1])}
     if stem is not None:
-        train_step(m, x, y, opt, scaler, dtype=dt, stem=stem)     # the checking step
+        train_step(ms, xs[0], y, os_, scaler, dtype=dt, stem=stem)     # the checking step
         assert stem.verified
-        fns["record, stem path"] = lambda: rec.record_step(idx, train_step(m, x, y, opt, scaler, dtype=dt, stem=stem)[1])
-    for f in fns.values():
-        for _ in range(5):
-            f()
+        fns["record, stem path"] = lambda x: rec.record_step(idx, train_step(ms, x, y, os_, scaler, dtype=dt,
+                                                                               stem=stem)[1])
     res = {k: [] for k in fns}
-    for r in range(a.rounds):
-        for k, f in (list(fns.items()) if r % 2 == 0 else list(fns.items())[::-1]):
+    for i in range(a.warmup + a.rounds):
+        for k, f in (list(fns.items()) if i % 2 == 0 else list(fns.items())[::-1]):
             t = time.perf_counter()
-            for _ in range(a.steps):
-                f()
-            res[k].append((time.perf_counter() - t) / a.steps)
+            f(xs[i % 8])
+            if i >= a.warmup:
+                res[k].append(time.perf_counter() - t)
     out = {k: {"ms": round(statistics.median(v) * 1e3, 3),
                "vs_bare_paired_median": round(statistics.median(t / u - 1 for t, u in zip(v, res["bare"])), 4)}
            for k, v in res.items()}
     print(json.dumps({"model": a.model, "size": a.size, "batch_size": b, "precision": a.precision,
                       "stem": None if stem is None else f"{stem.conv.kernel_size} stride {stem.conv.stride}",
-                      "rounds": a.rounds, "steps_per_block": a.steps, "steps": out}, indent=1))
+                      "steps_each": a.rounds, "steps": out}, indent=1))
 
 
 def main():
@@ -96,8 +98,8 @@ def main():
     ap.add_argument("--paths", action="store_true", help="bare vs recording via autograd vs via the stem")
     ap.add_argument("--model", default="memscan-cnn", help="with --paths")
     ap.add_argument("--size", type=int, default=32, help="with --paths: image size, px")
-    ap.add_argument("--rounds", type=int, default=30, help="with --paths")
-    ap.add_argument("--steps", type=int, default=6, help="with --paths: steps per block")
+    ap.add_argument("--rounds", type=int, default=400, help="with --paths: timed steps of each variant")
+    ap.add_argument("--warmup", type=int, default=20, help="with --paths: untimed steps of each variant first")
     a = ap.parse_args()
     if a.paths:
         return paths(a)

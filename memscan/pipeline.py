@@ -320,7 +320,10 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
 
     t = time.perf_counter()
     with probability_buffer(out, len(source), table.num_classes, memory_budget(cfg.cache_memory)) as buf:
-        probs = predict_probs(model, source, batch_size=max(256, cfg.batch_size), dtype=dtype, out=buf)
+        # the training batch size where it is not tiny: the same shapes reuse the conv primitives oneDNN
+        # built for training (0.63 -> 0.47 s for 5,000 images at batch 64 against 256, in a run)
+        probs = predict_probs(model, source, batch_size=cfg.batch_size if cfg.batch_size >= 64 else 256,
+                              dtype=dtype, out=buf)
         done_epochs = len(res_curves)
         peak = result.peak_epoch
         sig = accumulate(read_epochs(traj_dir), len(source), peak_epoch=peak, window_start=done_epochs // 2)
