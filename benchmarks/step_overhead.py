@@ -40,6 +40,14 @@ def timed(fns, rounds=15, steps=20):
             for k, v in res.items()}
 
 
+def backward(model, opt, x, y, dtype):
+    """The bare loop's forward and backward: autocast, fp32 loss, fresh gradients."""
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        loss = F.cross_entropy(model(x).float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+
+
 def paths(a):
     """Bare step vs memscan's recording step with the input gradient from autograd and from the stem
     conv's output gradient (``stem_grad``). Each variant trains its own copy of the model; the three
@@ -60,13 +68,9 @@ def paths(a):
         return m, torch.optim.SGD(m.parameters(), lr=0.001, momentum=0.9)
     (mb, ob), (ma, oa), (ms, os_) = copy(), copy(), copy()
     stem = StemGrad.find(ms, xs[0])
-    auto = dict(device_type="cpu", dtype=dt, enabled=dt != torch.float32)
 
     def bare(x):
-        with torch.autocast(**auto):
-            loss = F.cross_entropy(mb(x).float(), y)
-        ob.zero_grad(set_to_none=True)
-        loss.backward()
+        backward(mb, ob, x, y, dt)
         ob.step()
 
     fns = {"bare": bare,
@@ -115,13 +119,9 @@ def main():
     rec.start_epoch(0)
     idx = torch.arange(b)
     stem, store = m.features[0], {}
-    auto = dict(device_type="cpu", dtype=dt, enabled=dt != torch.float32)
 
     def step(inp):
-        with torch.autocast(**auto):
-            loss = F.cross_entropy(m(inp).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        backward(m, opt, inp, y, dt)
 
     def bare():
         step(x)
