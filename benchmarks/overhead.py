@@ -67,7 +67,7 @@ def epoch(model, src, opt, cfg, ep, *, record, dtype=torch.float32, recorder=Non
                 STEMS[id(model)] = StemGrad.find(model, x)
             stem = STEMS.get(id(model))
             _, signals = train_step(model, x, y, opt, scaler, dtype=dtype, stem=stem)
-            if stem is not None and not stem.verified:
+            if stem is not None and stem.rejected:
                 stem.detach()
                 STEMS[id(model)] = None
             recorder.record_step(idx, signals)

@@ -65,8 +65,11 @@ class StepSignals:
     def per_sample(self) -> dict:
         """{grad_sq, loss, margin, correct}: the values ``Recorder.record`` stores."""
         loss, margin, correct = per_sample_stats(self.logits, self.labels, label_smoothing=self.label_smoothing)
-        return {"grad_sq": (self.grad_norm * self.grad_factor).square(), "loss": loss, "margin": margin,
-                "correct": correct}
+        gsq = (self.grad_norm * self.grad_factor).square()
+        # fp16 under a GradScaler: a step whose scaled gradients overflowed is skipped by the scaler and
+        # its input gradients mean nothing; recorded as missing (NaN: no CSG term), never as inf
+        gsq = torch.where(torch.isfinite(gsq), gsq, torch.full_like(gsq, float("nan")))
+        return {"grad_sq": gsq, "loss": loss, "margin": margin, "correct": correct}
 
 
 @dataclass

@@ -58,7 +58,8 @@ class StemGrad:
     def __init__(self, conv: nn.Conv2d, in_hw: tuple[int, int]):
         self.conv = conv
         self.in_hw = in_hw
-        self.verified = False
+        self.verified = False      # agreed with autograd on a training step
+        self.rejected = False      # disagreed: not for this model
         self._grad = None
         self._handle = None
         (kh, kw), (cs_h, cs_w), (ph, pw) = conv.kernel_size, conv.stride, conv.padding

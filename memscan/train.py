@@ -157,7 +157,7 @@ def train_step(model, x, y, opt, scaler, *, dtype=torch.float32, label_smoothing
     (batch loss, ``StepSignals``). The input gradient comes from the same backward pass as the
     weight gradients: x is a leaf that requires grad, or, with a verified ``stem``, from the
     gradient at the stem conv's output (faster; see ``stem_grad``). An unverified ``stem``
-    is checked against autograd in this step and marked verified if it agrees. The step is the bare
+    is checked against autograd in this step and marked verified, or rejected if it disagrees. The step is the bare
     loop's step plus that and one reduction; the rest of the per-sample arithmetic is the
     recorder's, block-wise."""
     use_stem = stem is not None and stem.verified
@@ -184,7 +184,12 @@ def train_step(model, x, y, opt, scaler, *, dtype=torch.float32, label_smoothing
         gnorm = torch.linalg.vector_norm(g, dim=tuple(range(1, g.ndim)), dtype=torch.float32)
         if stem is not None:
             got = stem.norm()
-            stem.verified = bool(((got - gnorm).abs() <= STEM_TOLERANCE * gnorm + 1e-30).all())
+            # an overflowed fp16 step (inf gradients, skipped by the GradScaler) proves nothing: the
+            # check waits for a step with finite values
+            finite = torch.isfinite(gnorm) & torch.isfinite(got)
+            if bool(finite.any()):
+                agree = bool(((got - gnorm).abs() <= STEM_TOLERANCE * gnorm + 1e-30)[finite].all())
+                stem.verified, stem.rejected = agree, not agree
             if stem.verified:   # every step's value from one path, however a run was resumed
                 gnorm = got
     if scaler.is_enabled():
@@ -321,7 +326,7 @@ def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_reco
             try:
                 loss, stats = train_step(model, x, y, opt, scaler, dtype=dtype, label_smoothing=cfg.label_smoothing,
                                          stem=stem)
-                if stem is not None and not stem.verified:   # it disagreed with autograd: not for this model
+                if stem is not None and stem.rejected:   # it disagreed with autograd: not for this model
                     stem.detach()
                     stem = None
             except _oom_types() as e:

@@ -252,3 +252,10 @@ def test_low_precision_leaf_gives_the_fp32_leafs_gradient():
     loss, signals = train_step(model, x, y, opt, torch.amp.GradScaler("cpu", enabled=False), dtype=torch.bfloat16)
     assert torch.equal(signals.logits, logits.detach())
     np.testing.assert_allclose(signals.per_sample()["grad_sq"].numpy(), expected.numpy(), rtol=1e-5)
+
+
+def test_overflowed_fp16_step_records_no_input_gradient():
+    # a GradScaler step that overflowed (inf/nan gradients, skipped by the scaler) must not put inf into CSG
+    sig = StepSignals(torch.randn(3, 4), torch.tensor([0, 1, 2]), torch.tensor([1.0, float("inf"), float("nan")]), 3.0)
+    gsq = sig.per_sample()["grad_sq"].numpy()
+    assert gsq[0] == pytest.approx(9.0) and np.isnan(gsq[1:]).all()

@@ -90,7 +90,7 @@ def test_train_step_verifies_the_stem_against_autograd():
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
         _, plain = train_step(model, x, y, opt, scaler)
         _, first = train_step(model, x, y, opt, scaler, stem=stem)   # the checking step
-        assert stem.verified is ok
+        assert stem.verified is ok and stem.rejected is not ok
         np.testing.assert_allclose(first.grad_norm.numpy(), plain.grad_norm.numpy(), rtol=1e-5)
         if ok:
             _, later = train_step(model, x, y, opt, scaler, stem=stem)   # stem path only
@@ -113,3 +113,18 @@ def test_fit_records_the_same_csg_through_the_stem():
         got[use] = np.stack([r.grad_sq for r in records])
         assert not any(h for m in model.modules() for h in m._forward_hooks.values())   # nothing left attached
     np.testing.assert_allclose(got[True], got[False], rtol=1e-4)
+
+
+def test_an_overflowed_step_leaves_the_check_for_the_next():
+    # fp16: a step whose scaled gradients overflowed neither verifies nor rejects the stem path
+    model = strided(3, 2, 1)
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 4, (4,))
+    stem = StemGrad.find(model, x)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    scaler = torch.amp.GradScaler("cpu")      # skips the step of non-finite gradients, as under fp16
+    _, sig = train_step(model, x * float("inf"), y, opt, scaler, stem=stem)
+    assert torch.isnan(sig.per_sample()["grad_sq"]).all()
+    assert not stem.verified and not stem.rejected
+    train_step(model, x, y, opt, scaler, stem=stem)
+    assert stem.verified
+    stem.detach()
