@@ -156,10 +156,10 @@ def train_step(model, x, y, opt, scaler, *, dtype=torch.float32, label_smoothing
     """One optimisation step that also returns the raw per-sample signals of this very step:
     (batch loss, ``StepSignals``). The input gradient comes from the same backward pass as the
     weight gradients: x is a leaf that requires grad, or, with a verified ``stem``, from the
-    gradient at the stem conv's output (faster; see ``stem_grad``). An unverified ``stem``
-    is checked against autograd in this step and marked verified, or rejected if it disagrees. The step is the bare
-    loop's step plus that and one reduction; the rest of the per-sample arithmetic is the
-    recorder's, block-wise."""
+    gradient at the stem conv's output (faster; see ``stem_grad``). An unverified ``stem`` is
+    checked against autograd in this step and marked verified, or rejected if it disagrees. The
+    step is the bare loop's step plus that and one reduction; the rest of the per-sample
+    arithmetic is the recorder's, block-wise."""
     use_stem = stem is not None and stem.verified
     x = x.detach()
     if dtype != torch.float32 and x.is_floating_point():
