@@ -126,9 +126,6 @@ class Recorder:
             return
         pending, self._pending, self._pending_bytes = self._pending, [], 0
         first = pending[0][1]
-        if len(pending) == 1:
-            self.record(pending[0][0], **first.per_sample())
-            return
         factors = [s.grad_factor for _, s in pending]
         if all(f == factors[0] for f in factors):
             factor = factors[0]

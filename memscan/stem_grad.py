@@ -8,7 +8,7 @@ pixels x[S*i + a, S*j + b] for a, b < S — that transposed conv is an ordinary 
 output gradient with 3 x S^2 output channels, at stride S / (stem stride), and the squared norm of its
 output is the squared norm of the input gradient (the phases only rearrange pixels). S is the stem's
 stride, or 2 for a stride-1 stem (else the phase conv would be the transposed conv itself). Same
-values to float rounding, 1.8-5.9x faster, the per-step weight re-arrangement included
+values to float rounding, 1.6-5.3x faster, the per-step weight re-arrangement included
 (BENCHMARKS.md §6, ``benchmarks/stem_grad_speed.py``).
 
 It is valid only where x reaches the loss through that conv alone. ``StemGrad.find`` picks the conv
@@ -57,14 +57,13 @@ class StemGrad:
 
     def __init__(self, conv: nn.Conv2d, in_hw: tuple[int, int]):
         self.conv = conv
-        self.in_hw = in_hw
         self.verified = False      # agreed with autograd on a training step
         self.rejected = False      # disagreed: not for this model
         self._grad = None
         self._handle = None
         (kh, kw), (cs_h, cs_w), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
         # a stride-1 stem's phase conv would be its transposed conv itself: run it at stride 2 over
-        # the output gradient instead (4 phases, 12 output channels: 2x faster for a 3x3 stem)
+        # the output gradient instead (4 phases, 12 output channels: 1.6x faster for a 3x3 stem)
         self.f = (2 if cs_h == 1 else 1, 2 if cs_w == 1 else 1)
         th, dh, lh = _phase_taps(kh, cs_h, ph, self.f[0])
         tw, dw, lw = _phase_taps(kw, cs_w, pw, self.f[1])
