@@ -14,7 +14,6 @@ Writes a JSON with AUROC, AP, precision@k, TPR@5%FPR, wall time and time relativ
 import argparse
 import json
 import platform
-import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -22,16 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from memscan.config import RunConfig  # noqa: E402
-from memscan.data import inject_noise, load_images, load_index  # noqa: E402
-from memscan.data.loader import InMemorySource, channel_stats  # noqa: E402
-from memscan.evaluate import detection_metrics, flag_metrics  # noqa: E402
-from memscan.models import create_model  # noqa: E402
-from memscan.pipeline import run  # noqa: E402
-from memscan.report import read_report  # noqa: E402
-from memscan.signals import Recorder  # noqa: E402
-from memscan.train import exact_pass, fit  # noqa: E402
+from memscan.config import RunConfig
+from memscan.data import inject_noise, load_index
+from memscan.evaluate import detection_metrics, flag_metrics
+from memscan.pipeline import run
+from memscan.prepare import prepare
+from memscan.report import read_report
+from memscan.signals import Recorder
+from memscan.train import exact_pass, fit
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -48,13 +45,13 @@ def subset_manifest(name, per_class, dest: Path):
     return dest
 
 
-def train_probs(images, labels, cfg, train_idx, eval_idx, mean, std, num_classes):
+def fold_probs(prep, cfg, train_idx, eval_idx):
+    """Out-of-sample probabilities of one cross-validation fold: train on ``train_idx``, predict ``eval_idx``."""
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, num_classes).to(memory_format=torch.channels_last)
-    src = InMemorySource(images[train_idx], labels[train_idx], mean=mean, std=std, channels_last=True)
+    model = prep.fresh_model(cfg)
+    src = prep.subset(train_idx)
     fit(model, src, cfg, recorder=Recorder(len(src)))
-    ev = InMemorySource(images[eval_idx], labels[eval_idx], mean=mean, std=std, channels_last=True)
-    _, probs = exact_pass(model, ev, batch_size=512, dtype=torch.float32, want_probs=True)
+    _, probs = exact_pass(model, prep.subset(eval_idx), batch_size=512, dtype=torch.float32, want_probs=True)
     return probs
 
 
@@ -118,16 +115,13 @@ def main():
         from cleanlab.filter import find_label_issues
         from cleanlab.rank import get_label_quality_scores
         from sklearn.model_selection import StratifiedKFold
-        table = holder["table"]
-        dec = load_images(table)
-        labels = holder["noise"].labels
-        mean, std = channel_stats(dec.images)
+        prep = prepare(holder["table"], base.replace(stop="none"), relabel=relabel)
+        labels = prep.labels
         t = time.perf_counter()
-        probs = np.zeros((len(labels), table.num_classes))
+        probs = np.zeros((len(labels), prep.table.num_classes))
         skf = StratifiedKFold(n_splits=a.folds, shuffle=True, random_state=a.seed)
         for k, (tr, ev) in enumerate(skf.split(np.zeros(len(labels)), labels)):
-            probs[ev] = train_probs(dec.images, labels, base.replace(stop="none", seed=a.seed + k), tr, ev, mean, std,
-                                    table.num_classes)
+            probs[ev] = fold_probs(prep, base.replace(stop="none", seed=a.seed + k), tr, ev)
         issues = find_label_issues(labels, probs)
         quality = get_label_quality_scores(labels, probs)
         wall = time.perf_counter() - t

@@ -1,5 +1,5 @@
 """Markdown table of the issue #3 baselines (BENCHMARKS.md §5) from bench-out/base-*.json and replay-*.json."""
-import json, sys
+import json
 rows = [("CIFAR-10 1000/class, 20% sym", "base-cifar-sym20"), ("CIFAR-10 500/class, 10% sym", "base-cifar-sym10"),
         ("CIFAR-10 500/class, 40% sym", "base-cifar-sym40"), ("CIFAR-10 500/class, 20% pair-flip", "base-cifar-pair20"),
         ("MNIST 500/class, 20% sym", "base-mnist-sym20")]

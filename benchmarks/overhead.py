@@ -13,7 +13,6 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,26 +21,40 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from memscan.config import RunConfig  # noqa: E402
-from memscan.data import load_images, load_index  # noqa: E402
-from memscan.data.loader import InMemorySource, batch_slices, channel_stats, epoch_generator, epoch_order  # noqa
-from memscan.models import create_model  # noqa: E402
-from memscan.signals import Recorder  # noqa: E402
-from memscan.stem_grad import StemGrad  # noqa: E402
-from memscan.train import make_optimizer, resolve_device, resolve_precision, train_step  # noqa: E402
+from memscan.config import RunConfig
+from memscan.data import load_index
+from memscan.data.loader import batch_slices, epoch_generator, epoch_order
+from memscan.models import create_model
+from memscan.prepare import prepare
+from memscan.signals import Recorder
+from memscan.stem_grad import StemGrad
+from memscan.train import make_optimizer, train_step
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "train.parquet"
 
 
-def images(per_class):
+def dataset(per_class: int, tmp: Path):
+    """The first ``per_class`` CIFAR-10 training images of each class (../shared/data), or random 32 px
+    images in 10 classes where that file is absent (a lent GPU machine may lack it)."""
     if DATA.exists():
         t = load_index(DATA)
         keep = np.concatenate([np.flatnonzero(t.labels == c)[:per_class] for c in range(t.num_classes)])
-        d = load_images(t.subset(np.sort(keep)))
-        return d.images, d.table.labels, d.table
+        return t.subset(np.sort(keep))
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
     rng = np.random.default_rng(0)
-    return rng.integers(0, 256, (per_class * 10, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, per_class * 10), None
+    png = []
+    for _ in range(per_class * 10):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, "PNG")
+        png.append(buf.getvalue())
+    manifest = tmp / "random.parquet"
+    pq.write_table(pa.table({"path": [f"{i:06d}.png" for i in range(len(png))],
+                             "label": rng.integers(0, 10, len(png)), "image": pa.array(png, pa.binary())}), manifest)
+    return load_index(manifest)
 
 
 def sync(device):
@@ -87,19 +100,22 @@ def epoch(model, src, opt, cfg, ep, *, record, dtype=torch.float32, recorder=Non
 
 
 def overhead(a):
-    imgs, labels, table = images(a.per_class)
-    mean, std = channel_stats(imgs)
-    cfg = RunConfig(model=a.model, batch_size=a.batch_size, device=a.device, precision=a.precision)
-    device = resolve_device(a.device)
-    dtype = resolve_precision(a.precision, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        return _overhead(a, dataset(a.per_class, Path(tmp)))
+
+
+def _overhead(a, table):
+    cfg = RunConfig(model=a.model, batch_size=a.batch_size, device=a.device, precision=a.precision,
+                    channels_last=True)
+    prep = prepare(table, cfg)   # decode cache, normalisation, device, precision: as memscan run does
+    device, dtype, src, table = prep.device, prep.dtype, prep.source, prep.table
     # "control" is a second bare loop: its difference from "bare" is the measurement's noise floor
     res = {"bare": [], "recording": [], "control": []}
     models = {}
     for kind in res:
         torch.manual_seed(0)
-        m = create_model(a.model, 10).to(device).to(memory_format=torch.channels_last)
+        m = prep.fresh_model()
         models[kind] = (m, make_optimizer(m, cfg))
-    src = InMemorySource(imgs, labels, mean=mean, std=std, channels_last=True, device=device)
     rec = Recorder(len(src), device=device)
     pairs, controls = [], []
     for ep in range(a.epochs + 1):  # epoch 0 is warm-up, not counted
@@ -123,7 +139,7 @@ def overhead(a):
     out["recording_overhead_pairs"] = [round(p, 4) for p in pairs]
     out["control_difference_paired_median"] = statistics.median(controls)
     out["control_differences"] = [round(p, 4) for p in controls]
-    if a.run and table is not None:
+    if a.run:
         from memscan.pipeline import run
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "data").mkdir()

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "train.parquet"
 
@@ -33,7 +32,8 @@ def rss_mb() -> float:
 
 
 def per_sample(a):
-    from memscan.report import build_table, write_atomic
+    from memscan.report import DatasetInfo, ReportMeta, StopInfo, build_table
+    from memscan.run_folder import RunFolder
     from memscan.scores import accumulate, compute_scores
     from memscan.signals import Recorder
     from memscan.trajectories import read_epochs, write_epoch
@@ -70,11 +70,16 @@ def per_sample(a):
         table = SampleTable(paths=[f"class{labels[i]:03d}/img{i:08d}.JPEG" for i in range(n)], labels=labels,
                             class_names=[f"class{c:03d}" for c in range(k)], root=tmp, source="folder", location=tmp)
         t = time.perf_counter()
-        rt = build_table(table, labels, sig, scores, {"dataset": {"location": str(tmp), "n": n},
-                                                      "stop": {"epochs_trained": a.epochs}, "curves": {}})
-        run = tmp / "run"
-        run.mkdir()
-        write_atomic(rt, run / "report.parquet")
+        meta = ReportMeta(memscan_version="scale", config={}, curves={},
+                          dataset=DatasetInfo(location=str(tmp), source="folder", n=n, classes=table.class_names,
+                                              fingerprint="synthetic", image_size=224),
+                          stop=StopInfo(reason="synthetic", epochs_trained=a.epochs, peak_epoch=None,
+                                        csg_epochs=a.epochs, mislabel_window=[a.epochs // 2 + 1, a.epochs]))
+        rt = build_table(table, labels, sig, scores, meta)
+        run = RunFolder.start(tmp / "run")
+        run.write_table(rt, run.report)
+        run.release()
+        run = run.path
         out["report_write_s"] = time.perf_counter() - t
         out["report_mb"] = (run / "report.parquet").stat().st_size / 2**20
         out["rss_after_report_mb"] = rss_mb()

@@ -9,15 +9,12 @@ autograd there).
 """
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from memscan.stem_grad import StemGrad  # noqa: E402
+from memscan.stem_grad import StemGrad
 
 
 def bench(f, n=20):

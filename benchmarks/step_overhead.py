@@ -10,18 +10,15 @@ stem conv's output (conv-transpose, or unfold/fold), checked against autograd's 
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from memscan.models import create_model  # noqa: E402
-from memscan.signals import Recorder  # noqa: E402
-from memscan.stem_grad import StemGrad  # noqa: E402
-from memscan.train import train_step  # noqa: E402
+from memscan.models import create_model
+from memscan.signals import Recorder
+from memscan.stem_grad import StemGrad
+from memscan.train import train_step
 
 
 def timed(fns, rounds=15, steps=20):

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from memscan.data import load_images, load_index  # noqa: E402
-from memscan.data.loader import InMemorySource  # noqa: E402
-from memscan.models import create_model  # noqa: E402
-from memscan.train import evaluate  # noqa: E402
+from memscan.data import load_images, load_index
+from memscan.data.loader import InMemorySource
+from memscan.models import create_model
+from memscan.train import evaluate
 
 
 def main(run_dir, test):

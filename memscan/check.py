@@ -11,11 +11,16 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
-from .diff import diff_reports
+import numpy as np
+
+from .diff import SAMPLE_FIELDS, diff_reports
 from .errors import ConfigError, ReportError
+from .files import records
+from .report import frame_and_name
 
 SPEC_KEYS = ("max-mislabeled", "max-count", "class-max", "baseline", "max-new")
 OFFENDER_FIELDS = ("path", "label_name", "pred_name", "p_pred", "mislabel_score", "category")
+CHECK_COLUMNS = tuple(dict.fromkeys(OFFENDER_FIELDS + SAMPLE_FIELDS))
 
 
 @dataclass
@@ -109,8 +114,7 @@ def parse_spec(spec) -> dict:
 
 def _offenders(df, top: int) -> list[dict]:
     rows = df.sort_values("mislabel_score", ascending=False, kind="stable").head(top)
-    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
-            for r in rows[list(OFFENDER_FIELDS)].to_dict("records")]
+    return records(rows, OFFENDER_FIELDS)
 
 
 def _pct(x: float) -> str:
@@ -124,7 +128,6 @@ def check_report(report, /, *, max_mislabeled=None, max_count=None, class_max=No
     Flagged = ``category == "mislabeled"``. ``class_max``: ``{class_name: fraction}``.
     ``max_new`` needs ``baseline`` (an earlier report of the same dataset, matched by path).
     """
-    from .diff import _frame
     if all(v is None for v in (max_mislabeled, max_count, max_new)) and not class_max:
         raise ConfigError("no threshold given; pass at least one of --max-mislabeled, --max-count, --class-max "
                           "or --baseline with --max-new")
@@ -134,9 +137,12 @@ def check_report(report, /, *, max_mislabeled=None, max_count=None, class_max=No
     max_count = None if max_count is None else _count("--max-count", max_count)
     max_new = None if max_new is None else _count("--max-new", max_new)
     class_max = parse_class_max(class_max) if isinstance(class_max, (str, list, tuple)) else dict(class_max or {})
-    df, name = _frame(report)
+    df, name = frame_and_name(report, CHECK_COLUMNS)
     if len(df) == 0:
         raise ReportError(f"'{name}' has no samples; nothing to check")
+    if not np.isfinite(df["mislabel_score"].to_numpy(np.float64)).all():
+        raise ReportError(f"'{name}' has non-finite mislabel scores; a gate on them would pass garbage: re-run "
+                          "'memscan run' (and check the run's loss)")
     classes = sorted(set(df["label_name"]))
     for c in class_max:
         if c not in classes:
@@ -168,7 +174,7 @@ def check_report(report, /, *, max_mislabeled=None, max_count=None, class_max=No
         gates.append(GateResult(f"class-max[{c}]", ok, frac, lim, "fraction", msg, [] if ok else _offenders(fc, top)))
     diff = None
     if baseline is not None:
-        d = diff_reports(baseline, df)
+        d = diff_reports(baseline, df, new_name=name)
         diff = d.counts()
         if max_new is not None:
             m = len(d.new_suspects)

@@ -7,16 +7,28 @@ top offenders, fit for GitHub's ``$GITHUB_STEP_SUMMARY``.
 from __future__ import annotations
 
 import os
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from .check import CheckResult
-from .files import write_atomic_with
+from .errors import ConfigError, OutputError
+from .text import printable
+
+# In the first bytes of every file these writers produce: ``files.check_output_file`` replaces only such files.
+JUNIT_SIGNATURE = b'<testsuites name="memscan"'
+MARKDOWN_SIGNATURE = b"## memscan"
 
 
 def _offender_line(o: dict) -> str:
-    return (f"{o['path']}  given={o['label_name']}  predicted={o['pred_name']} (p={o['p_pred']:.2f})  "
-            f"mislabel_score={o['mislabel_score']:.3f}")
+    # names shown escaped: a line break in a file name must not split one offender over two lines
+    return (f"{printable(o['path'])}  given={printable(o['label_name'])}  predicted={printable(o['pred_name'])} "
+            f"(p={o['p_pred']:.2f})  mislabel_score={o['mislabel_score']:.3f}")
+
+
+def _x(s) -> str:
+    """Text XML 1.0 can hold: it forbids most C0 controls (a NUL or ESC in a name made check.xml unparseable)."""
+    return printable(s, keep="\t\n\r")
 
 
 def junit_xml(result: CheckResult) -> str:
@@ -25,14 +37,14 @@ def junit_xml(result: CheckResult) -> str:
                        errors="0", skipped="0")
     props = ET.SubElement(suite, "properties")
     for k, v in (("report", result.report), ("samples", result.samples), ("flagged_mislabeled", result.flagged)):
-        ET.SubElement(props, "property", name=k, value=str(v))
+        ET.SubElement(props, "property", name=k, value=_x(v))
     for g in result.gates:
-        case = ET.SubElement(suite, "testcase", classname="memscan.check", name=g.name)
+        case = ET.SubElement(suite, "testcase", classname="memscan.check", name=_x(g.name))
         if g.passed:
-            ET.SubElement(case, "system-out").text = g.message
+            ET.SubElement(case, "system-out").text = _x(g.message)
         else:
-            f = ET.SubElement(case, "failure", message=g.message, type="ThresholdExceeded")
-            f.text = "\n".join([g.message, "top offenders:"] + [_offender_line(o) for o in g.offenders])
+            f = ET.SubElement(case, "failure", message=_x(g.message), type="ThresholdExceeded")
+            f.text = _x("\n".join([g.message, "top offenders:"] + [_offender_line(o) for o in g.offenders]))
     ET.indent(suite)
     suites = ET.Element("testsuites", name="memscan", tests=str(len(result.gates)), failures=str(failures))
     suites.append(suite)
@@ -40,19 +52,32 @@ def junit_xml(result: CheckResult) -> str:
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
 
 
+_MD_SPECIAL = "\\`*_[]<>|~&"   # backslash-escaped in text cells: shown as typed, never as markup or HTML
+
+
 def _md_escape(s) -> str:
-    return str(s).replace("|", "\\|").replace("\n", " ")
+    """Data as the text of a Markdown table cell (controls and line breaks shown escaped)."""
+    return "".join("\\" + c if c in _MD_SPECIAL else c for c in printable(s))
+
+
+def _md_code(s, *, cell: bool = True) -> str:
+    """Data as a code span: a fence longer than any backtick run inside; in a table ``cell``, ``\\|``
+    (GitHub splits table cells on ``|`` even inside code spans)."""
+    s = printable(s).replace("|", "\\|") if cell else printable(s)
+    fence = "`" * (1 + max((len(r) for r in re.findall("`+", s)), default=0))
+    pad = " " if s.startswith("`") or s.endswith("`") else ""
+    return f"{fence}{pad}{s}{pad}{fence}"
 
 
 def markdown_summary(result: CheckResult, *, title: str = "memscan data check") -> str:
     verdict = "✅ passed" if result.passed else f"❌ failed ({len(result.failed)} of {len(result.gates)} gates)"
     lines = [f"## {title}: {verdict}", "",
-             f"Report `{result.report}`: {result.samples} samples, {result.flagged} flagged mislabeled "
-             f"({100 * result.flagged / max(result.samples, 1):.2f}%).", "",
+             f"Report {_md_code(result.report, cell=False)}: {result.samples} samples, {result.flagged} flagged "
+             f"mislabeled ({100 * result.flagged / max(result.samples, 1):.2f}%).", "",
              "| gate | result | value | limit | detail |", "| --- | --- | ---: | ---: | --- |"]
     for g in result.gates:
         fmt = (lambda v: f"{100 * v:.2f}%") if g.kind == "fraction" else (lambda v: str(int(v)))
-        lines.append(f"| `{g.name}` | {'pass' if g.passed else '**FAIL**'} | {fmt(g.value)} | {fmt(g.limit)} | "
+        lines.append(f"| {_md_code(g.name)} | {'pass' if g.passed else '**FAIL**'} | {fmt(g.value)} | {fmt(g.limit)} | "
                      f"{_md_escape(g.message)} |")
     if result.diff:
         d = result.diff
@@ -61,17 +86,11 @@ def markdown_summary(result: CheckResult, *, title: str = "memscan data check") 
     for g in result.failed:
         if not g.offenders:
             continue
-        lines += ["", f"### Top offenders: `{g.name}`", "",
+        lines += ["", f"### Top offenders: {_md_code(g.name, cell=False)}", "",
                   "| path | given | predicted | p | mislabel_score |", "| --- | --- | --- | ---: | ---: |"]
-        lines += [f"| `{_md_escape(o['path'])}` | {_md_escape(o['label_name'])} | {_md_escape(o['pred_name'])} | "
+        lines += [f"| {_md_code(o['path'])} | {_md_escape(o['label_name'])} | {_md_escape(o['pred_name'])} | "
                   f"{o['p_pred']:.2f} | {o['mislabel_score']:.3f} |" for o in g.offenders]
     return "\n".join(lines) + "\n"
-
-
-def write_text_atomic(dest, text: str) -> Path:
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    return write_atomic_with(dest, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def append_step_summary(text: str) -> Path | None:
@@ -79,6 +98,12 @@ def append_step_summary(text: str) -> Path | None:
     target = os.environ.get("GITHUB_STEP_SUMMARY")
     if not target:
         return None
-    with open(target, "a", encoding="utf-8") as f:
-        f.write(text + "\n")
+    if Path(target).is_dir():
+        raise ConfigError(f"$GITHUB_STEP_SUMMARY='{target}' is a folder, not a file; unset it or point it to a file")
+    try:
+        with open(target, "a", encoding="utf-8") as f:
+            f.write(text + "\n")
+    except OSError as e:
+        raise OutputError(f"could not append to $GITHUB_STEP_SUMMARY='{target}': {e.strerror or e}; unset it or "
+                          "point it to a writable file") from None
     return Path(target)

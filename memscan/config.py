@@ -7,6 +7,7 @@ following timm's None-defaulting options.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from .errors import ConfigError, check_choice
@@ -61,6 +62,9 @@ class RunConfig:
     cache_memory: float | None = None   # GiB of RAM the decoded images may take; above: memory-mapped
                                         # from the on-disk cache. None: half the machine's RAM
     strict: bool = False                # fail on the first unreadable image instead of skipping it
+    max_image_pixels: int | None = None # images with more pixels (width x height) are skipped as
+                                        # unreadable, read from the header before decoding; None:
+                                        # memscan's default (data.decode), far below Pillow's
 
     def __post_init__(self):
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -71,11 +75,14 @@ class RunConfig:
         check_choice("stop", self.stop, STOPS)
         check_choice("stop_signal", self.stop_signal, STOP_SIGNALS)
         check_choice("augment", self.augment, AUGMENTS)
+        for name, value in dataclasses.asdict(self).items():   # NaN/inf never reach training
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{name}={value} is not a finite number")
         _positive("lr", self.lr)
-        _positive("batch_size", self.batch_size)
-        _positive("max_epochs", self.max_epochs)
-        _positive("smoothing", self.smoothing)
-        _positive("patience", self.patience)
+        for name in ("batch_size", "max_epochs", "smoothing", "patience"):
+            _positive_int(name, getattr(self, name))
+        _int_in("min_epochs", self.min_epochs, 0, 10 ** 6)
+        _int_in("seed", self.seed, 0, 2 ** 63 - 1)
         if not 0 < self.rank_threshold < 1:
             raise ConfigError(f"rank_threshold={self.rank_threshold} must be in (0, 1), e.g. 0.87")
         if self.weight_decay < 0:
@@ -86,10 +93,14 @@ class RunConfig:
             raise ConfigError(f"warmup_epochs={self.warmup_epochs} is negative; use 0 or more")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
-        if self.image_size is not None and not 8 <= self.image_size <= 1024:
-            raise ConfigError(f"image_size={self.image_size} must be between 8 and 1024 pixels")
+        if self.image_size is not None:
+            _int_in("image_size", self.image_size, 8, 1024)
         if self.cache_memory is not None and self.cache_memory < 0:
             raise ConfigError(f"cache_memory={self.cache_memory} GiB is negative; use 0 (always memory-map) or more")
+        if self.workers is not None:
+            _int_in("workers", self.workers, 1, 1024)
+        if self.max_image_pixels is not None:
+            _int_in("max_image_pixels", self.max_image_pixels, 64, 2 ** 31)
         if self.weights and self.pretrained:
             raise ConfigError("pass either --weights FILE or --pretrained, not both")
 
@@ -102,9 +113,22 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        try:
+            return cls(**{k: v for k, v in d.items() if k in known})
+        except TypeError as e:   # a wrong type in a saved config (run-args.json): not a bug of ours
+            raise ConfigError(f"invalid option value ({e})") from None
 
 
 def _positive(name, value):
-    if value is None or value <= 0:
+    if value is None or not value > 0:
         raise ConfigError(f"{name}={value} must be positive")
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name}={value} must be a positive whole number")
+
+
+def _int_in(name, value, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"{name}={value} must be a whole number from {lo} to {hi}")

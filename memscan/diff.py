@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import ReportError, check_choice
+from .files import records
+from .report import frame_and_name
 from .scores import CATEGORIES
 
 SAMPLE_FIELDS = ("path", "label_name", "pred_name", "p_pred", "mislabel_score", "category")
@@ -39,24 +41,9 @@ class ReportDiff:
                 "old_suspects": self.old_suspects, "suspects": self.new_suspect_count}
 
 
-def _py(v):
-    """Plain JSON-able values: numpy scalars to Python, NaN (sample absent) to None."""
-    if hasattr(v, "item"):
-        v = v.item()
-    return None if isinstance(v, float) and v != v else v
-
-
-def _frame(report):
-    """A report path/run folder or an already-loaded DataFrame."""
-    if hasattr(report, "columns"):
-        return report, "<frame>"
-    from .rank import load_frame
-    from .report import resolve_report_path
-    return load_frame(report, SAMPLE_FIELDS), str(resolve_report_path(report))
-
-
-def diff_reports(old, new, /, *, watch=("mislabeled",)) -> ReportDiff:
-    """``old``/``new``: run folders, report.parquet paths or report DataFrames.
+def diff_reports(old, new, /, *, watch=("mislabeled",), new_name: str | None = None) -> ReportDiff:
+    """``old``/``new``: run folders, report.parquet paths or report DataFrames (``new_name`` names a
+    DataFrame ``new`` in messages).
 
     Lists are sorted most suspicious first (by the newer report's mislabel_score where the sample
     is in it). Raises ``ReportError`` when the reports share no sample path (not the same dataset).
@@ -64,8 +51,9 @@ def diff_reports(old, new, /, *, watch=("mislabeled",)) -> ReportDiff:
     watch = tuple([watch] if isinstance(watch, str) else watch)
     for w in watch:
         check_choice("watched category", w, CATEGORIES)
-    od, oname = _frame(old)
-    nd, nname = _frame(new)
+    od, oname = frame_and_name(old, SAMPLE_FIELDS)
+    nd, nname = frame_and_name(new, SAMPLE_FIELDS)
+    nname = new_name or nname
     for df, name in ((od, oname), (nd, nname)):
         if df["path"].duplicated().any():
             dup = df["path"][df["path"].duplicated()].iloc[0]
@@ -85,19 +73,19 @@ def diff_reports(old, new, /, *, watch=("mislabeled",)) -> ReportDiff:
     in_both = n.index.isin(o.index)
     relab_mask = in_both & (n["label_name"] != o["label_name"].reindex(n.index)).to_numpy()
 
-    def records(df, **cols):
-        df = df[list(SAMPLE_FIELDS)].assign(**cols).sort_values("mislabel_score", ascending=False, kind="stable")
-        return [{k: _py(v) for k, v in r.items()} for r in df.to_dict("records")]
+    def rows(df, **cols):
+        return records(df[list(SAMPLE_FIELDS)].assign(**cols).sort_values("mislabel_score", ascending=False,
+                                                                          kind="stable"))
 
-    new_s = records(n[new_mask], was=was[new_mask].astype(object))
+    new_s = rows(n[new_mask], was=was[new_mask].astype(object))
     # a resolved suspect is shown as it is now; one whose sample was removed, as it was
     res_now = n.loc[o.index[(res_mask & o.index.isin(n.index)).to_numpy()]]
     res_gone = o[res_mask & ~o.index.isin(n.index)]
-    res_s = records(res_now, was=o.loc[res_now.index, "category"], removed=False) + \
-        records(res_gone, was=res_gone["category"], removed=True)
+    res_s = rows(res_now, was=o.loc[res_now.index, "category"], removed=False) + \
+        rows(res_gone, was=res_gone["category"], removed=True)
     res_s.sort(key=lambda r: -r["mislabel_score"])
     rel = n[relab_mask]
-    rel_s = records(rel, old_label=o.loc[rel.index, "label_name"])
+    rel_s = rows(rel, old_label=o.loc[rel.index, "label_name"])
     return ReportDiff(
         old=oname, new=nname, watched=watch, old_samples=len(o), new_samples=len(n),
         old_suspects=int(o_sus.sum()), new_suspect_count=int(n_sus.sum()),

@@ -23,6 +23,14 @@ class OutputExistsError(MemscanError):
     """The output folder exists and neither overwrite nor resume was asked for."""
 
 
+class FolderInUseError(OutputExistsError):
+    """Another memscan process holds the run folder's lock."""
+
+
+class RunFolderError(MemscanError):
+    """A run folder's files (arguments, checkpoint, marker) are missing, damaged or foreign."""
+
+
 class ModelError(MemscanError):
     """A model name, weights file or hub download failed."""
 

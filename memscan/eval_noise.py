@@ -7,16 +7,21 @@ what ``memscan eval-noise --json`` prints and what ``eval.json`` holds.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from .config import RunConfig
+from .data import load_index
 from .data.noise import inject_noise, load_matrix
+from .dataset_guard import DatasetGuard
+from .errors import ConfigError
 from .evaluate import detection_metrics, flag_metrics
+from .files import write_json_atomic, write_text_atomic
 from .pipeline import run
 from .report import read_metadata, read_report
+from .run_folder import RunFolder, default_run_path
 
 # score column -> sign that makes "higher = more suspicious"
 EVAL_SCORES = {
@@ -33,7 +38,7 @@ def evaluate_run(report, flipped) -> dict:
                for name, sign in EVAL_SCORES.items()}
     meta = read_metadata(report)
     return {"scores": metrics, "category": flag_metrics(df["category"].to_numpy() == "mislabeled", flipped),
-            "n": len(df), "flipped": int(flipped.sum()), "stop": meta["stop"], "timings": meta["timings"]}
+            "n": len(df), "flipped": int(flipped.sum()), "stop": dataclasses.asdict(meta.stop), "timings": meta.timings}
 
 
 def read_truth(truth_file, paths, labels=None, class_names=None) -> np.ndarray:
@@ -72,7 +77,7 @@ def read_truth(truth_file, paths, labels=None, class_names=None) -> np.ndarray:
 def evaluate_report_with_truth(report, truth_file) -> dict:
     df = read_report(report).to_pandas()
     meta = read_metadata(report)
-    flipped = read_truth(truth_file, df["path"].tolist(), df["label"].to_numpy(), meta["dataset"]["classes"])
+    flipped = read_truth(truth_file, df["path"].tolist(), df["label"].to_numpy(), meta.dataset.classes)
     if flipped.all() or not flipped.any():
         from .errors import DatasetError
         raise DatasetError(f"truth file '{truth_file}' marks {'all' if flipped.all() else 'no'} samples as wrong; "
@@ -102,45 +107,59 @@ def aggregate(per_seed: list[dict]) -> dict:
 
 
 def eval_noise(dataset, cfg: RunConfig | None = None, *, rate: float = 0.2, kind: str = "symmetric",
-               seeds=(0,), out=None, overwrite: bool = False, cache_dir=None, progress=None) -> dict:
+               seeds=(0,), out=None, overwrite: bool = False, cache_dir=None, progress=None,
+               encoding: str | None = None) -> dict:
+    """Inject noise per seed, run, and score the detection. ``out`` holds one run folder per seed
+    (``seed-N``) and the aggregated ``eval.json``; it is a memscan folder like a run's."""
     cfg = cfg or RunConfig()
     kind, matrix_file = parse_kind(kind)
-    if out is None:
-        from .pipeline import default_out_dir
-        out = default_out_dir(Path(dataset))
-        out = out.with_name(out.name + "-eval")
-    out = Path(out)
-    per_seed = []
-    for seed in seeds:
-        holder = {}
-
-        def relabel(table, seed=seed):
-            m = load_matrix(matrix_file, table.num_classes) if matrix_file else None
-            noisy = inject_noise(table.labels, table.num_classes, rate=rate, kind=kind, seed=seed, matrix=m)
-            holder["noise"] = noisy
-            return noisy.labels
-
-        run_out = out / f"seed-{seed}"
-        res = run(dataset, cfg.replace(seed=seed), out=run_out, overwrite=overwrite, cache_dir=cache_dir,
-                  relabel=relabel, progress=progress)
-        noisy = holder["noise"]
-        r = evaluate_run(res.report_path, noisy.flipped)
-        r.update(seed=seed, run=str(res.out_dir), actual_rate=noisy.actual_rate)
-        _save_truth(res.out_dir / "truth.csv", res, noisy)
-        (res.out_dir / "eval.json").write_text(json.dumps(r, indent=1))
-        per_seed.append(r)
-    result = {"dataset": str(dataset), "kind": kind, "rate": rate, "seeds": list(seeds),
-              "actual_rate": [r["actual_rate"] for r in per_seed], "per_seed": per_seed, **aggregate(per_seed)}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(result, indent=1))
+    table = load_index(dataset, encoding=encoding)
+    if kind != "matrix" and int(round(rate * len(table))) < 1:   # fail now, not after training
+        raise ConfigError(f"--rate {rate} flips no label among the {len(table)} samples (round(rate x N) = 0); "
+                          f"use a rate of at least {0.5 / len(table):.2g}")
+    folder = RunFolder.start(out if out is not None else default_run_path(dataset, suffix="-eval"),
+                             guard=DatasetGuard.for_table(table), overwrite=overwrite, kind="eval-noise")
+    with folder:
+        folder.begun = True
+        folder.reset(kind="eval-noise")
+        per_seed = [_one_seed(dataset, cfg, folder, seed, rate=rate, kind=kind, matrix_file=matrix_file,
+                              overwrite=overwrite, cache_dir=cache_dir, progress=progress, encoding=encoding)
+                    for seed in seeds]
+        result = {"dataset": str(dataset), "kind": kind, "rate": rate, "seeds": list(seeds),
+                  "actual_rate": [r["actual_rate"] for r in per_seed], "per_seed": per_seed, **aggregate(per_seed)}
+        write_json_atomic(folder.eval_json, result)
     return result
 
 
+def _one_seed(dataset, cfg, folder, seed, *, rate, kind, matrix_file, overwrite, cache_dir, progress, encoding):
+    holder = {}
+
+    def relabel(table):
+        m = load_matrix(matrix_file, table.num_classes) if matrix_file else None
+        noisy = inject_noise(table.labels, table.num_classes, rate=rate, kind=kind, seed=seed, matrix=m)
+        if not noisy.flipped.any():
+            raise ConfigError(f"--kind {kind} at --rate {rate} flipped no label; use a higher rate")
+        holder["noise"] = noisy
+        return noisy.labels
+
+    res = run(dataset, cfg.replace(seed=seed), out=folder.path / f"seed-{seed}", overwrite=overwrite,
+              cache_dir=cache_dir, relabel=relabel, progress=progress, encoding=encoding)
+    noisy = holder["noise"]
+    r = evaluate_run(res.report_path, noisy.flipped)
+    r.update(seed=seed, run=str(res.out_dir), actual_rate=noisy.actual_rate)
+    seed_folder = RunFolder(res.out_dir)
+    _save_truth(seed_folder.truth, res, noisy)
+    write_json_atomic(seed_folder.eval_json, r)
+    return r
+
+
 def _save_truth(path: Path, res, noisy):
-    df = read_report(res.report_path).to_pandas()
     import csv
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "flipped", "noisy_label"])
-        for p, fl, lab in zip(df["path"], noisy.flipped, noisy.labels):
-            w.writerow([p, int(fl), int(lab)])
+    import io
+    df = read_report(res.report_path).to_pandas()
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "flipped", "noisy_label"])
+    for p, fl, lab in zip(df["path"], noisy.flipped, noisy.labels):
+        w.writerow([p, int(fl), int(lab)])
+    write_text_atomic(path, buf.getvalue())

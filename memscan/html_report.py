@@ -15,12 +15,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from .errors import ConfigError, MemscanError
+from .files import plain
+from .run_folder import RunFolder
 
 GALLERY = {  # category -> the score its samples are ordered by (higher = more suspicious)
     "mislabeled": "mislabel_score", "atypical": "atypicality_score", "memorized": "memorization_score"}
+SIGNATURE = b'<meta name="generator" content="memscan">'   # in the page's first bytes: a file memscan may replace
 CARD_FIELDS = ("sample_id", "path", "label_name", "pred_name", "p_pred", "p_given", "mislabel_score",
                "memorization_score", "atypicality_score", "csg", "aum", "category")
 
@@ -33,10 +35,10 @@ class HtmlResult:
     warning: str | None = None
 
 
-def _image_reader(meta: dict):
+def _image_reader(location: str):
     """path -> image bytes, from the dataset the run was made on (read-only)."""
     from .data import load_index
-    loc = Path(meta["dataset"]["location"])
+    loc = Path(location)
     try:
         table = load_index(loc)
         pos = {p: i for i, p in enumerate(table.paths)}
@@ -72,12 +74,29 @@ def gallery_rows(df, /, *, per_category: int):
     return pd.concat(parts) if parts else df.head(0)
 
 
+# What must not appear raw inside <script>: "<!--<script>" in a name switches the HTML parser into a
+# state where the next "</script>" no longer ends the block, and the app script is swallowed; U+2028/9
+# end a line in older JavaScript. JSON's \u escapes keep the values exact.
+_SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028",
+                              "\u2029": "\\u2029"})
+
+
+def script_json(obj) -> str:
+    """``obj`` as JSON that can sit inside a ``<script>`` element whatever strings it holds."""
+    return json.dumps(obj, separators=(",", ":")).translate(_SCRIPT_SAFE)
+
+
 def _py(v):
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float):
-        return round(v, 5)
-    return v
+    v = plain(v)
+    return round(v, 5) if isinstance(v, float) else v   # a smaller page; 5 digits are plenty to read
+
+
+def _checked_dest(report: Path, dest: Path) -> Path:
+    """A page written where the user asked: outside the dataset, replacing only a page memscan wrote."""
+    from .dataset_guard import guard_for_report
+    from .files import check_output_file
+    guard_for_report(report).check_file(dest)
+    return check_output_file(dest, signature=SIGNATURE, example="report.html")
 
 
 def write_html(report, dest=None, *, per_category: int = 300, thumb_size: int = 128) -> HtmlResult:
@@ -89,16 +108,17 @@ def write_html(report, dest=None, *, per_category: int = 300, thumb_size: int = 
     from .plots import svg_strings
     from .rank import class_summary
     from .report import read_metadata, read_report, resolve_report_path
-    from .ci_formats import write_text_atomic
+    from .files import write_text_atomic
     if per_category < 1:
         raise ConfigError(f"--per-category {per_category} must be at least 1")
     rpath = resolve_report_path(report)
     meta = read_metadata(rpath)
+    dataset = meta.dataset
     df = read_report(rpath).to_pandas()
-    dest = Path(dest) if dest is not None else rpath.parent / "report.html"
+    dest = RunFolder(rpath.parent).html if dest is None else _checked_dest(rpath, Path(dest))
 
     rows = gallery_rows(df, per_category=per_category)
-    read, warning = _image_reader(meta)
+    read, warning = _image_reader(dataset.location)
     cards, missing = [], []
     for r in rows[list(CARD_FIELDS)].to_dict("records"):
         try:
@@ -110,35 +130,37 @@ def write_html(report, dest=None, *, per_category: int = 300, thumb_size: int = 
             missing.append(r["path"])
         cards.append({k: _py(v) for k, v in r.items()} | {"img": uri})
     if missing and warning is None:
-        warning = f"{len(missing)} images could not be read from '{meta['dataset']['location']}'"
+        warning = f"{len(missing)} images could not be read from '{dataset.location}'"
 
     plots = {k: "data:image/svg+xml;base64," + base64.b64encode(v.encode()).decode()
              for k, v in svg_strings(meta, df).items()}
     payload = {"cards": cards, "classes": sorted(set(df["label_name"])),
                "counts": {c: int((df["category"] == c).sum()) for c in GALLERY}}
     page = _PAGE.format(
-        title=html.escape(f"memscan report — {Path(meta['dataset']['location']).name}"),
+        title=html.escape(f"memscan report — {Path(dataset.location).name}"),
         header=_header(meta, df),
         warning=f'<p class="warn">{html.escape(warning)}</p>' if warning else "",
         plots="\n".join(f'<figure><img class="plot" alt="{k}" src="{v}"></figure>' for k, v in plots.items()),
         summary=_summary_table(class_summary(df)),
-        config=html.escape(json.dumps({"config": meta.get("config"), "stop": meta.get("stop"),
-                                       "dataset": {k: v for k, v in meta["dataset"].items() if k != "skipped"},
-                                       "device": meta.get("device"), "precision": meta.get("precision"),
-                                       "timings": meta.get("timings"), "memscan": meta.get("memscan_version")},
-                                      indent=1, default=str)),
-        data=json.dumps(payload, separators=(",", ":")).replace("</", "<\\/"),
+        config=html.escape(json.dumps(_run_facts(meta), indent=1, default=str)),
+        data=script_json(payload),
         script=_SCRIPT, style=_STYLE)
     write_text_atomic(dest, page)
     return HtmlResult(dest, len(cards), missing, warning)
 
 
+def _run_facts(meta) -> dict:
+    d = meta.to_dict()
+    d["dataset"].pop("skipped")
+    return {k: d[k] for k in ("config", "stop", "dataset", "device", "precision", "timings", "memscan_version")}
+
+
 def _header(meta, df) -> str:
-    s = meta.get("stop", {})
+    s = meta.stop
     cats = {c: int((df["category"] == c).sum()) for c in ("mislabeled", "atypical", "memorized", "ok")}
     bits = [f"<b>{len(df)}</b> samples, <b>{len(set(df['label_name']))}</b> classes",
-            f"model <code>{html.escape(str(meta.get('config', {}).get('model')))}</code>",
-            f"stopped after <b>{s.get('epochs_trained')}</b> epochs: {html.escape(str(s.get('reason')))}",
+            f"model <code>{html.escape(str(meta.config.get('model')))}</code>",
+            f"stopped after <b>{s.epochs_trained}</b> epochs: {html.escape(str(s.reason))}",
             "flagged: " + ", ".join(f"<b>{v}</b> {k}" for k, v in cats.items())]
     return "<ul class='facts'>" + "".join(f"<li>{b}</li>" for b in bits) + "</ul>"
 
@@ -256,7 +278,7 @@ _SCRIPT = r"""
 """
 
 _PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<html lang="en"><head><meta charset="utf-8"><meta name="generator" content="memscan"><title>{title}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <script>
 window.memscanErrors = [];

@@ -113,14 +113,11 @@ def create_model(name: str, num_classes: int, *, weights: str | None = None, pre
         raise ModelError(f"unknown model '{name}'; use one of {', '.join(list_models())} or a timm model "
                          "name (python -c 'import timm; print(timm.list_models())')")
     if weights:
-        sd = load_state_dict_file(weights)  # validates the file with our own message first
-        try:
-            return timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans,
-                                     pretrained_cfg_overlay=dict(file=str(Path(weights).expanduser())))
-        except Exception:
-            model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
-            _load_into(model, sd, weights)
-            return model
+        # loaded by memscan alone (weights_only / safetensors): timm's own file loader may unpickle
+        sd = load_state_dict_file(weights)
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+        _load_into(model, sd, weights)
+        return model
     try:
         if pretrained and not _hub_reachable():
             with _hub_offline():  # cached weights still load; otherwise fail now, not after retries

@@ -1,15 +1,14 @@
-"""``run()``: dataset -> decoded cache -> training with recording -> scores -> report folder.
+"""``run()``: dataset -> run folder -> prepared data and model -> training with recording -> scores
+-> report. The one function behind ``memscan run`` (and ``eval-noise``); it reads top to bottom.
 
-The one function behind ``memscan run`` (and ``eval-noise``). Progress reaches the caller through
-``progress(event, **info)``; nothing here prints.
+Progress reaches the caller through ``progress(event, **info)``; nothing here prints. Under
+torchrun every process calls ``run``; rank 0 owns the run folder and writes every file.
 """
 from __future__ import annotations
 
-import json
 import os
-import re
 import platform
-import shutil
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -21,19 +20,18 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .config import RunConfig
-from .data import load_images, load_index
-from .data.cache import memory_budget
-from .data.loader import InMemorySource, channel_stats
-from . import distributed
-from .errors import ConfigError, Interrupted, OutputError, OutputExistsError, TrainingError
-from .files import TMP_NAME, write_atomic_with
-from .models import create_model, is_conv_net
-from .report import build_table, write_atomic
+from .data import load_index
+from .data.cache import default_cache_dir, memory_budget
+from .dataset_guard import DatasetGuard
+from .errors import ConfigError, Interrupted, OutputError, TrainingError
+from .prepare import Prepared, prepare
+from .report import DatasetInfo, ReportMeta, StopInfo, build_table
+from .run_folder import RunFolder, default_run_path
 from .scores import CATEGORIES, accumulate, compute_scores
 from .signals import Recorder
-from .train import fit, predict_probs, resolve_device, resolve_precision
+from .train import fit, predict_probs, resolve_device
 from .trajectories import read_epochs, write_epoch
 
 
@@ -45,123 +43,87 @@ class RunResult:
     scores: dict = field(repr=False, default_factory=dict)
 
 
-def default_out_dir(dataset: Path, base: Path | None = None) -> Path:
-    name = Path(dataset).resolve().name or "dataset"
-    if Path(dataset).is_file():
-        name = Path(dataset).stem
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return (base or Path("memscan-runs")) / f"{name}-{stamp}"
+def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = False, cache_dir=None,
+        val_dataset=None, relabel=None, progress=None, path_column: str | None = None,
+        label_column: str | None = None, encoding: str | None = None, resume: bool = False) -> RunResult:
+    """Train on ``dataset`` (folder or manifest), record signals, and write the run folder ``out``.
+
+    ``relabel(table) -> labels`` replaces the labels in memory (eval-noise); the dataset on disk is
+    never touched. ``resume=True`` continues the interrupted run in ``out`` from its last epoch
+    checkpoint (same report as an uninterrupted run on the CPU). Returns a ``RunResult`` whose
+    ``summary`` is what ``--json`` prints.
+    """
+    cfg = cfg or RunConfig()
+    t_all, timings = time.perf_counter(), {}
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % (2 ** 32))
+    dist = distributed.setup(resolve_device(cfg.device).type)
+    emit = (progress or (lambda event, **info: None)) if dist.is_main else (lambda event, **info: None)
+
+    table = load_index(dataset, path_column=path_column, label_column=label_column, encoding=encoding)
+    guard = DatasetGuard.for_table(table)
+    guard.check_folder(cache_dir if cache_dir is not None else default_cache_dir(), what="the decode cache",
+                      may_hold=True)
+    folder, ck = open_run_folder(out, table, guard, cfg, resume=resume, overwrite=overwrite, main=dist.is_main)
+    emit("indexed", n=len(table), classes=table.num_classes, ignored=len(table.ignored))
+    with folder:   # unlocked at the end; a failure before ``begin_run`` leaves the folder as it was found
+        with _interrupt_message(folder, "decoding"):
+            t = time.perf_counter()
+            prep = prepare(table, cfg, dist=dist, cache_dir=cache_dir, relabel=relabel, val_dataset=val_dataset,
+                           progress=emit)
+            timings["decode_s"] = time.perf_counter() - t
+        emit("decoded", n=len(prep.table), size=prep.image_size, skipped=len(prep.skipped),
+             from_cache=prep.from_cache, mapped=prep.mapped, notes=prep.notes)
+        if dist.is_main:
+            begin_run(folder, ck, cfg, resume=resume, dataset=dataset, cache_dir=cache_dir, val_dataset=val_dataset,
+                      path_column=path_column, label_column=label_column, encoding=encoding, relabel=relabel)
+        dist.barrier()
+
+        t = time.perf_counter()
+        result, curves = train(prep, cfg, folder, ck, emit)
+        timings["train_s"] = time.perf_counter() - t
+        if not dist.is_main:   # rank 0 scores and writes the report; the others are done
+            dist.barrier()
+            dist.teardown()
+            return RunResult(folder.path, folder.report, {"rank": dist.rank, "epochs_trained": len(curves)})
+
+        t = time.perf_counter()
+        with _interrupt_message(folder, "scoring"):
+            sig, scores = score(prep, folder, cfg, result, len(curves))
+        timings["score_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - t_all
+        meta = report_metadata(prep, cfg, result, sig, scores, curves, timings)
+        write_results(folder, prep, cfg, meta, sig, scores, epochs=len(curves))
+    dist.barrier()
+    dist.teardown()
+    return RunResult(folder.path, folder.report, run_summary(folder, prep, result, scores, meta, curves), scores)
 
 
-def _inside(child: Path, parent: Path) -> bool:
+# ---------------------------------------------------------------- the steps, in order
+
+def open_run_folder(out, table, guard: DatasetGuard, cfg: RunConfig, *, resume: bool, overwrite: bool,
+                    main: bool):
+    """(folder, checkpoint or None). Rank 0 validates and locks the folder; the others only name it."""
+    if resume and out is None:
+        raise ConfigError("--resume needs --out: the folder of the interrupted run")
+    path = Path(out) if out is not None else default_run_path(table.location)
+    if not main:
+        folder = RunFolder(path)
+        return folder, (folder.load_checkpoint() if resume else None)
+    if not resume:
+        return RunFolder.start(path, guard=guard, overwrite=overwrite), None
+    guard.check_folder(path)
+    folder = RunFolder.resume(path)
     try:
-        child.resolve().relative_to(parent.resolve())
-        return True
-    except ValueError:
-        return False
+        return folder, checked_checkpoint(folder, cfg, table.fingerprint())
+    except BaseException:
+        folder.release()
+        raise
 
 
-def check_out_dir(out: Path, dataset_root: Path, *, overwrite: bool) -> Path:
-    """Refuse a bad output folder before any work is done; nothing is created or deleted here."""
-    out = Path(out)
-    if _inside(out, dataset_root):
-        raise ConfigError(f"--out '{out}' is inside the dataset folder '{dataset_root}'; memscan never writes "
-                          "there: choose an output folder outside it")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(f"output folder '{out}' already exists; pass --overwrite to replace it or "
-                                    "--out a new folder")
-        if not (out / "run.json").exists() and not (out / "report.parquet").exists():
-            raise OutputExistsError(f"output folder '{out}' exists and is not a memscan run; refusing to "
-                                    "overwrite it: choose another --out")
-    return out
-
-
-def create_out_dir(out: Path) -> Path:
-    """Replace an earlier run checked by ``check_out_dir`` and create the folder."""
-    if out.exists() and any(out.iterdir()):
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def _default_size(model_name: str, model) -> int:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    if "input_size" in cfg and not model_name.startswith("memscan-"):
-        return int(cfg["input_size"][-1])
-    return 32
-
-
-CHECKPOINT = "checkpoint.pt"
-RUN_ARGS = "run-args.json"
-
-
-def save_checkpoint(state: dict, dest: Path) -> None:
-    """Write then rename: a crash or a full disk never leaves a corrupt checkpoint, and the previous
-    one survives until the new one is complete."""
-    try:
-        write_atomic_with(dest, lambda tmp: torch.save(state, tmp))
-    except OSError as e:
-        prev = f"the previous checkpoint '{dest}' is intact" if dest.exists() else "no earlier checkpoint exists"
-        raise OutputError(f"cannot write checkpoint '{dest}' ({e.strerror or e}); {prev}: free disk space, then "
-                          f"'memscan resume {dest.parent}'") from None
-
-
-PROBS_IN_RAM = 2 ** 30   # bytes of class probabilities kept in RAM; above: a temporary file, memory-mapped
-
-
-@contextmanager
-def probability_buffer(out: Path, n: int, k: int, memory_bytes: int):
-    """Where the prediction pass writes the [N, K] fp32 probabilities: RAM when they are small, else a
-    memory-mapped temporary file in the run folder (1.28 M x 1000 classes = 5 GB), so that memscan's
-    RAM stays O(N). The file is allocated up front (a full disk fails here, not with SIGBUS mid-pass),
-    named like an interrupted atomic write so that ``memscan resume`` cleans it after a crash, and
-    removed afterwards."""
-    size = n * k * 4
-    if size <= min(PROBS_IN_RAM, memory_bytes):
-        yield np.empty((n, k), dtype=np.float32)
-        return
-    path = out / f"probs.f32.tmp{os.getpid()}"
-    try:
-        with open(path, "wb") as f:
-            if hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(f.fileno(), 0, size)
-            else:  # pragma: no cover - macOS/Windows
-                f.truncate(size)
-        buf = np.memmap(path, dtype=np.float32, mode="r+", shape=(n, k))
-    except OSError as e:
-        path.unlink(missing_ok=True)
-        raise OutputError(f"cannot allocate {size / 2**30:.1f} GiB for the class probabilities in '{out}' "
-                          f"({e.strerror or e}): free disk space, then 'memscan resume {out}'") from None
-    try:
-        yield buf
-    finally:
-        del buf
-        path.unlink(missing_ok=True)
-
-
-def load_checkpoint(out: Path) -> dict | None:
-    p = Path(out) / CHECKPOINT
-    if not p.exists():
-        return None
-    try:
-        # our own file (written by save_checkpoint): it holds the stop rule's Python state
-        return torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise OutputError(f"checkpoint '{p}' is unreadable ({type(e).__name__}); delete it to restart the run "
-                          "from scratch with --overwrite") from None
-
-
-def _check_resumable(out: Path, cfg: RunConfig, fingerprint: str):
-    """The checkpoint of ``out``, or None to start over; refuses one of another config or dataset."""
-    if not out.exists():
-        raise ConfigError(f"--resume: no run folder '{out}'; pass the --out of the interrupted run")
-    if (out / "report.parquet").exists() and not (out / CHECKPOINT).exists():
-        raise OutputExistsError(f"run '{out}' already finished (report.parquet is there); nothing to resume")
-    for leftover in [*out.glob("*.tmp*"), *out.glob("trajectories/*.tmp*")]:   # writes cut short by the crash
-        if TMP_NAME.search(leftover.name):
-            leftover.unlink(missing_ok=True)
-    ck = load_checkpoint(out)
+def checked_checkpoint(folder: RunFolder, cfg: RunConfig, fingerprint: str) -> dict | None:
+    """The folder's checkpoint, or None to start over; refuses one of another config or dataset."""
+    ck = folder.load_checkpoint()
     if ck is None:
         return None
     saved = ck["config"]
@@ -171,215 +133,199 @@ def _check_resumable(out: Path, cfg: RunConfig, fingerprint: str):
                           + ", ".join(f"{k}={saved.get(k)!r}" for k in diff)
                           + "); drop them, or use 'memscan resume RUN' which reuses the saved options")
     if ck.get("fingerprint") != fingerprint:
-        raise ConfigError(f"--resume: the dataset changed since the run in '{out}' started (files added, removed "
-                          "or modified); start a new run instead")
+        raise ConfigError(f"--resume: the dataset changed since the run in '{folder.path}' started (files added, "
+                          "removed or modified); start a new run instead")
     return ck
 
 
-def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = False, cache_dir=None,
-        val_dataset=None, relabel=None, progress=None, path_column: str | None = None,
-        label_column: str | None = None, resume: bool = False) -> RunResult:
-    """Train on ``dataset`` (folder or manifest), record signals, and write the report folder.
-
-    ``relabel(table) -> labels`` replaces the labels in memory (eval-noise); the dataset on disk is
-    never touched. ``resume=True`` continues the interrupted run in ``out`` from its last epoch
-    checkpoint (same report as an uninterrupted run on the CPU). Under torchrun every process calls
-    this; rank 0 writes the files. Returns a ``RunResult`` whose ``summary`` is what ``--json`` prints.
-    """
-    cfg = cfg or RunConfig()
-    timings = {}
-    t_all = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed % (2 ** 32))
-
-    device = resolve_device(cfg.device)
-    dist = distributed.setup(device.type)
-    device = distributed.device_for(dist, device)
-    main = dist.is_main
-    emit = (progress or (lambda event, **info: None)) if main else (lambda event, **info: None)
-
-    table = load_index(dataset, path_column=path_column, label_column=label_column)
+def begin_run(folder: RunFolder, ck, cfg: RunConfig, *, resume: bool, dataset, cache_dir, val_dataset, path_column,
+              label_column, encoding, relabel) -> None:
+    """Only now, with data and model proven good, replace an earlier run's files (``--overwrite``),
+    or drop the epochs after the checkpoint (``--resume``)."""
+    folder.begun = True
+    if ck is not None:
+        folder.drop_epochs_after(ck["epoch"])
+        if ck["curves"]:
+            folder.write_table(pa.Table.from_pylist(ck["curves"]), folder.curves)
+        return
     if resume:
-        if out is None:
-            raise ConfigError("--resume needs --out: the folder of the interrupted run")
-        out = Path(out)
-        ck = _check_resumable(out, cfg, table.fingerprint())
+        folder.restart_in_place()   # killed before its first checkpoint: the same run starts over
     else:
-        out = check_out_dir(Path(out) if out else default_out_dir(table.location), table.root, overwrite=overwrite)
-        ck = None
-    emit("indexed", n=len(table), classes=table.num_classes, ignored=len(table.ignored))
+        folder.reset()
+    absolute = lambda p: None if p is None else str(Path(p).resolve())
+    folder.save_args({"dataset": absolute(dataset), "config": cfg.to_dict(), "path_column": path_column,
+                      "label_column": label_column, "encoding": encoding, "cache_dir": absolute(cache_dir),
+                      "val_dataset": absolute(val_dataset), "relabelled": relabel is not None})
 
-    dtype = resolve_precision(cfg.precision, device)
-    # the model is built before decoding: its preferred input size decides the decode size
-    model = create_model(cfg.model, table.num_classes, weights=cfg.weights, pretrained=cfg.pretrained)
 
-    t = time.perf_counter()
-    if not main:
-        dist.barrier()   # rank 0 decodes and fills the cache; the others then load it
-    decoded = load_images(table, image_size=cfg.image_size, strict=cfg.strict, workers=cfg.workers,
-                          cache_dir=cache_dir, default_size=_default_size(cfg.model, model),
-                          memory_bytes=memory_budget(cfg.cache_memory),
-                          progress=lambda d, n: emit("decode", done=d, total=n))
-    if main:
-        dist.barrier()
-    timings["decode_s"] = time.perf_counter() - t
-    table = decoded.table
-    labels = np.asarray(relabel(table) if relabel else table.labels, dtype=np.int64)
-    if len(decoded.images) < 2 or np.bincount(labels, minlength=table.num_classes).max() == len(labels):
-        raise ConfigError(f"'{table.location}': fewer than two classes have readable images; memscan needs two")
-    mapped = isinstance(decoded.images, np.memmap)
-    emit("decoded", n=len(table), size=decoded.images.shape[-1], skipped=len(decoded.skipped),
-         from_cache=decoded.from_cache, mapped=mapped)
-
-    pcfg = getattr(model, "pretrained_cfg", None) or {}
-    if (cfg.weights or cfg.pretrained) and "mean" in pcfg:
-        mean, std = list(pcfg["mean"]), list(pcfg["std"])
-    else:
-        mean, std = channel_stats(decoded.images)
-    channels_last = cfg.channels_last if cfg.channels_last is not None else (
-        device.type in ("cpu", "cuda") and is_conv_net(model))
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    train_model = distributed.wrap(torch.compile(model) if cfg.compile else model, dist, device)
-    source = InMemorySource(decoded.images, labels, mean=mean, std=std, device=device, channels_last=channels_last)
-    val_source = None
-    if val_dataset is not None:
-        vt = load_index(val_dataset)
-        if vt.class_names != table.class_names:
-            raise ConfigError(f"validation set '{val_dataset}' has classes {vt.class_names}, the dataset has "
-                              f"{table.class_names}; they must match")
-        vd = load_images(vt, image_size=decoded.images.shape[-1], strict=cfg.strict, workers=cfg.workers,
-                         cache_dir=cache_dir)
-        val_source = InMemorySource(vd.images, vd.table.labels, mean=mean, std=std, device=device,
-                                    channels_last=channels_last)
-
-    traj_dir = out / "trajectories"
-    curves_file = out / "epochs.parquet"
-    ck_file = out / CHECKPOINT
-    res_curves: list[dict] = []
-    if main:
-        if ck is None:
-            if resume:   # killed before the first checkpoint: start the same run over in place
-                shutil.rmtree(traj_dir, ignore_errors=True)
-            else:        # only now: a bad model, weights file or dataset leaves no empty run folder behind
-                create_out_dir(out)
-            (out / RUN_ARGS).write_text(json.dumps({
-                "dataset": str(Path(dataset).resolve()), "config": cfg.to_dict(), "path_column": path_column,
-                "label_column": label_column, "cache_dir": None if cache_dir is None else str(Path(cache_dir).resolve()),
-                "val_dataset": None if val_dataset is None else str(Path(val_dataset).resolve()),
-                "relabelled": relabel is not None}, indent=1))
-        else:
-            res_curves = list(ck["curves"])
-            for f in traj_dir.glob("epoch-*.parquet"):   # epochs after the checkpoint are redone
-                if int(f.stem.split("-")[1]) > ck["epoch"]:
-                    f.unlink()
-            write_atomic(pa.Table.from_pylist(res_curves), curves_file) if res_curves else None
-    dist.barrier()
-    last_ck = {"epoch": None if ck is None else ck["epoch"]}
+def train(prep: Prepared, cfg: RunConfig, folder: RunFolder, ck, emit):
+    """``train.fit`` with the run folder's trajectory, curve and checkpoint writers (rank 0)."""
+    main, dist = prep.dist.is_main, prep.dist
+    curves: list[dict] = [] if ck is None else [dict(c) for c in ck["curves"]]
+    last = {"epoch": None if ck is None else ck["epoch"]}
 
     def on_epoch(summary):
         if main:
-            write_atomic(pa.Table.from_pylist(res_curves + [summary]), curves_file)
-        res_curves.append(summary)
+            folder.write_table(pa.Table.from_pylist(curves + [summary]), folder.curves)
+        curves.append(summary)
         emit("epoch", **summary, max_epochs=cfg.max_epochs)
 
     def on_checkpoint(state):
         if main:
-            save_checkpoint(dict(state, config=cfg.to_dict(), fingerprint=table.fingerprint()), ck_file)
-            last_ck["epoch"] = state["epoch"]
+            folder.save_checkpoint(dict(state, config=cfg.to_dict(), fingerprint=prep.table.fingerprint()))
+            last["epoch"] = state["epoch"]
 
     if ck is not None:
         emit("resumed", epoch=ck["epoch"] + 1)
-    t = time.perf_counter()
     try:
-        result = fit(train_model, source, cfg, recorder=Recorder(len(source), device=device),
-                     on_record=(lambda rec: write_epoch(traj_dir, rec)) if main else None, on_epoch=on_epoch,
-                     on_step=lambda s, n: emit("step", step=s, steps=n), val_source=val_source,
-                     rank=dist.rank, world=dist.world, resume=ck, on_checkpoint=on_checkpoint,
-                     stop_decider=dist.decide if dist.active else None)
+        result = fit(prep.train_model, prep.source, cfg, recorder=Recorder(len(prep.source), device=prep.device),
+                     on_record=(lambda rec: write_epoch(folder.trajectories, rec)) if main else None,
+                     on_epoch=on_epoch, on_step=lambda s, n: emit("step", step=s, steps=n),
+                     val_source=prep.val_source, rank=dist.rank, world=dist.world, resume=ck,
+                     on_checkpoint=on_checkpoint, stop_decider=dist.decide if dist.active else None)
     except KeyboardInterrupt:
-        done = "no epoch finished" if last_ck["epoch"] is None else f"epochs 1-{last_ck['epoch'] + 1} are saved"
-        raise Interrupted(f"interrupted; {done} in '{out}': continue with 'memscan resume {out}'") from None
+        done = "no epoch finished" if last["epoch"] is None else f"epochs 1-{last['epoch'] + 1} are saved"
+        raise Interrupted(f"interrupted; {done} in '{folder.path}': continue with "
+                          f"'memscan resume {folder.path}'") from None
     except RuntimeError as e:
         if not dist.active:
             raise
         # gloo/NCCL report a dead peer as a RuntimeError from whichever collective noticed it
         msg = re.sub(r"^\[[^\]]*\]\s*", "", str(e).splitlines()[0])[:160]
-        raise TrainingError(f"rank {dist.rank}: lost contact with the other processes ({msg}); "
-                            f"one probably died (see its log); continue with 'memscan resume {out}'") from None
-    timings["train_s"] = time.perf_counter() - t
+        raise TrainingError(f"rank {dist.rank}: lost contact with the other processes ({msg}); one probably "
+                            f"died (see its log); continue with 'memscan resume {folder.path}'") from None
     if result.nan_epoch is not None:
-        kept = f"the {len(res_curves)} finished epochs are kept in '{traj_dir}'" if res_curves else "nothing was kept"
-        raise TrainingError(f"loss became NaN/inf in epoch {result.nan_epoch + 1}; {kept}; lower --lr (now {cfg.lr}) "
-                            "or check the images")
-    if not main:   # rank 0 scores and writes the report; the others are done
-        dist.barrier()
-        dist.teardown()
-        return RunResult(out, out / "report.parquet", {"rank": dist.rank, "epochs_trained": len(res_curves)})
+        kept = (f"the {len(curves)} finished epochs are kept in '{folder.trajectories}'" if curves
+                else "nothing was kept")
+        raise TrainingError(f"loss became NaN/inf in epoch {result.nan_epoch + 1}; {kept}; lower --lr (now "
+                            f"{cfg.lr}) or check the images")
+    return result, curves
 
-    t = time.perf_counter()
-    with probability_buffer(out, len(source), table.num_classes, memory_budget(cfg.cache_memory)) as buf:
+
+CURVE_KEYS = ("weight_norm", "total_norm", "norm_layer_norm", "grad_mean", "loss_mean", "train_acc", "val_loss",
+              "val_acc", "lr")
+PROBS_IN_RAM = 2 ** 30   # bytes of class probabilities kept in RAM; above: a temporary file, memory-mapped
+
+
+@contextmanager
+def probability_buffer(folder: RunFolder, n: int, k: int, memory_bytes: int):
+    """Where the prediction pass writes the [N, K] fp32 probabilities: RAM when they are small, else a
+    memory-mapped temporary file in the run folder (1.28 M x 1000 classes = 5 GB), so that memscan's
+    RAM stays O(N). The file is allocated up front (a full disk fails here, not with SIGBUS mid-pass)
+    and removed afterwards, or by ``resume``/``--overwrite`` after a crash."""
+    size = n * k * 4
+    if size <= min(PROBS_IN_RAM, memory_bytes):
+        yield np.empty((n, k), dtype=np.float32)
+        return
+    path = folder.probabilities_file()
+    try:
+        with open(path, "wb") as f:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(f.fileno(), 0, size)
+            else:  # pragma: no cover - macOS/Windows
+                f.truncate(size)
+        buf = np.memmap(path, dtype=np.float32, mode="r+", shape=(n, k))
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        raise OutputError(f"cannot allocate {size / 2**30:.1f} GiB for the class probabilities in '{folder.path}' "
+                          f"({e.strerror or e}): free disk space, then 'memscan resume {folder.path}'") from None
+    try:
+        yield buf
+    finally:
+        del buf
+        path.unlink(missing_ok=True)
+
+
+def score(prep: Prepared, folder: RunFolder, cfg: RunConfig, result, epochs: int):
+    """The stop point's class probabilities, the trajectories summed, and every score. Non-finite
+    values are an error: a report (and a gate) on garbage would look like a clean dataset."""
+    with probability_buffer(folder, len(prep.source), prep.table.num_classes, memory_budget(cfg.cache_memory)) as buf:
         # the training batch size where it is not tiny: the same shapes reuse the conv primitives oneDNN
         # built for training (0.63 -> 0.47 s for 5,000 images at batch 64 against 256, in a run)
-        probs = predict_probs(model, source, batch_size=cfg.batch_size if cfg.batch_size >= 64 else 256,
-                              dtype=dtype, out=buf)
-        done_epochs = len(res_curves)
-        peak = result.peak_epoch
-        sig = accumulate(read_epochs(traj_dir), len(source), peak_epoch=peak, window_start=done_epochs // 2)
-        scores = compute_scores(sig, probs, labels)
+        probs = predict_probs(prep.model, prep.source, batch_size=cfg.batch_size if cfg.batch_size >= 64 else 256,
+                              dtype=prep.dtype, out=buf)
+        if not _all_finite(probs):
+            raise TrainingError(f"the model's predictions are NaN/inf after {epochs} epochs; no report was written "
+                                f"(the trajectories are kept in '{folder.trajectories}'): lower --lr (now {cfg.lr}) "
+                                "or check the images")
+        sig = accumulate(read_epochs(folder.trajectories), len(prep.source), peak_epoch=result.peak_epoch,
+                         window_start=epochs // 2)
+        scores = compute_scores(sig, probs, prep.labels)
         del probs, buf
-    timings["score_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t_all
+    bad = [k for k in ("mislabel_score", "memorization_score", "atypicality_score") if not _all_finite(scores[k])]
+    if bad:
+        raise TrainingError(f"scores {', '.join(bad)} are not finite after {epochs} epochs; no report was written: "
+                            f"lower --lr (now {cfg.lr}) or check the images")
+    return sig, scores
 
-    counts = {c: int((scores["category"] == c).sum()) for c in CATEGORIES}
-    meta = {
-        "memscan_version": __version__,
-        "config": cfg.to_dict(),
-        "dataset": {"location": str(table.location), "source": table.source, "n": len(table),
-                    "classes": table.class_names, "fingerprint": table.fingerprint(),
-                    "image_size": int(decoded.images.shape[-1]), "skipped": decoded.skipped,
-                    "memory_mapped": mapped,
-                    "ignored_files": len(table.ignored)},
-        "stop": {"reason": result.stop_reason, "epochs_trained": done_epochs,
-                 "peak_epoch": None if peak is None else peak + 1,
-                 "csg_epochs": sig.peak_epochs, "mislabel_window": [done_epochs // 2 + 1, done_epochs],
-                 "nan": result.nan_epoch is not None},
-        "curves": {k: [c.get(k) for c in res_curves] for k in
-                   ("weight_norm", "total_norm", "norm_layer_norm", "grad_mean", "loss_mean", "train_acc",
-                    "val_loss", "val_acc", "lr")},
-        "device": str(device), "processes": dist.world, "precision": str(dtype).removeprefix("torch."), "channels_last": channels_last,
-        "timings": timings, "categories": counts,
-    }
-    report = build_table(table, labels, sig, scores, meta)
-    report_path = out / "report.parquet"
+
+def _all_finite(a, rows: int = 1 << 16) -> bool:
+    return all(np.isfinite(a[s:s + rows]).all() for s in range(0, len(a), rows))
+
+
+def report_metadata(prep: Prepared, cfg: RunConfig, result, sig, scores, curves, timings) -> ReportMeta:
+    done, peak, t = len(curves), result.peak_epoch, prep.table
+    return ReportMeta(
+        memscan_version=__version__, config=cfg.to_dict(),
+        dataset=DatasetInfo(location=str(Path(t.location).resolve()), source=t.source, n=len(t),
+                            classes=t.class_names, fingerprint=t.fingerprint(), image_size=prep.image_size,
+                            skipped=prep.skipped, memory_mapped=prep.mapped, ignored_files=len(t.ignored)),
+        stop=StopInfo(reason=result.stop_reason, epochs_trained=done, peak_epoch=None if peak is None else peak + 1,
+                      csg_epochs=sig.peak_epochs, mislabel_window=[done // 2 + 1, done],
+                      nan=result.nan_epoch is not None),
+        curves={k: [c.get(k) for c in curves] for k in CURVE_KEYS},
+        device=str(prep.device), processes=prep.dist.world, precision=str(prep.dtype).removeprefix("torch."),
+        channels_last=prep.channels_last, timings=timings,
+        categories={c: int((scores["category"] == c).sum()) for c in CATEGORIES})
+
+
+def write_results(folder: RunFolder, prep: Prepared, cfg: RunConfig, meta: ReportMeta, sig, scores, *,
+                  epochs: int):
+    """Report, model weights and run.json, each atomically; then the checkpoint goes."""
     try:
-        write_atomic(report, report_path)
-    except OSError as e:
-        raise OutputError(f"cannot write '{report_path}' ({e.strerror or e}); no partial report was left and the "
-                          f"training checkpoint is kept: free disk space, then 'memscan resume {out}'") from None
-    torch.save({"model": cfg.model, "num_classes": table.num_classes, "class_names": table.class_names,
-                "state_dict": model.state_dict(), "mean": mean, "std": std,
-                "image_size": int(decoded.images.shape[-1]), "epoch": done_epochs}, out / "model.pt")
-    (out / "run.json").write_text(json.dumps({
-        **meta, "versions": {"memscan": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
-                             "platform": platform.platform()},
-        "command": sys.argv, "created": datetime.now().isoformat(timespec="seconds")}, indent=1, default=str))
-    ck_file.unlink(missing_ok=True)   # the run is complete: model.pt holds the final weights
-    dist.barrier()
-    dist.teardown()
+        folder.write_table(build_table(prep.table, prep.labels, sig, scores, meta), folder.report)
+    except (OSError, OutputError) as e:
+        why = getattr(e, "strerror", None) or e
+        raise OutputError(f"cannot write '{folder.report}' ({why}); no partial report was left and the training "
+                          f"checkpoint is kept: free disk space, then 'memscan resume {folder.path}'") from None
+    folder.write_model({"model": cfg.model, "num_classes": prep.table.num_classes,
+                        "class_names": prep.table.class_names, "state_dict": prep.model.state_dict(),
+                        "mean": [float(v) for v in prep.mean], "std": [float(v) for v in prep.std],
+                        "image_size": prep.image_size, "epoch": epochs})
+    folder.write_run_info({**meta.to_dict(), "versions": {"memscan": __version__, "torch": torch.__version__,
+                                                "python": sys.version.split()[0], "platform": platform.platform()},
+                           "command": sys.argv, "created": datetime.now().isoformat(timespec="seconds")})
+    folder.finish()
 
+
+def run_summary(folder: RunFolder, prep: Prepared, result, scores, meta: ReportMeta, curves) -> dict:
+    """What ``memscan run --json`` prints: the outcome and the ten most likely mislabeled samples."""
+    names, labels, t = prep.table.class_names, prep.labels, prep.table
     top = np.argsort(scores["mislabel_rank"])[:10]
-    summary = {
-        "out_dir": str(out), "report": str(report_path), "n": len(table), "classes": table.num_classes,
-        "epochs_trained": done_epochs, "peak_epoch": meta["stop"]["peak_epoch"], "stop_reason": result.stop_reason,
-        "train_acc": res_curves[-1]["train_acc"] if res_curves else None,
+    return {
+        "out_dir": str(folder.path), "report": str(folder.report), "n": len(t), "classes": t.num_classes,
+        "epochs_trained": len(curves), "peak_epoch": meta.stop.peak_epoch, "stop_reason": result.stop_reason,
+        "train_acc": curves[-1]["train_acc"] if curves else None,
         "stop_acc": float((scores["pred"] == labels).mean()),
-        "categories": counts, "skipped": decoded.skipped,
-        "top": [{"rank": int(scores["mislabel_rank"][i]), "path": table.paths[i],
-                 "label": table.class_names[labels[i]], "pred": table.class_names[scores["pred"][i]],
-                 "p_pred": float(scores["p_pred"][i]), "mislabel_score": float(scores["mislabel_score"][i]),
-                 "category": str(scores["category"][i])} for i in top],
-        "timings": timings, "nan": result.nan_epoch is not None,
+        "categories": meta.categories, "skipped": prep.skipped, "notes": prep.notes,
+        "top": [{"rank": int(scores["mislabel_rank"][i]), "path": t.paths[i], "label": names[labels[i]],
+                 "pred": names[scores["pred"][i]], "p_pred": float(scores["p_pred"][i]),
+                 "mislabel_score": float(scores["mislabel_score"][i]), "category": str(scores["category"][i])}
+                for i in top],
+        "timings": meta.timings, "nan": result.nan_epoch is not None,
     }
-    return RunResult(out, report_path, summary, scores)
+
+
+# ---------------------------------------------------------------- failure handling
+
+@contextmanager
+def _interrupt_message(folder: RunFolder, phase: str):
+    """Ctrl-C (or SIGTERM) outside training: say what was kept and what to do next."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if phase == "decoding":
+            raise Interrupted("interrupted while decoding; nothing was trained (images decoded so far are not "
+                              "kept): run the same command again") from None
+        raise Interrupted(f"interrupted while {phase}; training is complete and checkpointed in '{folder.path}': "
+                          f"'memscan resume {folder.path}' writes the report") from None

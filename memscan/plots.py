@@ -10,11 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import write_atomic_with
+from . import __version__
+from .errors import ConfigError
+from .files import check_output_file, write_atomic_with
+from .run_folder import PLOT_NAMES  # noqa: F401  (re-exported: the names figures() builds)
 from .scores import upper_fence
 
 CATEGORY_COLORS = {"mislabeled": "#d62728", "atypical": "#ff7f0e", "memorized": "#9467bd", "ok": "#7f7f7f"}
-PLOT_NAMES = ("norms", "gradient", "accuracy", "csg", "classes")
 
 
 def _figure(w=6.4, h=3.4):
@@ -26,21 +28,19 @@ def _figure(w=6.4, h=3.4):
 def _mark_epochs(ax, meta):
     from matplotlib.ticker import MaxNLocator
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    stop = meta.get("stop", {})
-    peak = stop.get("peak_epoch")
+    peak, done = meta.stop.peak_epoch, meta.stop.epochs_trained   # 1-based, as the x axis
     if peak:
         ax.axvline(peak, color="#d62728", ls="--", lw=1.2, label=f"weight-norm peak (epoch {peak})")
-    if stop.get("epochs_trained"):
-        ax.axvline(stop["epochs_trained"], color="#2ca02c", ls=":", lw=1.2,
-                   label=f"stop (epoch {stop['epochs_trained']})")
+    if done:
+        ax.axvline(done, color="#2ca02c", ls=":", lw=1.2, label=f"stop (epoch {done})")
 
 
 def _series(meta, key):
-    v = meta.get("curves", {}).get(key) or []
+    v = meta.curves.get(key) or []
     return np.array([np.nan if x is None else x for x in v], dtype=float)
 
 
-def figures(meta: dict, df) -> dict:
+def figures(meta, df) -> dict:
     """``meta``: ``read_metadata(report)``; ``df``: the report as a DataFrame. Returns name -> Figure."""
     figs = {}
     epochs = np.arange(1, len(_series(meta, "weight_norm")) + 1)
@@ -124,15 +124,24 @@ def _load(report):
     return read_metadata(report), read_report(report).to_pandas()
 
 
+PNG_SIGNATURE = b"memscan"   # in the PNG's Software text chunk: a file memscan may replace
+
+
 def save_pngs(report, out_dir, *, dpi: int = 120) -> list[Path]:
+    """The plots as ``out_dir/<name>.png``; an existing file of that name that memscan did not write
+    is refused before anything is written."""
     meta, df = _load(report)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out '{out_dir}' is a file; give a folder for the plots")
+    figs = figures(meta, df)
+    for name in figs:
+        check_output_file(out_dir / f"{name}.png", signature=PNG_SIGNATURE, what="plot")
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, fig in figures(meta, df).items():
-        paths.append(write_atomic_with(out_dir / f"{name}.png",
-                                       lambda tmp, fig=fig: fig.savefig(tmp, dpi=dpi, format="png")))
-    return paths
+    software = {"Software": f"memscan {__version__}"}
+    return [write_atomic_with(out_dir / f"{name}.png",
+                              lambda tmp, fig=fig: fig.savefig(tmp, dpi=dpi, format="png", metadata=software))
+            for name, fig in figs.items()]
 
 
 def svg_strings(meta: dict, df) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Ranking the report: arrays in, indices out (cleanlab's ``rank`` style), plus report-level helpers.
+"""Ranking the report: arrays in, indices out (cleanlab's ``rank`` style), and the rankings the CLI prints.
 
 Every ranking key has a direction: ``BY[key] = (column, descending)``; descending=True means
 higher values are more suspicious. ``ranked_records`` is exactly what ``memscan rank --format
@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, ReportError, check_choice
-from .report import read_report
+from .files import records
+from .errors import ConfigError, check_choice
+from .report import read_frame, read_metadata
+from .text import printable
 from .scores import CATEGORIES
 
 BY = {
@@ -36,24 +38,6 @@ def rank_indices(values, /, *, descending: bool = True) -> np.ndarray:
     return np.argsort(-v if descending else v, kind="stable")
 
 
-def latest_run(base: Path = Path("memscan-runs")) -> Path:
-    runs = sorted((p for p in Path(base).glob("*/report.parquet")), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise ReportError(f"no runs under '{base}'; pass a run folder or report.parquet, or run 'memscan run' first")
-    return runs[-1].parent
-
-
-def load_frame(path, columns=None):
-    """The report as a DataFrame; ``columns`` reads only those (a 1.28 M-row report reads in a
-    fraction of the time when a ranking needs 8 of its 25 columns)."""
-    if columns is None:
-        return read_report(path).to_pandas()
-    import pyarrow.parquet as pq
-    from .report import read_metadata, resolve_report_path
-    read_metadata(path)
-    return pq.read_table(resolve_report_path(path), columns=list(dict.fromkeys(columns))).to_pandas()
-
-
 def needed_columns(by: str = "mislabel") -> list[str]:
     check_choice("--by", by, tuple(BY))
     return [c for c in RECORD_COLUMNS if c not in ("rank", "score")] + ["label_name", BY[by][0]]
@@ -71,7 +55,8 @@ def select(df, /, *, by: str = "mislabel", top: int | None = None, category: str
     if class_name is not None:
         names = sorted(set(df["label_name"]))
         if class_name not in names:
-            raise ConfigError(f"--class {class_name!r} is not a class of this report; classes: {', '.join(names)}")
+            raise ConfigError(f"--class {class_name!r} is not a class of this report; classes: "
+                              f"{', '.join(map(printable, names))}")
     order = rank_indices(df[col].to_numpy(), descending=desc)
     out = df.iloc[order].copy()
     out.insert(0, "rank", np.arange(1, len(out) + 1))
@@ -86,8 +71,21 @@ def select(df, /, *, by: str = "mislabel", top: int | None = None, category: str
 def ranked_records(path, /, *, by: str = "mislabel", top: int | None = 500, category: str | None = None,
                    class_name: str | None = None) -> list[dict]:
     """The ranking as plain dicts (the ``--format json`` output)."""
-    df = select(load_frame(path, needed_columns(by)), by=by, top=top, category=category, class_name=class_name)
-    return [{k: _py(r[k]) for k in RECORD_COLUMNS} for r in df.to_dict("records")]
+    df = select(read_frame(path, needed_columns(by)), by=by, top=top, category=category, class_name=class_name)
+    return records(df, RECORD_COLUMNS)
+
+
+def sample_files(path, /, *, by: str = "mislabel", top: int | None = 500, category: str | None = None,
+                 class_name: str | None = None) -> list[str]:
+    """The image files of the ranking (the ``--format paths`` output), most suspicious first."""
+    ds = read_metadata(path).dataset
+    loc = Path(ds.location)
+    if ds.source == "parquet-bytes":
+        raise ConfigError(f"the images of this report live inside the Parquet file '{printable(loc)}': there are no "
+                          "files to list; use --format csv or --format json (the path column names each row)")
+    df = select(read_frame(path, needed_columns(by)), by=by, top=top, category=category, class_name=class_name)
+    root = loc.parent if loc.is_file() else loc       # a manifest's paths are relative to its folder
+    return [str(root / p) for p in df["path"]]
 
 
 def class_summary(df, /) -> list[dict]:
@@ -107,11 +105,3 @@ def class_summary(df, /) -> list[dict]:
             "mean_memorization_score": float(g["memorization_score"].mean()),
         })
     return rows
-
-
-def _py(v):
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating,)):
-        return float(v)
-    return v

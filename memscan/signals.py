@@ -2,8 +2,8 @@
 
 ``Recorder`` keeps one epoch of per-sample values (O(N) floats, whatever the number of epochs);
 each finished epoch is handed to the trajectory writer and forgotten. ``input_grad_sq`` turns the
-batch input gradient into per-sample squared norms. ``weight_norms`` and the stop detectors
-work on per-epoch curves. Everything here is testable with fake tensors.
+batch input gradient into per-sample squared norms; ``weight_norms`` works on the model after each
+epoch (the stop rule is in ``stopping``). Everything here is testable with fake tensors.
 """
 from __future__ import annotations
 
@@ -208,89 +208,3 @@ def weight_norms(model: nn.Module) -> dict:
                 sq["bias"] += v
     return {"weight_norm": math.sqrt(sq["weight"]), "norm_layer_norm": math.sqrt(sq["norm"]),
             "total_norm": math.sqrt(sum(sq.values()))}
-
-
-class PeakDetector:
-    """Finds the peak of a noisy per-epoch curve, causally, without a validation set.
-
-    The curve is smoothed with a trailing moving average of ``smoothing`` epochs. A peak is
-    confirmed once the smoothed curve has stayed below its running maximum for ``patience``
-    consecutive epochs, and only if the curve first rose by ``min_rise`` (relative) above its start:
-    a curve that falls from epoch 0 (e.g. a norm dominated by decaying BatchNorm scales) has no peak.
-    The peak epoch reported is the raw maximum inside the smoothing window of the smoothed maximum.
-    """
-
-    def __init__(self, *, smoothing: int = 3, patience: int = 3, min_rise: float = 0.01,
-                 min_epochs: int = 3):
-        self.smoothing, self.patience, self.min_rise, self.min_epochs = smoothing, patience, min_rise, min_epochs
-        self.values: list[float] = []
-        self.smoothed: list[float] = []
-        self.peak_epoch: int | None = None
-
-    def update(self, value: float) -> bool:
-        """Add the next epoch's value; True once the peak is confirmed (then stays True)."""
-        self.values.append(float(value))
-        w = self.values[-self.smoothing:]
-        self.smoothed.append(sum(w) / len(w))
-        if self.peak_epoch is None:
-            self.peak_epoch = self._find()
-        return self.peak_epoch is not None
-
-    def _find(self) -> int | None:
-        s = self.smoothed
-        t = len(s) - 1
-        if t + 1 < max(self.min_epochs, self.smoothing + self.patience):
-            return None
-        best = int(np.argmax(s))
-        if t - best < self.patience:
-            return None
-        start = s[min(self.smoothing - 1, best)]
-        if s[best] <= start * (1 + self.min_rise) or best < self.smoothing - 1:
-            return None  # never rose: not a rise-and-fall peak
-        lo = max(0, best - self.smoothing + 1)
-        return lo + int(np.argmax(self.values[lo:best + 1]))
-
-    @property
-    def confirmed(self) -> bool:
-        return self.peak_epoch is not None
-
-
-class RankStabilityDetector:
-    """Stops when the set of suspects stops changing between epochs.
-
-    Fed the running AUM (mean margin so far) each epoch. The suspects are the k samples whose given
-    label usually loses (AUM < 0), ranked by AUM; the stability of epoch t is how much the k
-    lowest-AUM samples at t and at t-1 agree *beyond chance*: (overlap - k/n) / (1 - k/n), where k/n
-    is the overlap two random sets of k samples would have (Cohen's kappa in spirit). Converged when it
-    stays >= ``threshold`` for ``patience`` epochs. The raw overlap was used first: it grows with k/n,
-    so one threshold stopped too early at high noise (many suspects) and too late at low noise
-    (BENCHMARKS.md §0). (A Spearman correlation over all samples was tried before that: dominated by
-    the order of the many clean samples, it converged far too late on MNIST.)
-    """
-
-    def __init__(self, *, threshold: float = 0.87, patience: int = 2, min_epochs: int = 3):
-        self.threshold, self.patience, self.min_epochs = threshold, patience, min_epochs
-        self._prev_order = None
-        self.values: list[float] = []
-        self.suspects: list[int] = []
-        self.peak_epoch: int | None = None
-
-    def update(self, aum: np.ndarray) -> bool:
-        aum = np.asarray(aum, dtype=np.float64)
-        order = np.argsort(aum, kind="stable")
-        n, k = len(aum), int((aum < 0).sum())
-        if self._prev_order is None or k == n:
-            v = 0.0   # first epoch, or every sample a suspect: nothing has settled
-        elif k == 0:
-            v = 1.0   # nothing looks mislabeled: nothing left to settle
-        else:
-            overlap = len(np.intersect1d(order[:k], self._prev_order[:k], assume_unique=True)) / k
-            v = (overlap - k / n) / (1 - k / n)
-        self._prev_order = order
-        self.values.append(v)
-        self.suspects.append(k)
-        t = len(self.values) - 1
-        if self.peak_epoch is None and t + 1 >= self.min_epochs and len(self.values) > self.patience and all(
-                x >= self.threshold for x in self.values[-self.patience:]):
-            self.peak_epoch = t
-        return self.peak_epoch is not None

@@ -10,6 +10,7 @@ detector and reports a summary through ``on_epoch``. It never prints.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -20,7 +21,8 @@ import torch.nn.functional as F
 
 from .config import RunConfig
 from .data.loader import batch_bounds, batch_slices, epoch_generator, epoch_order
-from .signals import PeakDetector, RankStabilityDetector, Recorder, StepSignals, input_grad_sq, weight_norms
+from .signals import Recorder, StepSignals, input_grad_sq, weight_norms
+from .stopping import StopRule
 from .stem_grad import StemGrad
 
 
@@ -45,6 +47,8 @@ def resolve_device(name: str) -> torch.device:
 def cpu_has_fast_bf16() -> bool:
     """True where oneDNN has native bf16 kernels (AVX512-BF16/AMX). Elsewhere bf16 autocast on the
     CPU is emulated and was measured 15x slower than fp32 (BENCHMARKS.md)."""
+    if os.environ.get("MEMSCAN_CPU_BF16") == "0":   # tests prove the fp32 path on any CPU
+        return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except Exception:
@@ -188,7 +192,7 @@ def train_step(model, x, y, opt, scaler, *, dtype=torch.float32, label_smoothing
             # check waits for a step with finite values
             finite = torch.isfinite(gnorm) & torch.isfinite(got)
             if bool(finite.any()):
-                agree = bool(((got - gnorm).abs() <= STEM_TOLERANCE * gnorm + 1e-30)[finite].all())
+                agree = bool(((got - gnorm).abs() <= stem_tolerance(dtype) * gnorm + 1e-30)[finite].all())
                 stem.verified, stem.rejected = agree, not agree
             if stem.verified:   # every step's value from one path, however a run was resumed
                 gnorm = got
@@ -204,10 +208,12 @@ def train_step(model, x, y, opt, scaler, *, dtype=torch.float32, label_smoothing
     return loss.detach(), StepSignals(logits.detach(), y, gnorm, float(len(y)), label_smoothing)
 
 
-#: relative agreement the stem path must show with autograd's input gradient on the first step;
-#: float rounding alone stays below 1e-5 (bf16 included), a second path from x to the loss
-#: (which the stem path would miss) shows up far above it
-STEM_TOLERANCE = 1e-3
+def stem_tolerance(dtype: torch.dtype) -> float:
+    """Relative agreement the stem path must show with autograd's input gradient on the first step:
+    float rounding stays below 1e-5 in fp32 and below a fraction of the resolution of bf16/fp16
+    (7.5e-4 seen where bf16 is emulated, AVX2); a second path from x to the loss (which the stem
+    path would miss) shows up far above it."""
+    return max(1e-3, torch.finfo(dtype).eps / 2) if dtype != torch.float32 else 1e-3
 
 
 @dataclass
@@ -218,54 +224,6 @@ class FitResult:
     curves: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     nan_epoch: int | None = None
-
-
-CURVE_KEYS = {"weight-norm": "weight_norm", "total-norm": "total_norm", "grad-mean": "grad_mean"}
-
-
-class StopRule:
-    """The stop decision, fed once per epoch.
-
-    * a confirmed peak of the chosen curve (``weight-norm``: conv/linear weights; ``auto`` uses it too):
-      memorization of the hard and mislabeled samples starts there, CSG and SGAL are summed up to it;
-    * ``rank-stability`` (and ``auto`` when no peak came first): the suspects (samples with negative
-      AUM, lowest first) agree beyond chance by >= ``rank_threshold`` between consecutive epochs for 2 epochs in a
-      row, i.e. more epochs no longer change which samples look mislabeled.
-    """
-
-    def __init__(self, cfg: RunConfig):
-        key = "weight-norm" if cfg.stop_signal == "auto" else cfg.stop_signal
-        self.curve = CURVE_KEYS.get(key)
-        self.peak = PeakDetector(smoothing=cfg.smoothing, patience=cfg.patience,
-                                 min_epochs=cfg.min_epochs) if self.curve else None
-        self.rank = RankStabilityDetector(threshold=cfg.rank_threshold, patience=2, min_epochs=cfg.min_epochs) \
-            if cfg.stop_signal in ("auto", "rank-stability") else None
-        self._cum_margin = None
-        self._epochs = 0
-        self.reason = None
-
-    def update(self, rec, summary) -> bool:
-        if self.rank is not None:
-            m = np.nan_to_num(rec.margin.astype(np.float64))
-            self._cum_margin = m if self._cum_margin is None else self._cum_margin + m
-            self._epochs += 1
-            self.rank.update(self._cum_margin / self._epochs)
-            summary["rank_stability"] = self.rank.values[-1]
-            summary["suspects"] = self.rank.suspects[-1]
-        if self.peak is not None:
-            self.peak.update(summary[self.curve])
-        epoch = len(self.peak.values if self.peak else self.rank.values)
-        if self.reason is None and self.peak_epoch is not None:
-            self.reason = (f"{self.curve.replace('_', ' ')} peaked at epoch {self.peak_epoch + 1}, confirmed at "
-                           f"epoch {epoch}")
-        elif self.reason is None and self.rank is not None and self.rank.peak_epoch is not None:
-            self.reason = (f"suspects converged at epoch {epoch} (the {self.rank.suspects[-1]} lowest-AUM samples "
-                           f"agree {self.rank.values[-1]:.1%} beyond chance with the epoch before)" + (f"; no {self.curve.replace('_', ' ')} peak yet" if self.curve else ""))
-        return self.reason is not None
-
-    @property
-    def peak_epoch(self):
-        return self.peak.peak_epoch if self.peak is not None else None
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -306,7 +264,8 @@ def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_reco
         sched.load_state_dict(resume["scheduler"])
         scaler.load_state_dict(resume["scaler"])
         torch.set_rng_state(resume["rng"])
-        rule, curves = resume["rule"], list(resume["curves"])
+        rule.load_state_dict(resume["rule"])
+        curves = [dict(c) for c in resume["curves"]]
         start_epoch, stopped = resume["epoch"] + 1, resume["stopped"]
     epoch = start_epoch - 1
     stem, stem_tried = None, False
@@ -376,7 +335,8 @@ def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_reco
             on_checkpoint({"epoch": epoch, "stopped": stop_now or epoch + 1 >= cfg.max_epochs,
                            "model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
                            "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                           "rng": torch.get_rng_state(), "rule": rule, "curves": curves})
+                           "rng": torch.get_rng_state(), "rule": rule.state_dict(),
+                           "curves": [dict(c) for c in curves]})
         if stop_now:
             break
     if cfg.stop == "none":

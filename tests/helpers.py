@@ -45,3 +45,13 @@ def rewrite_report(src, dest: Path, df) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(meta), dest)
     return dest
+
+
+def report_meta(*, location: str, classes, n: int, source: str = "folder") -> dict:
+    """Complete report metadata (as ``ReportMeta.to_dict()``) for reports made in tests without a run."""
+    from memscan.report import DatasetInfo, ReportMeta, StopInfo
+    return ReportMeta(memscan_version="test", config={}, curves={},
+                      dataset=DatasetInfo(location=location, source=source, n=n, classes=list(classes),
+                                          fingerprint="test", image_size=8),
+                      stop=StopInfo(reason="test", epochs_trained=1, peak_epoch=None, csg_epochs=1,
+                                    mislabel_window=[1, 1])).to_dict()

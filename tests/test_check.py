@@ -152,7 +152,7 @@ def test_check_cli_exit_codes_and_files(edited, tmp_path, capsys, monkeypatch):
     rc = main(["check", str(run_dir), "--max-count", str(k - 1), "--junit", str(tmp_path / "j.xml"),
                "--summary-md", str(tmp_path / "s.md")])
     out = capsys.readouterr().out
-    assert rc == 1 and "FAIL max-count" in out and f"over by 1" in out
+    assert rc == 1 and "FAIL max-count" in out and "over by 1" in out
     assert ET.parse(tmp_path / "j.xml").getroot().get("failures") == "1"
     assert (tmp_path / "s.md").read_text() in summary.read_text()          # appended to the job summary
     assert summary.read_text().count("## memscan data check") == 2

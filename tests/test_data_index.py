@@ -253,14 +253,14 @@ def test_manifest_missing_label(tmp_path, body):
         write_img(tmp_path / f"{n}.png")
     m = tmp_path / "m.csv"
     m.write_text(body)
-    _raises_naming(m, match="row 3 has no label")
+    _raises_naming(m, match="line 3 has no label")   # the header is line 1
 
 
 def test_manifest_missing_label_index_in_pair(tmp_path):
     imgs = [png_bytes((i, 0, 0)) for i in range(3)]
     pq.write_table(pa.table({"image": pa.array(imgs, pa.binary()), "label": pa.array([0, None, 1], pa.int64()),
                              "label_name": ["a", "b", "b"]}), tmp_path / "d.parquet")
-    _raises_naming(tmp_path / "d.parquet", match="no label in column 'label'")
+    _raises_naming(tmp_path / "d.parquet", match="row 2 has no label in column 'label'")   # no header in Parquet
 
 
 def test_manifest_duplicated_path(tmp_path):

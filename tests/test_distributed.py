@@ -50,7 +50,7 @@ def test_two_processes_cover_every_sample_once_and_agree_with_one(data, tmp_path
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     meta = read_metadata(out)
-    assert meta["processes"] == 2 and meta["stop"]["epochs_trained"] == 6
+    assert meta.processes == 2 and meta.stop.epochs_trained == 6
     for f in sorted((out / "trajectories").glob("epoch-*.parquet")):   # reduced once per epoch: all N, once each
         t = pq.read_table(f).to_pandas()
         assert len(t) == 360 and not t["loss"].isna().any() and not t["grad_sq"].isna().any(), f.name

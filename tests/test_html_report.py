@@ -1,6 +1,9 @@
+import html
+import json
 import re
 import shutil
 import subprocess
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -8,11 +11,12 @@ from PIL import Image
 
 from memscan.cli import main
 from memscan.errors import ConfigError
-from memscan.html_report import GALLERY, gallery_rows, write_html
+from memscan.html_report import GALLERY, SIGNATURE, gallery_rows, script_json, write_html
 from memscan.plots import PLOT_NAMES
 from memscan.report import read_report
 
 from helpers import rewrite_report
+from test_output_safety import frame, write_report
 
 CHROMIUM = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="no headless chromium on this machine (.ci/run installs "
@@ -132,3 +136,51 @@ def test_thousand_cards_are_paged(digits_run, tmp_path):
     assert attr(dom, "data-matching") == 1200 and attr(dom, "data-shown") == 60
     assert "1141–1200 of 1200 (page 20/20)" in dom
     assert dom.count('class="noimg"') == 60
+
+
+HOSTILE = ["<!--<script>", "</script>", 'say "hi"', "it's", "&amp;", "[/]", "two\nlines", "\u2028sep"]
+
+
+def test_embedded_json_is_inert():
+    """Inside <script>, "<!--<script>" in a name made the HTML parser swallow the app script."""
+    obj = {"names": HOSTILE, "n": -0.5}
+    text = script_json(obj)
+    assert not re.search("[<>&\u2028\u2029]", text) and json.loads(text) == obj
+
+
+@pytest.fixture(scope="module")
+def hostile_page(tmp_path_factory):
+    """A report (written directly, no training) whose paths and class names are all hostile."""
+    n = 4 * len(HOSTILE)
+    labels = [HOSTILE[i % len(HOSTILE)] for i in range(n)]
+    df = frame([f"{labels[(i + 1) % n]}/{i}.png" for i in range(n)], labels)
+    df["category"] = np.array(list(GALLERY))[np.arange(n) % len(GALLERY)]
+    curves = {"weight_norm": [1.0, 1.2], "grad_mean": [0.1, 0.05], "train_acc": [0.5, 0.7], "loss_mean": [1.0, 0.6]}
+    rep = write_report(tmp_path_factory.mktemp("hostile") / "run" / "report.parquet", df, curves=curves)
+    return df, write_html(rep)
+
+
+def test_hostile_names_stay_data(hostile_page):
+    df, res = hostile_page
+    text = res.path.read_text()
+    assert SIGNATURE in text.encode()[:4096]
+    assert res.images == len(df) and len(res.missing) == len(df)
+    assert text.count("<script") == text.count("</script>") == 3             # no name opened or closed a script
+    data = re.search(r'<script type="application/json" id="memscan-data">(.*?)</script>', text, re.S).group(1)
+    assert [c["path"] for c in json.loads(data)["cards"]] == gallery_rows(df, per_category=300)["path"].tolist()
+
+
+@needs_browser
+def test_hostile_names_render_as_text_in_chromium(hostile_page):
+    df, res = hostile_page
+    dom, console = render(res.path, "#category=mislabeled&size=240")
+    assert console == [] and not re.search(r'<html[^>]*data-js-errors', dom)
+    shown = df[df["category"] == "mislabeled"]
+    assert attr(dom, "data-matching") == attr(dom, "data-shown") == dom.count('class="card ') == len(shown)
+    for p in shown["path"]:
+        assert f'<div class="path">{html.escape(p, quote=False)}</div>' in dom
+    classes = sorted(set(df["label_name"]))
+    assert all(f">{html.escape(c, quote=False)}</option>" in dom for c in classes)
+    cls = classes[0]
+    dom, console = render(res.path, f"#category=all&class={quote(cls)}")     # a hostile class as a link filter
+    assert console == [] and attr(dom, "data-matching") == int((df["label_name"] == cls).sum())

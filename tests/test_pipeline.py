@@ -9,6 +9,7 @@ from memscan.config import RunConfig
 from memscan.errors import ConfigError, OutputExistsError
 from memscan.pipeline import run
 from memscan.report import COLUMNS, read_metadata, read_report
+from memscan.run_folder import RunFolder
 
 from helpers import digits_folder, snapshot
 
@@ -41,9 +42,10 @@ def test_run_writes_complete_report(result, dataset):
     np.testing.assert_allclose(df["p_given"], np.exp(-0.0) * df["p_given"])  # finite
     assert (df["csg"] > 0).all()
     meta = read_metadata(out)
-    assert meta["stop"]["epochs_trained"] == 3 and len(meta["curves"]["weight_norm"]) == 3
-    assert meta["config"]["max_epochs"] == 3
-    assert "direction" in json.dumps(meta["columns"]) or "higher" in meta["columns"]["csg"]
+    assert meta.stop.epochs_trained == 3 and len(meta.curves["weight_norm"]) == 3
+    assert meta.config["max_epochs"] == 3
+    raw = json.loads(pq.read_schema(out / "report.parquet").metadata[b"memscan"])
+    assert "direction" in json.dumps(raw["columns"]) or "higher" in raw["columns"]["csg"]
     run_json = json.loads((out / "run.json").read_text())
     assert run_json["dataset"]["n"] == 120 and run_json["versions"]["torch"] == torch.__version__
 
@@ -59,7 +61,7 @@ def test_report_readable_by_polars_and_duckdb(result):
 def test_trajectories_sum_to_report_csg(result):
     traj = pq.read_table(result.out_dir / "trajectories").to_pandas()
     meta = read_metadata(result.out_dir)
-    upto = meta["stop"]["csg_epochs"]
+    upto = meta.stop.csg_epochs
     csg = traj[traj.epoch < upto].groupby("sample_id").grad_sq.sum().to_numpy()
     df = read_report(result.out_dir).to_pandas()
     np.testing.assert_allclose(df["csg"], csg, rtol=1e-5)
@@ -109,10 +111,10 @@ def test_failed_start_leaves_no_run_folder(dataset, tmp_path):
 
 def test_probability_buffer_in_ram_or_a_temporary_memmap(tmp_path, monkeypatch):
     import memscan.pipeline as pipeline
-    with pipeline.probability_buffer(tmp_path, 10, 3, memory_bytes=2 ** 30) as buf:
+    with pipeline.probability_buffer(RunFolder(tmp_path), 10, 3, memory_bytes=2 ** 30) as buf:
         assert type(buf) is np.ndarray and buf.shape == (10, 3)
     monkeypatch.setattr(pipeline, "PROBS_IN_RAM", 64)      # 10 x 3 x 4 B = 120 B: too big for "RAM"
-    with pipeline.probability_buffer(tmp_path, 10, 3, memory_bytes=2 ** 30) as buf:
+    with pipeline.probability_buffer(RunFolder(tmp_path), 10, 3, memory_bytes=2 ** 30) as buf:
         assert isinstance(buf, np.memmap) and buf.shape == (10, 3)
         (tmp,) = tmp_path.glob("probs.f32.tmp*")
         assert tmp.stat().st_size == 120

@@ -9,7 +9,9 @@ from memscan.cli import main
 from memscan.config import RunConfig
 from memscan.errors import ConfigError, ReportError
 from memscan.pipeline import run
-from memscan.rank import class_summary, latest_run, load_frame, rank_indices, ranked_records, select
+from memscan.rank import class_summary, rank_indices, ranked_records, select
+from memscan.report import read_frame as load_frame
+from memscan.run_folder import latest_run
 
 from helpers import digits_folder
 
@@ -58,6 +60,8 @@ def test_csv_paths_and_table(run_dir, capsys):
     assert len(paths) == 3 and all(p.endswith(".png") and "/c" in p for p in paths)
     from pathlib import Path
     assert all(Path(p).exists() for p in paths)
+    assert main(["rank", str(run_dir), "--top", "3", "-0"]) == 0
+    assert capsys.readouterr().out == "".join(p + "\0" for p in paths)      # the same files, NUL-separated
     assert main(["rank", str(run_dir), "--top", "3"]) == 0
     assert "3 samples by mislabel" in " ".join(capsys.readouterr().out.split())
 

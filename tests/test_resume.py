@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from memscan import pipeline
 from memscan.cli import main
 from memscan.config import RunConfig
 from memscan.errors import ConfigError, OutputError, OutputExistsError, TrainingError
-from memscan.pipeline import CHECKPOINT, load_checkpoint, run
+from memscan.pipeline import run
+from memscan.run_folder import CHECKPOINT, RunFolder
 from memscan.report import read_report
 
 from helpers import digits_folder
@@ -37,6 +37,10 @@ def reference(data, tmp_path_factory):
     p = subprocess.run(cli(data, out), env=env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     return read_report(out).to_pandas()
+
+
+def load_checkpoint(out):
+    return RunFolder(out).load_checkpoint()
 
 
 def env():
@@ -96,24 +100,24 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(data, reference, tmp_path):
 
 
 def test_full_disk_keeps_the_previous_checkpoint(data, tmp_path, monkeypatch):
+    import memscan.files as files
     out = tmp_path / "run"
     cfg = RunConfig(**CFG)
-    real_save, calls = torch.save, []
+    real_write, calls = files.Path.write_bytes, []
 
-    def save(obj, f, *a, **k):
-        if str(f).startswith(str(out / CHECKPOINT)):
-            calls.append(f)
+    def write_bytes(self, data):
+        if self.name.startswith(CHECKPOINT + ".tmp"):
+            calls.append(self)
             if len(calls) == 3:
-                with open(f, "wb") as fh:        # half a file, then the disk is full
-                    fh.write(b"partial")
+                real_write(self, b"partial")        # half a file, then the disk is full
                 raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(obj, f, *a, **k)
+        return real_write(self, data)
 
-    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(files.Path, "write_bytes", write_bytes)
     with pytest.raises(OutputError, match="No space left on device.*previous checkpoint.*is intact.*memscan resume"):
         run(data, cfg, out=out)
     assert load_checkpoint(out)["epoch"] == 1 and [p.name for p in out.glob(CHECKPOINT + "*")] == [CHECKPOINT]
-    monkeypatch.setattr(torch, "save", real_save)
+    monkeypatch.setattr(files.Path, "write_bytes", real_write)
     res = run(data, cfg, out=out, resume=True)
     fresh = run(data, cfg, out=tmp_path / "fresh")
     same_report(read_report(res.report_path).to_pandas(), read_report(fresh.report_path).to_pandas())
@@ -133,6 +137,7 @@ def test_resume_refuses_changed_options_and_finished_runs(data, tmp_path):
         run(data, cfg, out=out, resume=True)
     with pytest.raises(ConfigError, match="no run folder"):
         run(data, cfg, out=tmp_path / "none", resume=True)
+    assert not (tmp_path / "none").exists()
     assert main(["resume", str(tmp_path / "none")]) == 2
 
 
@@ -152,8 +157,8 @@ def test_memory_mapped_cache_gives_the_same_report(data, tmp_path):
     a = run(data, cfg, out=tmp_path / "ram", cache_dir=tmp_path / "c1")
     b = run(data, cfg.replace(cache_memory=0), out=tmp_path / "mapped", cache_dir=tmp_path / "c2")
     from memscan.report import read_metadata
-    assert read_metadata(b.report_path)["dataset"]["memory_mapped"] is True
-    assert read_metadata(a.report_path)["dataset"]["memory_mapped"] is False
+    assert read_metadata(b.report_path).dataset.memory_mapped is True
+    assert read_metadata(a.report_path).dataset.memory_mapped is False
     same_report(read_report(a.report_path).to_pandas(), read_report(b.report_path).to_pandas())
     c = run(data, cfg.replace(cache_memory=0), out=tmp_path / "mapped2", cache_dir=tmp_path / "c2")   # from cache
     assert c.summary["timings"]["decode_s"] < b.summary["timings"]["decode_s"]

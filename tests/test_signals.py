@@ -7,7 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from memscan.models import MemscanCNN
-from memscan.signals import (PeakDetector, RankStabilityDetector, Recorder, StepSignals, input_grad_sq,
+from memscan.stopping import PeakDetector, RankStabilityDetector
+from memscan.signals import (Recorder, StepSignals, input_grad_sq,
                              per_sample_stats, weight_norms)
 from memscan.train import exact_pass, train_step
 from memscan.data.loader import InMemorySource

@@ -6,7 +6,8 @@ from memscan.config import RunConfig
 from memscan.errors import TrainingError
 from memscan.pipeline import run
 from memscan.signals import EpochRecord
-from memscan.train import StopRule, lr_factor, resolve_precision
+from memscan.stopping import StopRule
+from memscan.train import lr_factor, resolve_precision
 
 from helpers import digits_folder
 

@@ -6,15 +6,16 @@ import sys
 
 import typer
 
-from ..errors import (ConfigError, DatasetError, Interrupted, MemscanError, ModelError, OutputError,
-                      OutputExistsError, ReportError, TrainingError)
+from ..errors import (ConfigError, DatasetError, FolderInUseError, Interrupted, MemscanError, ModelError,
+                      OutputError, OutputExistsError, ReportError, RunFolderError, TrainingError)
 
-EXIT_CODES = {  # first match wins
-    ConfigError: 2, DatasetError: 2, OutputExistsError: 2, ReportError: 2, ModelError: 2,
-    TrainingError: 3, OutputError: 74, Interrupted: 130, MemscanError: 2,
+EXIT_CODES = {  # first match wins; README "Errors" lists them
+    FolderInUseError: 75, ConfigError: 2, DatasetError: 2, OutputExistsError: 2, ReportError: 2, ModelError: 2,
+    RunFolderError: 2, TrainingError: 3, OutputError: 74, Interrupted: 130, MemscanError: 2,
 }
 EXIT_INTERRUPTED = 130
 EXIT_BUG = 70
+EXIT_NO_SPACE = 74
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Find mislabeled, atypical and memorized images from one short training run "
@@ -75,22 +76,43 @@ def main(argv=None) -> int:
         _ignore_terminate()
         if state["debug"]:
             raise
-        from rich.markup import escape
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        from .console import safe
+        err_console.print(f"[bold red]error:[/] {safe(e)}", highlight=False, soft_wrap=True)
         return next(code for cls, code in EXIT_CODES.items() if isinstance(e, cls))
+    except OSError as e:
+        from ..files import NO_SPACE
+        if e.errno not in NO_SPACE:
+            return _internal_error(e)
+        _ignore_terminate()
+        err_console.print(f"[bold red]error:[/] no space left on device{_file_of(e)}; free disk space and rerun "
+                          "(an interrupted run continues with 'memscan resume RUN')", highlight=False, soft_wrap=True)
+        return EXIT_NO_SPACE
     except Exception as e:  # click usage errors and real bugs
         # typer vendors click: recognise its usage errors by shape, not by import path
         if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             return e.exit_code
-        if type(e).__name__ == "Abort":
+        if type(e).__name__ == "Abort":   # click turns Ctrl-C (and a stray EOFError) into Abort
+            if isinstance(e.__cause__, EOFError):
+                return _internal_error(e.__cause__)
+            _ignore_terminate()
+            err_console.print("[yellow]interrupted[/]")
             return EXIT_INTERRUPTED
-        if state["debug"]:
-            raise
-        from rich.markup import escape
-        err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))} (rerun with --debug for "
-                          "the traceback and report it)", highlight=False, soft_wrap=True)
-        return EXIT_BUG
+        return _internal_error(e)
+
+
+def _internal_error(e: Exception) -> int:
+    if state["debug"]:
+        raise e
+    from .console import err_console, safe
+    err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {safe(e)} (rerun with --debug for "
+                      "the traceback and report it)", highlight=False, soft_wrap=True)
+    return EXIT_BUG
+
+
+def _file_of(e: OSError) -> str:
+    from .console import safe
+    return f" while writing '{safe(e.filename)}'" if e.filename else ""
 
 
 def entry():

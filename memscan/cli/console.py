@@ -2,10 +2,19 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..text import printable
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def safe(text) -> str:
+    """Text from data (file and class names, paths) made safe to print through rich: control
+    characters (terminal escape sequences, newlines) shown as ``\\xNN``, markup escaped."""
+    return escape(printable(text))
 
 
 class RunProgress:
@@ -46,6 +55,8 @@ class RunProgress:
             p.console.print(f"{src}: {info['n']} images at {info['size']}x{info['size']} px"
                             + (", memory-mapped from the on-disk cache" if info.get("mapped") else "")
                             + (f", [yellow]{info['skipped']} unreadable skipped[/]" if info["skipped"] else ""))
+            for note in info.get("notes") or ():
+                p.console.print(f"[yellow]note:[/] {safe(note)}", highlight=False)
         elif event == "resumed":
             p.console.print(f"resuming after epoch {info['epoch']} (checkpoint)")
         elif event == "step":

@@ -62,6 +62,7 @@ def eval_noise_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the runs and eval.json."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing run folders."),
     cache_dir: Optional[Path] = typer.Option(None, help="Decode cache (default: ~/.cache/memscan)."),
+    encoding: Optional[str] = typer.Option(None, help="Text encoding of a CSV/TSV manifest (default: UTF-8)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (as the API returns it)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     run_opts: dict = None,
@@ -74,23 +75,32 @@ def eval_noise_cmd(
             raise ConfigError("scoring an existing run needs both --from-run RUN_DIR and --truth FILE")
         report = resolve_report_path(from_run)
         res = evaluate_report_with_truth(report, truth)
-        report.parent.joinpath("eval.json").write_text(json.dumps(res, indent=1))
+        _save_eval(report.parent, res)
     elif dataset is None:
         raise ConfigError("missing DATASET: pass an image folder or manifest, or --from-run RUN_DIR --truth FILE")
     elif truth is not None:
         from .. import pipeline
         with RunProgress(quiet=quiet or as_json) as prog:
             r = pipeline.run(dataset, config_from_options(run_opts), out=out, overwrite=overwrite,
-                             cache_dir=cache_dir, progress=prog)
+                             cache_dir=cache_dir, progress=prog, encoding=encoding)
         res = evaluate_report_with_truth(r.report_path, truth)
-        (r.out_dir / "eval.json").write_text(json.dumps(res, indent=1))
+        _save_eval(r.out_dir, res)
     else:
         if not 0 < rate < 1:
             raise ConfigError(f"--rate {rate} must be strictly between 0 and 1")
         with RunProgress(quiet=quiet or as_json) as prog:
             res = eval_noise(dataset, config_from_options(run_opts), rate=rate, kind=kind, seeds=_seeds(seeds),
-                             out=out, overwrite=overwrite, cache_dir=cache_dir, progress=prog)
+                             out=out, overwrite=overwrite, cache_dir=cache_dir, progress=prog, encoding=encoding)
     if as_json:
         typer.echo(json.dumps(res, indent=1))
     else:
         print_eval(res)
+
+
+def _save_eval(run_dir: Path, res: dict) -> None:
+    """eval.json (the latest scoring) goes into a memscan run folder only: a report elsewhere may sit
+    among files memscan did not write."""
+    from ..files import write_json_atomic
+    from ..run_folder import RunFolder
+    if RunFolder.is_run(run_dir):
+        write_json_atomic(RunFolder(run_dir).eval_json, res)

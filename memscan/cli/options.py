@@ -56,6 +56,8 @@ RUN_OPTIONS = [  # (name, type, default, typer option)
                                                "dataset is memory-mapped from the on-disk cache (default: half "
                                                "the RAM; 0: always map).")),
     ("strict", bool, False, _O(False, "--strict", help="Fail on unreadable images instead of skipping them.")),
+    ("max_image_pixels", Optional[int], None, _O(None, help="Skip images with more pixels than this (width x "
+                                                 "height, read from the header before decoding; default 40 M).")),
 ]
 RUN_OPTION_NAMES = {name for name, *_ in RUN_OPTIONS}
 

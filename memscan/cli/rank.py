@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from . import app
-from .console import console
-from ..errors import check_choice
+from .console import console, safe
+from ..errors import ConfigError, check_choice
 
-FORMATS = ("table", "csv", "json", "paths")
+FORMATS = ("table", "csv", "json", "paths", "paths0")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")   # OWASP "CSV injection": what a spreadsheet evaluates
 
 
 @app.command("rank")
@@ -27,59 +27,86 @@ def rank_cmd(
                            "p_given | forgetting | learning_time."),
     category: Optional[str] = typer.Option(None, help="Only this category: mislabeled | atypical | memorized | ok."),
     class_name: Optional[str] = typer.Option(None, "--class", help="Only samples whose given label is this class."),
-    fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json | paths."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json | paths (one image file a line) | "
+                            "paths0 (NUL-separated, for xargs -0: safe for any file name)."),
+    nul: bool = typer.Option(False, "-0", help="Same as --format paths0."),
+    raw_csv: bool = typer.Option(False, "--raw-csv", help="CSV cells exactly as in the report. By default a text "
+                                 "cell starting with = + - @ tab or CR gets a leading ' so a spreadsheet shows it "
+                                 "instead of running it as a formula."),
     summary: bool = typer.Option(False, "--summary", help="Per-class health summary instead of the ranking."),
 ):
     """Rank the samples of a report, most suspicious first."""
-    from ..rank import class_summary, latest_run, load_frame, needed_columns, ranked_records, select
+    from ..rank import class_summary, ranked_records, sample_files
+    from ..report import read_frame
+    from ..run_folder import latest_run
+    fmt = "paths0" if nul else fmt
     check_choice("--format", fmt, FORMATS)
     path = report if report is not None else latest_run()
     if summary:
-        rows = class_summary(load_frame(path, ["label_name", "pred_name", "category", "mislabel_score",
+        rows = class_summary(read_frame(path, ["label_name", "pred_name", "category", "mislabel_score",
                                                "memorization_score"]))
         if fmt == "json":
             typer.echo(json.dumps(rows, indent=1))
         elif fmt == "csv":
-            _csv(rows)
+            _csv(rows, raw=raw_csv)
         else:
-            t = Table(title=f"per-class summary — {path}", title_justify="left")
-            for c in ("class", "samples", "mislabeled", "atypical", "memorized", "accuracy", "most predicted instead",
-                      "mean mislabel score"):
-                t.add_column(c)
-            for r in rows:
-                t.add_row(r["class"], str(r["samples"]), str(r["mislabeled"]), str(r["atypical"]), str(r["memorized"]),
-                          f"{r['accuracy']:.3f}", r["most_predicted_instead"] or "-", f"{r['mean_mislabel_score']:.3f}")
-            console.print(t)
+            _summary_table(rows, path)
         return
+    query = dict(by=by, top=top, category=category, class_name=class_name)
+    if fmt in ("paths", "paths0"):
+        _paths(sample_files(path, **query), nul=fmt == "paths0")
+        return
+    rows = ranked_records(path, **query)
     if fmt == "json":
-        typer.echo(json.dumps(ranked_records(path, by=by, top=top, category=category, class_name=class_name),
-                              indent=1))
-        return
-    if fmt == "paths":
-        df = select(load_frame(path, needed_columns(by)), by=by, top=top, category=category, class_name=class_name)
-        from ..report import read_metadata
-        root = Path(read_metadata(path)["dataset"]["location"])
-        root = root.parent if root.is_file() else root
-        for p in df["path"]:
-            typer.echo(str(root / p))
-        return
-    rows = ranked_records(path, by=by, top=top, category=category, class_name=class_name)
-    if fmt == "csv":
-        _csv(rows)
-        return
-    t = Table(title=f"{len(rows)} samples by {by} — {path}", title_justify="left", expand=False)
+        typer.echo(json.dumps(rows, indent=1))
+    elif fmt == "csv":
+        _csv(rows, raw=raw_csv)
+    else:
+        _ranking_table(rows, by, path)
+
+
+def _ranking_table(rows, by, path):
+    t = Table(title=f"{len(rows)} samples by {by} — {safe(path)}", title_justify="left", expand=False)
     for c, kw in (("rank", {"justify": "right"}), ("path", {"overflow": "fold", "ratio": 3}), ("given", {}),
                   ("predicted", {}), ("p", {"justify": "right"}), (by, {"justify": "right"}), ("category", {})):
         t.add_column(c, **kw)
     for r in rows:
-        t.add_row(str(r["rank"]), escape(r["path"]), escape(str(r["label_name"])), escape(str(r["pred_name"])), f"{r['p_pred']:.2f}",
-                  f"{r['score']:.4g}", r["category"])
+        t.add_row(str(r["rank"]), safe(r["path"]), safe(r["label_name"]), safe(r["pred_name"]),
+                  f"{r['p_pred']:.2f}", f"{r['score']:.4g}", safe(r["category"]))
     console.print(t)
 
 
-def _csv(rows):
+def _summary_table(rows, path):
+    t = Table(title=f"per-class summary — {safe(path)}", title_justify="left")
+    for c in ("class", "samples", "mislabeled", "atypical", "memorized", "accuracy", "most predicted instead",
+              "mean mislabel score"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(safe(r["class"]), str(r["samples"]), str(r["mislabeled"]), str(r["atypical"]), str(r["memorized"]),
+                  f"{r['accuracy']:.3f}", safe(r["most_predicted_instead"] or "-"), f"{r['mean_mislabel_score']:.3f}")
+    console.print(t)
+
+
+def _paths(files, *, nul: bool):
+    from ..text import printable
+    for f in files:
+        if "\0" in f:       # no file system allows it, and it would split the entry for xargs -0
+            raise ConfigError(f"the file name '{printable(f)}' contains a NUL character: it cannot name a file")
+        if not nul and ("\n" in f or "\r" in f):    # one file would read as two lines to xargs or a shell loop
+            raise ConfigError(f"the file name '{printable(f)}' contains a line break, so --format paths cannot "
+                              "list it one per line; use --format paths0 (NUL-separated, for xargs -0)")
+    sys.stdout.write("".join(f + ("\0" if nul else "\n") for f in files))
+    sys.stdout.flush()
+
+
+def _csv_cell(v):
+    # only text cells come from data (path, class names, category); numbers stay numbers, -0.5 included
+    return "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v
+
+
+def _csv(rows, *, raw: bool = False):
     if not rows:
         return
     w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
     w.writeheader()
-    w.writerows(rows)
+    w.writerows(rows if raw else ({k: _csv_cell(v) for k, v in r.items()} for r in rows))

@@ -27,7 +27,7 @@ def report_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ):
     """Write report.html: thumbnails of the flagged samples, training plots, per-class summary, config."""
-    from ..rank import latest_run
+    from ..run_folder import latest_run
     res = write_report_html(run_dir if run_dir is not None else latest_run(), out, per_category=per_category,
                             quiet=as_json)
     if as_json:
@@ -46,10 +46,16 @@ def plot_cmd(
     dpi: int = typer.Option(120, help="Resolution of the PNG files."),
 ):
     """Write the run's plots as PNG: weight norms, mean sample gradient, accuracy, CSG distribution, per class."""
+    from ..dataset_guard import guard_for_report
+    from ..errors import ConfigError
     from ..plots import save_pngs
-    from ..rank import latest_run
     from ..report import resolve_report_path
+    from ..run_folder import RunFolder, latest_run
+    if not 10 <= dpi <= 1200:
+        raise ConfigError(f"--dpi {dpi} must be between 10 and 1200 (default 120)")
     rpath = resolve_report_path(run_dir if run_dir is not None else latest_run())
-    paths = save_pngs(rpath, out if out is not None else rpath.parent / "plots", dpi=dpi)
+    dest = out if out is not None else RunFolder(rpath.parent).plots
+    guard_for_report(rpath).check_folder(dest)
+    paths = save_pngs(rpath, dest, dpi=dpi)
     for p in paths:
-        typer.echo(str(p))
+        typer.echo(str(p))   # paths memscan chose (RUN/plots or --out plus fixed names)

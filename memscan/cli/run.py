@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from . import app
-from .console import RunProgress, console
+from .console import RunProgress, console, safe
 from .options import config_from_options, run_options, user_set
 
 # 1,797 digits make 28 steps an epoch: twice the default rate learns enough in 5 epochs (178 of 180 flipped
@@ -19,22 +19,22 @@ DEMO_CONFIG = dict(image_size=16, augment="crop", max_epochs=40, lr=0.025)
 
 def print_summary(s: dict, title: str = "memscan run") -> None:
     console.print(f"\n[bold]{title}[/] — {s['n']} images, {s['classes']} classes")
-    console.print(f"stopped after {s['epochs_trained']} epochs: {s['stop_reason']}")
+    console.print(f"stopped after {s['epochs_trained']} epochs: {safe(s['stop_reason'])}", highlight=False)
     console.print(f"accuracy on the given labels at the stop point: {s['stop_acc']:.3f}")
     cats = s["categories"]
     console.print("flagged: " + ", ".join(f"[bold]{cats[c]}[/] {c}" for c in ("mislabeled", "atypical", "memorized"))
                   + f" (ok: {cats['ok']})")
     if s["skipped"]:
-        console.print(f"[yellow]{len(s['skipped'])} unreadable images skipped[/], e.g. {s['skipped'][0]['path']} "
-                      f"({s['skipped'][0]['error']})")
+        console.print(f"[yellow]{len(s['skipped'])} unreadable images skipped[/], e.g. {safe(s['skipped'][0]['path'])} "
+                      f"({safe(s['skipped'][0]['error'])})", highlight=False)
     t = Table(title="top 10 suspects (by mislabel_score)", title_justify="left")
     for col in ("rank", "path", "given", "predicted", "p", "score", "category"):
         t.add_column(col, overflow="fold")
     for r in s["top"]:
-        t.add_row(str(r["rank"]), r["path"], r["label"], r["pred"], f"{r['p_pred']:.2f}",
+        t.add_row(str(r["rank"]), safe(r["path"]), safe(r["label"]), safe(r["pred"]), f"{r['p_pred']:.2f}",
                   f"{r['mislabel_score']:.3f}", r["category"])
     console.print(t)
-    console.print(f"report: [bold]{s['report']}[/]   next: memscan rank {s['out_dir']}")
+    console.print(f"report: [bold]{safe(s['report'])}[/]   next: memscan rank {safe(s['out_dir'])}", highlight=False)
 
 
 @app.command("run")
@@ -52,6 +52,8 @@ def run_cmd(
     cache_dir: Optional[Path] = typer.Option(None, help="Decode cache (default: ~/.cache/memscan)."),
     val: Optional[Path] = typer.Option(None, help="Held-out labelled set: adds validation loss/accuracy per epoch."),
     path_column: Optional[str] = typer.Option(None, help="Manifest column holding image paths (default: path)."),
+    encoding: Optional[str] = typer.Option(None, help="Text encoding of a CSV/TSV manifest (default: UTF-8), "
+                                           "e.g. latin-1."),
     label_column: Optional[str] = typer.Option(None, help="Manifest column holding labels (default: label_name "
                                                "or label)."),
     check: Optional[List[str]] = typer.Option(None, "--check", help="Gate the report after the run, e.g. "
@@ -76,14 +78,17 @@ def run_cmd(
             if not user_set(ctx, k):
                 opts[k] = v
         if out is None:
-            from ..pipeline import default_out_dir
-            out = default_out_dir(Path("demo"))
+            from ..run_folder import default_run_path
+            out = default_run_path(Path("demo"))
     elif dataset is None:
         raise ConfigError("missing DATASET: pass an image folder or manifest, or --demo for the embedded example")
     if resume:
         if out is None:
             raise ConfigError("--resume needs --out: the folder of the interrupted run")
-        saved = saved_run_args(out)["config"]
+        from ..run_folder import RunFolder
+        args = RunFolder(out).load_args()
+        _not_eval_noise(out, args)
+        saved = args["config"]
         given = {k: v for k, v in opts.items() if user_set(ctx, k)}
         if "no_augment" in given:
             given["augment"] = "none" if given.pop("no_augment") else saved["augment"]
@@ -100,7 +105,7 @@ def run_cmd(
             read_metadata(gate["baseline"])
     with RunProgress(quiet=quiet or as_json) as prog:
         res = run(dataset, cfg, out=out, overwrite=overwrite, cache_dir=cache_dir, val_dataset=val, progress=prog,
-                  path_column=path_column, label_column=label_column, resume=resume)
+                  path_column=path_column, label_column=label_column, encoding=encoding, resume=resume)
     if res.summary.get("rank", 0) != 0:   # torchrun: rank 0 reports
         return
     if truth is not None:
@@ -111,11 +116,13 @@ def run_cmd(
     result = None
     if gate is not None:
         from ..check import check_report
-        from ..ci_formats import write_text_atomic
+        from ..files import write_json_atomic
+        from ..run_folder import RunFolder
         from .check import write_ci_files
         result = check_report(res.report_path, **gate)
-        write_text_atomic(res.out_dir / "check.json", json.dumps(result.to_dict(), indent=1))
-        write_ci_files(result, junit=res.out_dir / "check.xml", summary_md=res.out_dir / "check.md")
+        folder = RunFolder(res.out_dir)
+        write_json_atomic(folder.check_file("check.json"), result.to_dict())
+        write_ci_files(result, junit=folder.check_file("check.xml"), summary_md=folder.check_file("check.md"))
         res.summary["check"] = result.to_dict()
     if as_json:
         typer.echo(json.dumps(res.summary, indent=1, default=str))
@@ -137,16 +144,10 @@ def run_cmd(
         raise typer.Exit(print_check(result))
 
 
-def saved_run_args(out: Path) -> dict:
+def _not_eval_noise(out, args: dict) -> None:
     from ..errors import ConfigError
-    f = Path(out) / "run-args.json"
-    if not f.exists():
-        raise ConfigError(f"'{out}' is not a resumable memscan run (no {f.name}); pass the --out folder of the "
-                          "interrupted run")
-    args = json.loads(f.read_text())
     if args.get("relabelled"):
         raise ConfigError(f"'{out}' was made by eval-noise (labels changed in memory); rerun eval-noise instead")
-    return args
 
 
 @app.command("resume")
@@ -158,11 +159,13 @@ def resume_cmd(
     """Continue an interrupted run from its last epoch checkpoint, with the options it was started with."""
     from ..config import RunConfig
     from ..pipeline import run
-    a = saved_run_args(run_dir)
+    from ..run_folder import RunFolder
+    a = RunFolder(run_dir).load_args()
+    _not_eval_noise(run_dir, a)
     with RunProgress(quiet=quiet or as_json) as prog:
         res = run(a["dataset"], RunConfig.from_dict(a["config"]), out=run_dir, cache_dir=a["cache_dir"],
                   val_dataset=a["val_dataset"], progress=prog, path_column=a["path_column"],
-                  label_column=a["label_column"], resume=True)
+                  label_column=a["label_column"], encoding=a.get("encoding"), resume=True)
     if res.summary.get("rank", 0) != 0:
         return
     if as_json:

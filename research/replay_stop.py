@@ -4,7 +4,7 @@ stop, what AUROC would the report have there, and how long would the run have ta
 Training before the stop does not depend on the stop rule, so stopping a default run at epoch e gives
 exactly the first e epochs of the full run with the same seed: the replay is exact, not a simulation.
 
-    python benchmarks/replay_stop.py bench-out/base-cifar-sym10 --rate 0.1 [--kind symmetric] \
+    python research/replay_stop.py bench-out/base-cifar-sym10 --rate 0.1 [--kind symmetric] \
         [--thresholds 0.9,0.95,0.96,0.97,0.98,0.985]
 
 Expects the folder layout of ``benchmarks/baselines.py`` (data/subset.parquet, full/, memscan/ and the
@@ -12,20 +12,17 @@ baseline JSON next to the folder for cleanlab's time and AUROC).
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from memscan.config import RunConfig  # noqa: E402
-from memscan.data import inject_noise, load_index  # noqa: E402
-from memscan.evaluate import detection_metrics  # noqa: E402
-from memscan.report import read_metadata  # noqa: E402
-from memscan.scores import accumulate, mislabel_statistic, percentile  # noqa: E402
-from memscan.train import StopRule  # noqa: E402
-from memscan.trajectories import read_epochs  # noqa: E402
+from memscan.config import RunConfig
+from memscan.data import inject_noise, load_index
+from memscan.evaluate import detection_metrics
+from memscan.report import read_metadata
+from memscan.scores import accumulate, mislabel_statistic, percentile
+from memscan.stopping import StopRule
+from memscan.trajectories import read_epochs
 
 
 def main():
@@ -48,14 +45,14 @@ def main():
         per_epoch.append(round(detection_metrics(percentile(mislabel_statistic(sig)), truth)["auroc"], 4))
     # time outside the epochs (decode from cache, prediction pass, scoring, writing), from the default run
     meta = read_metadata(a.folder / "memscan")
-    t = meta["timings"]
+    t = meta.timings
     fixed = t["total_s"] - t["train_s"]
-    epoch_s = t["train_s"] / meta["stop"]["epochs_trained"]   # an epoch of the default run, writes included
+    epoch_s = t["train_s"] / meta.stop.epochs_trained   # an epoch of the default run, writes included
     base = json.loads(a.folder.with_suffix(".json").read_text()) if a.folder.with_suffix(".json").exists() else {}
     cl = next((m for k, m in base.get("methods", {}).items() if k.startswith("cleanlab")), None)
     rows = []
     for thr in [float(x) for x in a.thresholds.split(",")]:
-        cfg = RunConfig(**{k: v for k, v in meta["config"].items() if k in RunConfig.__dataclass_fields__}
+        cfg = RunConfig(**{k: v for k, v in meta.config.items() if k in RunConfig.__dataclass_fields__}
                         ).replace(rank_threshold=thr, max_epochs=len(recs))
         rule = StopRule(cfg)
         stop = len(recs)

@@ -4,25 +4,23 @@ Trains each variant for ``--epochs`` with ``--stop none`` on the same noisy subs
 prints the AUROC of the shipped ``mislabel_score`` had the run stopped after each epoch (exact: a
 stopped run is the prefix of the full run), plus the epoch time.
 
-    python benchmarks/recipe_study.py cifar10 --per-class 500 --rate 0.4 --epochs 10 \
+    python research/recipe_study.py cifar10 --per-class 500 --rate 0.4 --epochs 10 \
         --variant base: --variant ls2:label_smoothing=0.2 --variant lr2:lr=0.2 --out bench-out/recipe-sym40
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.baselines import subset_manifest  # noqa: E402
-from memscan.config import RunConfig  # noqa: E402
-from memscan.data import inject_noise, load_index  # noqa: E402
-from memscan.eval_noise import eval_noise  # noqa: E402
-from memscan.evaluate import detection_metrics  # noqa: E402
-from memscan.report import read_metadata  # noqa: E402
-from memscan.scores import accumulate, mislabel_statistic, percentile  # noqa: E402
-from memscan.trajectories import read_epochs  # noqa: E402
+from benchmarks.baselines import subset_manifest
+from memscan.config import RunConfig
+from memscan.data import inject_noise, load_index
+from memscan.eval_noise import eval_noise
+from memscan.evaluate import detection_metrics
+from memscan.report import read_metadata
+from memscan.scores import accumulate, mislabel_statistic, percentile
+from memscan.trajectories import read_epochs
 
 
 def parse_variant(text):
@@ -72,8 +70,8 @@ def main():
         metas = [read_metadata(r) for r in runs.values()]
         results[name] = {"changes": changes, "auroc_by_epoch": curves.mean(0).round(4).tolist(),
                          "per_seed": curves.tolist(),
-                         "epoch_s": round(np.mean([m["timings"]["train_s"] for m in metas]) / a.epochs, 2),
-                         "total_s": round(np.mean([m["timings"]["total_s"] for m in metas]), 1)}
+                         "epoch_s": round(np.mean([m.timings["train_s"] for m in metas]) / a.epochs, 2),
+                         "total_s": round(np.mean([m.timings["total_s"] for m in metas]), 1)}
         print(json.dumps({name: results[name]}), flush=True)
     (a.out / "recipe.json").write_text(json.dumps(results, indent=1))
 

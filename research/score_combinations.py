@@ -1,16 +1,14 @@
 """AUROC of single signals and their combinations at chosen epochs of a stop-signal study folder.
 
-    python benchmarks/score_combinations.py bench-out/cifar-sym20 10,16,20,30
+    python research/score_combinations.py bench-out/cifar-sym20 10,16,20,30
 """
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from memscan.evaluate import detection_metrics  # noqa: E402
-from memscan.scores import accumulate, percentile as P  # noqa: E402
-from memscan.trajectories import read_epochs  # noqa: E402
+from memscan.evaluate import detection_metrics
+from memscan.scores import accumulate, percentile as P
+from memscan.trajectories import read_epochs
 
 
 def main(folder, epochs):

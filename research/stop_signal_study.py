@@ -5,25 +5,23 @@ held-out validation set, and saves per epoch: the trajectories (in-loop signals)
 eval-mode exact pass (exact grad_sq and probabilities). ``analyse_stop_study.py`` then asks: for
 each candidate stop signal, where would it stop, and what AUROC does each score reach there?
 
-    python benchmarks/stop_signal_study.py cifar10 --per-class 1000 --epochs 25 --out bench-out/cifar
+    python research/stop_signal_study.py cifar10 --per-class 1000 --epochs 25 --out bench-out/cifar
 """
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from memscan.config import RunConfig  # noqa: E402
-from memscan.data import inject_noise, load_images, load_index  # noqa: E402
-from memscan.data.loader import InMemorySource, channel_stats  # noqa: E402
-from memscan.models import create_model  # noqa: E402
-from memscan.signals import Recorder  # noqa: E402
-from memscan.train import exact_pass, fit, resolve_precision  # noqa: E402
-from memscan.trajectories import write_epoch  # noqa: E402
+from memscan.config import RunConfig
+from memscan.data import inject_noise, load_images, load_index
+from memscan.data.loader import InMemorySource, channel_stats
+from memscan.models import create_model
+from memscan.signals import Recorder
+from memscan.train import exact_pass, fit, resolve_precision
+from memscan.trajectories import write_epoch
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

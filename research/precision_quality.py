@@ -1,6 +1,6 @@
 """Detection quality with and without channels_last and bf16 autocast (same data, seed, epochs).
 
-    python benchmarks/precision_quality.py --per-class 60 --epochs 8
+    python research/precision_quality.py --per-class 60 --epochs 8
 Uses scikit-learn's digits (no download) with 20% symmetric noise; prints AUROC of mislabel_score and csg
 and the wall time per variant.
 """
@@ -11,11 +11,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import digits_folder  # noqa: E402
-from memscan.config import RunConfig  # noqa: E402
-from memscan.eval_noise import eval_noise  # noqa: E402
+from helpers import digits_folder
+from memscan.config import RunConfig
+from memscan.eval_noise import eval_noise
 
 
 def main():

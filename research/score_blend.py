@@ -5,18 +5,17 @@ prints the AUROC of (1 - w) x trajectory + w x (1 - p(given)), as percentiles, f
 folders written by ``baselines.py`` and the ``memscan eval-noise`` runs of BENCHMARKS.md §0; run it on reports
 written before the blend shipped, or with MISLABEL_WEIGHTS set to (1, 0).
 
-    python benchmarks/score_blend.py bench-out/final-cifar-sym10/seed-0:bench-out/base-cifar-sym10:0.1:symmetric:0 ...
+    python research/score_blend.py bench-out/final-cifar-sym10/seed-0:bench-out/base-cifar-sym10:0.1:symmetric:0 ...
 """
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from memscan.data import inject_noise, load_index  # noqa: E402
-from memscan.evaluate import detection_metrics  # noqa: E402
-from memscan.report import read_report  # noqa: E402
-from memscan.scores import percentile  # noqa: E402
+from memscan.data import inject_noise, load_index
+from memscan.evaluate import detection_metrics
+from memscan.report import read_report
+from memscan.scores import percentile
 
 WEIGHTS = (0.2, 0.33, 0.5, 1.0)
 

@@ -1,20 +1,18 @@
 """Analyse a stop-signal study folder (see stop_signal_study.py): per epoch, the AUROC each
 score would reach if training stopped there, and where each candidate stop rule stops.
 
-    python benchmarks/analyse_stop_study.py bench-out/cifar-sym20 [--json out.json]
+    python research/analyse_stop_study.py bench-out/cifar-sym20 [--json out.json]
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from memscan.evaluate import detection_metrics  # noqa: E402
-from memscan.scores import accumulate, mislabel_statistic, percentile  # noqa: E402
-from memscan.signals import PeakDetector, RankStabilityDetector  # noqa: E402
-from memscan.trajectories import read_epochs  # noqa: E402
+from memscan.evaluate import detection_metrics
+from memscan.scores import accumulate, mislabel_statistic, percentile
+from memscan.stopping import PeakDetector, RankStabilityDetector
+from memscan.trajectories import read_epochs
 
 
 def auroc(s, truth):

@@ -1,21 +1,19 @@
 """mislabel statistic over all epochs vs over the late window (the second half), per stop epoch.
 
-    python benchmarks/score_window.py bench-out/base-cifar-sym20 --rate 0.2          # baselines.py layout
-    python benchmarks/score_window.py bench-out/cifar-sym20                            # stop_signal_study layout
+    python research/score_window.py bench-out/base-cifar-sym20 --rate 0.2          # baselines.py layout
+    python research/score_window.py bench-out/cifar-sym20                            # stop_signal_study layout
 
 Exact: stopping a run at epoch e gives the first e epochs of its full run with the same seed.
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from memscan.evaluate import detection_metrics  # noqa: E402
-from memscan.scores import accumulate, mislabel_statistic, percentile  # noqa: E402
-from memscan.trajectories import read_epochs  # noqa: E402
+from memscan.evaluate import detection_metrics
+from memscan.scores import accumulate, mislabel_statistic, percentile
+from memscan.trajectories import read_epochs
 
 
 def main():

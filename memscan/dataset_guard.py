@@ -1,0 +1,91 @@
+"""Where memscan may write: never inside, over, or around the dataset it audits.
+
+What belongs to a dataset depends on its kind:
+
+* an image folder: everything under its root (a file written there would become a sample, or a
+  folder a class, of the next run);
+* a manifest: the manifest file and every image it lists (the folder around them may hold other
+  things, such as ``memscan-runs``);
+* a Parquet file of image bytes: that file.
+
+``check_folder`` refuses an output folder inside the dataset or holding any part of it;
+``check_file`` refuses an output file that is part of the dataset. The guard is built from a
+``SampleTable`` during a run and from a report (metadata and ``path`` column) by its readers.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+
+
+def _abs(p) -> str:
+    return os.path.normpath(str(Path(p).expanduser().resolve()))
+
+
+def _inside(child: str, parent: str) -> bool:
+    return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+@dataclass(frozen=True)
+class DatasetGuard:
+    root: str | None           # a folder dataset: nothing may be written under it
+    files: frozenset           # absolute paths of the manifest / Parquet file / listed images
+    where: str                 # the dataset as the user named it, for messages
+
+    @classmethod
+    def for_dataset(cls, source: str, location, root, paths) -> "DatasetGuard":
+        loc = _abs(location)
+        if source == "folder":
+            return cls(loc, frozenset(), str(location))
+        files = {loc}
+        if source == "manifest":
+            base = _abs(root)
+            files.update(os.path.normpath(os.path.join(base, p)) for p in paths)
+        return cls(None, frozenset(files), str(location))
+
+    @classmethod
+    def for_table(cls, table) -> "DatasetGuard":
+        return cls.for_dataset(table.source, table.location, table.root, table.paths)
+
+    def _owned_file(self, p: str) -> bool:
+        return p in self.files or (self.root is not None and _inside(p, self.root))
+
+    def check_folder(self, folder, *, what: str = "--out", may_hold: bool = False) -> None:
+        """An output folder must lie outside the dataset and (unless ``may_hold``: a folder memscan
+        only adds named files to, such as the decode cache) must not hold any part of it."""
+        f = _abs(folder)
+        if self.root is not None and _inside(f, self.root):
+            raise ConfigError(f"{what} '{folder}' is inside the dataset folder '{self.where}'; memscan never "
+                              "writes there: choose a folder outside it")
+        if may_hold:
+            if f in self.files:
+                raise ConfigError(f"{what} '{folder}' is part of the dataset '{self.where}'; choose another folder")
+            return
+        if self.root is not None and _inside(self.root, f):
+            raise ConfigError(f"{what} '{folder}' contains the dataset '{self.where}'; choose a folder that "
+                              "does not hold the dataset")
+        held = next((p for p in self.files if _inside(p, f)), None)
+        if held is not None:
+            raise ConfigError(f"{what} '{folder}' holds '{held}', part of the dataset '{self.where}'; choose a "
+                              "folder that holds none of the dataset's files")
+
+    def check_file(self, path, *, what: str = "--out") -> None:
+        """An output file must not be a file of the dataset or lie inside a folder dataset."""
+        if self._owned_file(_abs(path)):
+            raise ConfigError(f"{what} '{path}' is part of the dataset '{self.where}'; memscan never writes "
+                              "there: choose a path outside it")
+
+
+def guard_for_report(report_path) -> DatasetGuard:
+    """The guard of the dataset a report was made from (its metadata and path column)."""
+    import pyarrow.parquet as pq
+    from .report import read_metadata, resolve_report_path
+    ds = read_metadata(report_path).dataset
+    paths = []
+    if ds.source == "manifest":
+        paths = pq.read_table(resolve_report_path(report_path), columns=["path"]).column("path").to_pylist()
+    loc = Path(ds.location)
+    return DatasetGuard.for_dataset(ds.source, loc, loc.parent if ds.source != "folder" else loc, paths)

@@ -1,0 +1,323 @@
+"""The run folder: the only code that knows its file names, and the owner of its life cycle.
+
+A run folder is provably memscan's: ``memscan-run.json`` (the marker: tool name, version, kind)
+is written when the folder is started. ``--overwrite`` removes only the files memscan itself
+writes (the names below, the per-epoch trajectories, its plots) and only in a marked folder,
+never ``.`` or a folder holding the current directory, never a folder holding the dataset; other
+files stay. A started folder is locked (``flock`` on ``memscan.lock``, released by the kernel
+when the process ends, however it ends), so a second run on the same folder fails at once.
+Checkpoints are plain dicts of tensors, numbers and strings, loaded with ``weights_only=True``:
+nothing read from a run folder is executed. Every file is written atomically (``files``).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from . import __version__
+from .errors import ConfigError, FolderInUseError, OutputError, OutputExistsError, RunFolderError
+from .files import TMP_NAME, write_atomic_with, write_bytes_atomic, write_json_atomic
+
+MARKER = "memscan-run.json"
+LOCK = "memscan.lock"
+REPORT = "report.parquet"
+RUN_ARGS = "run-args.json"
+RUN_INFO = "run.json"
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model.pt"
+CURVES = "epochs.parquet"
+TRAJECTORIES = "trajectories"
+EVAL = "eval.json"
+TRUTH = "truth.csv"
+HTML = "report.html"
+PLOTS = "plots"
+PLOT_NAMES = ("norms", "gradient", "accuracy", "csg", "classes")
+CHECK_FILES = ("check.json", "check.xml", "check.md")
+OWN_FILES = (MARKER, REPORT, RUN_ARGS, RUN_INFO, CHECKPOINT, MODEL, CURVES, EVAL, TRUTH, HTML, *CHECK_FILES)
+DEFAULT_BASE = Path("memscan-runs")
+RUN_ARGS_KEYS = ("dataset", "config", "path_column", "label_column", "cache_dir", "val_dataset", "relabelled")
+
+
+def _abs(p) -> Path:
+    return Path(os.path.normpath(Path(p).expanduser().resolve()))
+
+
+class RunFolder:
+    """One run's folder. ``start`` (new run) and ``resume`` validate and lock it; ``RunFolder(path)``
+    alone only names the files (readers, and the non-writing processes under torchrun)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._lock_file = None
+        self.begun = False        # set once the run replaced earlier files and saved its arguments
+        self._was_empty = None    # set by start ("created" | "empty"): a failed start leaves the folder as it found it
+
+    def __repr__(self) -> str:
+        return f"RunFolder('{self.path}')"
+
+    def __enter__(self) -> "RunFolder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.release(failed=exc_type is not None and not self.begun)
+
+    # ------------------------------------------------------------ file names
+    report = property(lambda self: self.path / REPORT)
+    run_args = property(lambda self: self.path / RUN_ARGS)
+    run_info = property(lambda self: self.path / RUN_INFO)
+    checkpoint = property(lambda self: self.path / CHECKPOINT)
+    model = property(lambda self: self.path / MODEL)
+    curves = property(lambda self: self.path / CURVES)
+    trajectories = property(lambda self: self.path / TRAJECTORIES)
+    eval_json = property(lambda self: self.path / EVAL)
+    truth = property(lambda self: self.path / TRUTH)
+    html = property(lambda self: self.path / HTML)
+    plots = property(lambda self: self.path / PLOTS)
+    marker = property(lambda self: self.path / MARKER)
+
+    def check_file(self, name: str) -> Path:
+        if name not in CHECK_FILES:
+            raise ValueError(name)
+        return self.path / name
+
+    def probabilities_file(self) -> Path:
+        """A temporary memory-mapped buffer; named like an interrupted atomic write, so that a crash
+        leaves nothing ``resume``/``--overwrite`` would not clean."""
+        return self.path / f"probs.f32.tmp{os.getpid()}"
+
+    # ------------------------------------------------------------ identity
+    @staticmethod
+    def is_run(path) -> bool:
+        """True when ``path`` holds memscan's marker (a folder memscan started)."""
+        try:
+            info = json.loads((Path(path) / MARKER).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(info, dict) and info.get("tool") == "memscan"
+
+    def _write_marker(self, kind: str) -> None:
+        write_json_atomic(self.marker, {"tool": "memscan", "version": __version__, "kind": kind,
+                                        "created": datetime.now().isoformat(timespec="seconds")})
+
+    # ------------------------------------------------------------ start, resume, lock
+    @classmethod
+    def start(cls, path, *, guard=None, overwrite: bool = False, kind: str = "run") -> "RunFolder":
+        """Validate and lock ``path`` for a new run. An existing memscan folder is kept until
+        ``reset`` (called once the run's inputs proved good); a folder created here is removed by
+        ``release(failed=True)`` when it holds nothing but the marker."""
+        f = cls(path)
+        if guard is not None:
+            guard.check_folder(f.path)
+        if f.path.exists() and not f.path.is_dir():
+            raise ConfigError(f"--out '{f.path}' is a file; pass a folder for the run")
+        if f.path.is_dir() and any(f.path.iterdir()):
+            if cls.is_run(f.path):
+                f._lock()   # a live run in it is named first, whatever else is wrong
+            if not overwrite:
+                f.release()
+                raise OutputExistsError(f"output folder '{f.path}' already exists; pass --overwrite to replace "
+                                        "the memscan files in it, or --out a new folder")
+            if not cls.is_run(f.path):
+                raise OutputExistsError(f"output folder '{f.path}' exists and is not a memscan run (no {MARKER}); "
+                                        "refusing to overwrite it: choose another --out")
+            if _abs(Path.cwd()).is_relative_to(_abs(f.path)):
+                f.release()
+                raise ConfigError(f"--overwrite refuses '{f.path}': it is the current directory or holds it; "
+                                  "pass --out a run folder below it")
+            return f
+        created = not f.path.exists()
+        try:
+            f.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create run folder '{f.path}' ({e.strerror or e}); choose another --out") \
+                from None
+        f._was_empty = "created" if created else "empty"
+        f._lock()
+        f._write_marker(kind)
+        return f
+
+    @classmethod
+    def resume(cls, path) -> "RunFolder":
+        """Lock the folder of an interrupted run and clean writes the interruption cut short."""
+        f = cls(path)
+        if not f.path.is_dir():
+            raise ConfigError(f"--resume: no run folder '{f.path}'; pass the --out of the interrupted run")
+        if not cls.is_run(f.path):
+            raise RunFolderError(f"'{f.path}' is not a memscan run folder (no {MARKER}); pass the --out of a run "
+                                 "started by this memscan version")
+        f._lock()
+        if f.report.exists() and not f.checkpoint.exists():
+            f.release()
+            raise OutputExistsError(f"run '{f.path}' already finished ({REPORT} is there); nothing to resume")
+        f.clean_interrupted()
+        return f
+
+    def _lock(self) -> None:
+        if self._lock_file is not None:
+            return
+        try:
+            import fcntl
+        except ImportError:   # pragma: no cover - Windows: no advisory locks, run unlocked
+            return
+        lf = open(self.path / LOCK, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(lf.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lf.seek(0)
+            holder = lf.read().strip() or "another process"
+            lf.close()
+            raise FolderInUseError(f"run folder '{self.path}' is in use by another memscan process ({holder}); "
+                                   "wait for it to finish or pass another --out") from None
+        lf.seek(0)
+        lf.truncate()
+        lf.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                 f"{datetime.now().isoformat(timespec='seconds')}: {' '.join(sys.argv[:3])}\n")
+        lf.flush()
+        self._lock_file = lf
+
+    def release(self, *, failed: bool = False) -> None:
+        """Unlock. After a failed start in a new or empty folder, the folder is left as it was found
+        when nothing but the marker was written."""
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+        if failed and self._was_empty and self.path.is_dir():
+            if not {p.name for p in self.path.iterdir()} - {MARKER, LOCK}:
+                for name in (MARKER, LOCK):
+                    (self.path / name).unlink(missing_ok=True)
+                if self._was_empty == "created":
+                    self.path.rmdir()
+
+    def reset(self, kind: str = "run") -> list[str]:
+        """Remove what an earlier memscan run wrote here (nothing else), then mark the folder anew.
+        Returns the names of other files left in place."""
+        for name in OWN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        self.clean_interrupted()
+        for folder, pattern in ((self.trajectories, "epoch-[0-9]*.parquet"), (self.plots, "*.png")):
+            for p in folder.glob(pattern) if folder.is_dir() else ():
+                if folder == self.trajectories or p.stem in PLOT_NAMES:
+                    p.unlink()
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        self._write_marker(kind)
+        return sorted(p.name for p in self.path.iterdir() if p.name not in (MARKER, LOCK))
+
+    def clean_interrupted(self) -> None:
+        """Remove temporary files of atomic writes (and the probability buffer) cut short by a crash."""
+        for folder in (self.path, self.trajectories, self.plots):
+            for p in folder.glob("*.tmp*") if folder.is_dir() else ():
+                if TMP_NAME.search(p.name) and p.is_file():
+                    p.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------ run arguments
+    def save_args(self, args: dict) -> None:
+        write_json_atomic(self.run_args, args)
+
+    def load_args(self) -> dict:
+        """The arguments the run was started with; a clear error for a damaged or foreign file."""
+        if not self.run_args.exists():
+            raise RunFolderError(f"'{self.path}' is not a resumable memscan run (no {RUN_ARGS}); pass the --out "
+                                 "folder of the interrupted run")
+        try:
+            args = json.loads(self.run_args.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise RunFolderError(f"'{self.run_args}' is damaged ({type(e).__name__}); the run cannot be resumed: "
+                                 "start a new run") from None
+        missing = [k for k in RUN_ARGS_KEYS if not isinstance(args, dict) or k not in args]
+        if missing or not isinstance(args.get("config"), dict) or not isinstance(args.get("dataset"), str):
+            raise RunFolderError(f"'{self.run_args}' lacks {', '.join(missing) or 'a valid config'}; the run cannot "
+                                 "be resumed: start a new run")
+        from .config import RunConfig
+        try:
+            RunConfig.from_dict(args["config"])
+        except ConfigError as e:
+            raise RunFolderError(f"'{self.run_args}' holds an invalid config ({e}); the run cannot be resumed: "
+                                 "start a new run") from None
+        return args
+
+    # ------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, state: dict) -> None:
+        """Serialised in memory, then written atomically: a full disk never leaves a corrupt
+        checkpoint, and the previous one survives until the new one is complete."""
+        import torch
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        try:
+            write_bytes_atomic(self.checkpoint, buf.getbuffer())
+        except (OSError, OutputError) as e:
+            prev = (f"the previous checkpoint '{self.checkpoint}' is intact" if self.checkpoint.exists()
+                    else "no earlier checkpoint exists")
+            why = getattr(e, "strerror", None) or e
+            raise OutputError(f"cannot write checkpoint '{self.checkpoint}' ({why}); {prev}: free disk space, "
+                              f"then 'memscan resume {self.path}'") from None
+
+    def load_checkpoint(self) -> dict | None:
+        """The last checkpoint as plain data (``weights_only=True``: a planted pickle cannot run code)."""
+        import torch
+        if not self.checkpoint.exists():
+            return None
+        try:
+            ck = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise RunFolderError(f"checkpoint '{self.checkpoint}' is unreadable or not a memscan checkpoint "
+                                 f"({type(e).__name__}); it was not loaded: start a new run with --overwrite") \
+                from None
+        if not isinstance(ck, dict) or not {"epoch", "config", "fingerprint"} <= set(ck):
+            raise RunFolderError(f"checkpoint '{self.checkpoint}' is not a memscan checkpoint; start a new run "
+                                 "with --overwrite")
+        return ck
+
+    def drop_epochs_after(self, epoch: int) -> None:
+        """Trajectory files of epochs after a checkpoint are redone on resume."""
+        for f in self.trajectories.glob("epoch-*.parquet"):
+            if int(f.stem.split("-")[1]) > epoch:
+                f.unlink()
+
+    def restart_in_place(self) -> None:
+        """Killed before the first checkpoint: the same run starts over in this folder."""
+        for f in self.trajectories.glob("epoch-*.parquet") if self.trajectories.is_dir() else ():
+            f.unlink()
+
+    # ------------------------------------------------------------ results
+    def write_table(self, table, dest: Path) -> None:
+        import pyarrow.parquet as pq
+        write_atomic_with(dest, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+
+    def write_model(self, state: dict) -> None:
+        import torch
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        write_bytes_atomic(self.model, buf.getbuffer())
+
+    def write_run_info(self, info: dict) -> None:
+        write_json_atomic(self.run_info, info)
+
+    def write_json(self, dest: Path, obj) -> None:
+        write_json_atomic(dest, obj)
+
+    def finish(self) -> None:
+        """The run is complete: ``model.pt`` holds the final weights, the checkpoint goes."""
+        self.checkpoint.unlink(missing_ok=True)
+
+
+def latest_run(base=DEFAULT_BASE) -> Path:
+    """The most recently written run folder under ``base`` (the default for the readers)."""
+    from .errors import ReportError
+    runs = sorted(Path(base).glob(f"*/{REPORT}"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise ReportError(f"no runs under '{base}'; pass a run folder or {REPORT}, or run 'memscan run' first")
+    return runs[-1].parent
+
+
+def default_run_path(dataset, base=None, suffix: str = "") -> Path:
+    """``memscan-runs/<dataset name>-<time>``: a new folder for each run."""
+    d = Path(dataset)
+    name = (d.stem if d.is_file() else d.resolve().name) or "dataset"
+    return Path(base or DEFAULT_BASE) / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}{suffix}"
+

@@ -1,0 +1,246 @@
+"""Hostile and careless use end to end (issue 11): nothing from data runs, nothing outside a memscan run
+folder is deleted or overwritten, nothing is written into the dataset, garbage never passes a gate, and
+every failure is one line with its documented exit code."""
+import errno
+import json
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from memscan.cli import main
+from memscan.config import RunConfig
+from memscan.errors import Interrupted, OutputError, TrainingError
+from memscan.pipeline import run
+from memscan.run_folder import RunFolder
+
+from helpers import digits_folder, rewrite_report, snapshot
+
+FAST = ["--max-epochs", "2", "--batch-size", "16", "--image-size", "8", "--augment", "crop", "--min-epochs", "1",
+        "-q"]
+CFG = RunConfig(max_epochs=2, batch_size=16, image_size=8, augment="crop", min_epochs=1)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return digits_folder(tmp_path_factory.mktemp("safety") / "proj" / "data", per_class=12, classes=2)
+
+
+@pytest.fixture(scope="module")
+def a_run(data, tmp_path_factory):
+    return run(data, CFG, out=tmp_path_factory.mktemp("runs") / "r").out_dir
+
+
+def fails(capsys, argv, code=2, match=""):
+    rc = main(argv)
+    err = " ".join(capsys.readouterr().err.split())
+    assert rc == code, err
+    assert "Traceback" not in err and "internal error" not in err and match in err, err
+    return err
+
+
+def test_overwrite_never_deletes_the_dataset_or_other_files(data, tmp_path, capsys, monkeypatch):
+    proj = tmp_path / "proj"
+    shutil.copytree(data, proj / "data")
+    (proj / "report.parquet").write_text("a stray file")
+    (proj / "notes.txt").write_text("unrelated")
+    before = snapshot(proj)
+    monkeypatch.chdir(proj)
+    fails(capsys, ["run", "./data", "--out", ".", "--overwrite", *FAST], match="contains the dataset")
+    fails(capsys, ["run", str(proj / "data"), "--out", str(proj), "--overwrite", *FAST], match="contains the dataset")
+    fails(capsys, ["run", "./data", "--out", "data/runs", "--overwrite", *FAST], match="inside the dataset")
+    other = tmp_path / "other"
+    (other / "sub").mkdir(parents=True)
+    (other / "run.json").write_text("{}")
+    (other / "sub" / "keep.txt").write_text("x")
+    fails(capsys, ["run", "./data", "--out", str(other), "--overwrite", *FAST], match="not a memscan run")
+    assert snapshot(proj) == before and (other / "sub" / "keep.txt").exists()
+
+
+def test_no_output_lands_in_or_over_the_dataset(data, a_run, tmp_path, capsys):
+    before = snapshot(data)
+    img = next((data / "c0").iterdir())
+    fails(capsys, ["report", str(a_run), "--out", str(img)], match="part of the dataset")
+    fails(capsys, ["plot", str(a_run), "--out", str(data / "plots")], match="inside the dataset")
+    fails(capsys, ["check", str(a_run), "--max-count", "5", "--junit", str(data / "c0" / "j.xml")],
+          match="part of the dataset")
+    fails(capsys, ["run", str(data), "--out", str(tmp_path / "r"), "--cache-dir", str(data / "cache"), *FAST],
+          match="inside the dataset")
+    assert snapshot(data) == before and not (tmp_path / "r").exists()
+    foreign = tmp_path / "page.html"
+    foreign.write_text("<html>someone's page</html>")
+    fails(capsys, ["report", str(a_run), "--out", str(foreign)], match="not written by memscan")
+    assert foreign.read_text() == "<html>someone's page</html>"
+    fails(capsys, ["report", str(a_run), "--out", str(tmp_path)], match="is a folder")
+    fails(capsys, ["check", str(a_run), "--max-count", "5", "--junit", str(tmp_path)], match="is a folder")
+    fails(capsys, ["plot", str(a_run), "--dpi", "0"], match="--dpi 0")
+    assert main(["report", str(a_run), "--out", str(tmp_path / "ok.html")]) == 0
+    assert main(["report", str(a_run), "--out", str(tmp_path / "ok.html")]) == 0   # its own page: replaced
+    assert main(["plot", str(a_run), "--out", str(tmp_path / "plots")]) == 0
+    assert main(["plot", str(a_run), "--out", str(tmp_path / "plots")]) == 0
+
+
+def test_a_locked_run_folder_refuses_a_second_run(data, tmp_path, capsys):
+    held = RunFolder.start(tmp_path / "r")
+    fails(capsys, ["run", str(data), "--out", str(tmp_path / "r"), "--overwrite", *FAST], code=75,
+          match=f"in use by another memscan process (pid {os.getpid()}")
+    held.release(failed=True)
+
+
+@pytest.mark.parametrize("opt, value", [("--lr", "nan"), ("--lr", "inf"), ("--weight-decay", "nan"),
+                                        ("--cache-memory", "nan"), ("--workers", "-1"),
+                                        ("--seed", "100000000000000000000"), ("--momentum", "nan")])
+def test_numeric_options_must_be_finite_and_in_range(data, tmp_path, capsys, opt, value):
+    fails(capsys, ["run", str(data), "--out", str(tmp_path / "r"), opt, value, *FAST], match=opt.strip("-")
+          .replace("-", "_"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_non_finite_predictions_write_no_report(data, tmp_path, monkeypatch):
+    import memscan.pipeline as pipeline
+
+    def nan_probs(model, source, *, out, **kw):
+        out[:] = np.nan
+        return out
+
+    monkeypatch.setattr(pipeline, "predict_probs", nan_probs)
+    with pytest.raises(TrainingError, match="NaN/inf.*no report was written"):
+        run(data, CFG, out=tmp_path / "r")
+    assert not (tmp_path / "r" / "report.parquet").exists()
+
+
+def test_a_gate_never_passes_on_non_finite_scores(a_run, tmp_path, capsys):
+    df = pd.read_parquet(a_run / "report.parquet")
+    df["mislabel_score"] = np.nan
+    bad = rewrite_report(a_run, tmp_path / "bad" / "report.parquet", df)
+    fails(capsys, ["check", str(bad), "--max-mislabeled", "0"], match="non-finite")
+
+
+def test_damaged_or_foreign_reports_are_usage_errors(a_run, tmp_path, capsys):
+    import pyarrow.parquet as pq
+    t = pq.read_table(a_run / "report.parquet")
+    for meta, match in (({b"memscan": b"{not json"}, "damaged memscan metadata"),
+                        ({b"memscan": json.dumps({"format_version": 1}).encode()}, "lacks report metadata")):
+        p = tmp_path / f"r{len(meta[b'memscan'])}" / "report.parquet"
+        p.parent.mkdir()
+        pq.write_table(t.replace_schema_metadata(meta), p)
+        fails(capsys, ["rank", str(p)], match=match)
+    other = tmp_path / "other" / "report.parquet"
+    df = pd.read_parquet(a_run / "report.parquet")
+    df["path"] = "elsewhere/" + df["path"]
+    rewrite_report(a_run, other, df)
+    err = fails(capsys, ["check", str(a_run), "--baseline", str(other), "--max-new", "1"], match="share no sample")
+    assert "<frame>" not in err and str(a_run / "report.parquet") in err
+
+
+def test_resume_with_garbage_arguments_is_a_usage_error(a_run, tmp_path, capsys):
+    r = tmp_path / "r"
+    shutil.copytree(a_run, r)
+    (r / "report.parquet").unlink()
+    (r / "run-args.json").write_text("{garbage")
+    fails(capsys, ["resume", str(r)], match="damaged")
+
+
+def test_eval_noise_checks_before_training_and_keeps_results(data, tmp_path, capsys):
+    fails(capsys, ["eval-noise", str(data), "--rate", "0.001", "--out", str(tmp_path / "e"), *FAST],
+          match="flips no label")
+    assert not (tmp_path / "e").exists()
+    assert main(["eval-noise", str(data), "--rate", "0.2", "--out", str(tmp_path / "e"), *FAST, "--json"]) == 0
+    capsys.readouterr()
+    before = (tmp_path / "e" / "eval.json").read_bytes()
+    fails(capsys, ["eval-noise", str(data), "--rate", "0.3", "--out", str(tmp_path / "e"), *FAST],
+          match="already exists")
+    assert (tmp_path / "e" / "eval.json").read_bytes() == before
+    assert main(["eval-noise", str(data), "--rate", "0.3", "--out", str(tmp_path / "e"), "--overwrite", *FAST,
+                 "--json"]) == 0
+    assert json.loads((tmp_path / "e" / "eval.json").read_text())["rate"] == 0.3
+
+
+def test_full_disk_writing_the_model_exits_74_without_a_partial_file(data, tmp_path, monkeypatch, capsys):
+    import memscan.files as files
+    real = files.Path.write_bytes
+
+    def write_bytes(self, payload):
+        if self.name.startswith("model.pt.tmp"):
+            real(self, b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, payload)
+
+    monkeypatch.setattr(files.Path, "write_bytes", write_bytes)
+    fails(capsys, ["run", str(data), "--out", str(tmp_path / "r"), *FAST], code=74, match="No space left")
+    assert not list((tmp_path / "r").glob("model.pt*"))
+
+
+def test_any_out_of_space_error_exits_74(data, tmp_path, monkeypatch, capsys):
+    import memscan.pipeline as pipeline
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "somewhere"))
+
+    monkeypatch.setattr(pipeline, "write_epoch", full)
+    fails(capsys, ["run", str(data), "--out", str(tmp_path / "r"), *FAST], code=74, match="no space left")
+
+
+def test_markup_in_class_names_is_text(tmp_path, capsys):
+    rows = []
+    for i, label in enumerate(["[/]", "[bold]cat"] * 12):
+        Image.fromarray(np.full((8, 8), 40 * (i % 2) + i, np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append({"path": f"{i}.png", "label": label})
+    pd.DataFrame(rows).to_csv(tmp_path / "data.csv", index=False)
+    assert main(["run", str(tmp_path / "data.csv"), "--out", str(tmp_path / "r"), *FAST[:-1],
+                 "--check", "max-count=1000"]) == 0
+    out = capsys.readouterr().out
+    assert "[/]" in out and "data check passed" in out
+
+
+def test_manifest_in_its_own_folder_runs_with_the_default_out(tmp_path, capsys, monkeypatch):
+    for i in range(16):
+        Image.fromarray(np.full((8, 8), 15 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    pd.DataFrame({"path": [f"{i}.png" for i in range(16)], "label": ["a", "b"] * 8}).to_csv(tmp_path / "d.csv",
+                                                                                            index=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "d.csv", *FAST]) == 0, capsys.readouterr().err
+    (run_dir,) = (tmp_path / "memscan-runs").iterdir()
+    assert RunFolder.is_run(run_dir)
+
+
+def test_interrupt_while_decoding_says_what_happened(data, tmp_path, monkeypatch, capsys):
+    import memscan.prepare as prepare
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare, "load_images", interrupted)
+    with pytest.raises(Interrupted, match="while decoding"):
+        run(data, CFG, out=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+    fails(capsys, ["run", str(data), "--out", str(tmp_path / "r"), *FAST], code=130, match="while decoding")
+
+
+def test_interrupt_while_scoring_says_how_to_finish(data, tmp_path, monkeypatch):
+    import memscan.pipeline as pipeline
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "predict_probs", interrupted)
+    with pytest.raises(Interrupted, match="while scoring.*memscan resume"):
+        run(data, CFG, out=tmp_path / "r")
+    monkeypatch.undo()
+    assert run(data, CFG, out=tmp_path / "r", resume=True).report_path.exists()
+
+
+def test_full_disk_error_class(tmp_path, monkeypatch):
+    from memscan.files import write_text_atomic
+    import memscan.files as files
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.Path, "write_text", full)
+    with pytest.raises(OutputError, match="No space left on device"):
+        write_text_atomic(tmp_path / "x.json", "{}")
+    assert not list(tmp_path.iterdir())
