@@ -22,13 +22,12 @@ import numpy as np
 import torch
 
 from memscan.config import RunConfig
+from memscan.crossfit import cross_val_probs
 from memscan.data import inject_noise, load_index
 from memscan.evaluate import detection_metrics, flag_metrics
 from memscan.pipeline import run
 from memscan.prepare import prepare
 from memscan.report import read_report
-from memscan.signals import Recorder
-from memscan.train import exact_pass, fit
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -43,16 +42,6 @@ def subset_manifest(name, per_class, dest: Path):
     pq.write_table(pa.table({"path": s.paths, "label_name": [s.class_names[i] for i in s.labels],
                              "image": pa.array(s.image_bytes, pa.binary())}), dest)
     return dest
-
-
-def fold_probs(prep, cfg, train_idx, eval_idx):
-    """Out-of-sample probabilities of one cross-validation fold: train on ``train_idx``, predict ``eval_idx``."""
-    torch.manual_seed(cfg.seed)
-    model = prep.fresh_model(cfg)
-    src = prep.subset(train_idx)
-    fit(model, src, cfg, recorder=Recorder(len(src)))
-    _, probs = exact_pass(model, prep.subset(eval_idx), batch_size=512, dtype=torch.float32, want_probs=True)
-    return probs
 
 
 def metrics(score, truth):
@@ -114,14 +103,10 @@ def main():
     if not a.skip_cleanlab:
         from cleanlab.filter import find_label_issues
         from cleanlab.rank import get_label_quality_scores
-        from sklearn.model_selection import StratifiedKFold
         prep = prepare(holder["table"], base.replace(stop="none"), relabel=relabel)
         labels = prep.labels
         t = time.perf_counter()
-        probs = np.zeros((len(labels), prep.table.num_classes))
-        skf = StratifiedKFold(n_splits=a.folds, shuffle=True, random_state=a.seed)
-        for k, (tr, ev) in enumerate(skf.split(np.zeros(len(labels)), labels)):
-            probs[ev] = fold_probs(prep, base.replace(stop="none", seed=a.seed + k), tr, ev)
+        probs = cross_val_probs(prep, base.replace(stop="none"), folds=a.folds, seed=a.seed)
         issues = find_label_issues(labels, probs)
         quality = get_label_quality_scores(labels, probs)
         wall = time.perf_counter() - t

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import RunConfig
+from .crossfit import reference_probabilities
 from .data import load_index
 from .data.noise import inject_noise, load_matrix
 from .dataset_guard import DatasetGuard
@@ -122,8 +123,10 @@ def eval_noise(dataset, cfg: RunConfig | None = None, *, rate: float = 0.2, kind
     with folder:
         folder.begun = True
         folder.reset(kind="eval-noise")
+        reference = _reference(table, cfg, folder, cache_dir, progress) if kind == "instance" else None
         per_seed = [_one_seed(dataset, cfg, folder, seed, rate=rate, kind=kind, matrix_file=matrix_file,
-                              overwrite=overwrite, cache_dir=cache_dir, progress=progress, encoding=encoding)
+                              overwrite=overwrite, cache_dir=cache_dir, progress=progress, encoding=encoding,
+                              reference=reference)
                     for seed in seeds]
         result = {"dataset": str(dataset), "kind": kind, "rate": rate, "seeds": list(seeds),
                   "actual_rate": [r["actual_rate"] for r in per_seed], "per_seed": per_seed, **aggregate(per_seed)}
@@ -131,12 +134,24 @@ def eval_noise(dataset, cfg: RunConfig | None = None, *, rate: float = 0.2, kind
     return result
 
 
-def _one_seed(dataset, cfg, folder, seed, *, rate, kind, matrix_file, overwrite, cache_dir, progress, encoding):
+def _reference(table, cfg, folder, cache_dir, progress) -> dict:
+    """The instance-noise reference model's out-of-sample probabilities, by path; also written to
+    ``reference.parquet`` in the eval folder (path, given label, probabilities) for inspection."""
+    import pyarrow as pa
+    paths, probs = reference_probabilities(table, cfg, cache_dir=cache_dir, progress=progress)
+    folder.write_table(pa.table({"path": paths, "probs": pa.array(list(probs), pa.list_(pa.float32()))}),
+                       folder.reference)
+    return {p: row for p, row in zip(paths, probs)}
+
+
+def _one_seed(dataset, cfg, folder, seed, *, rate, kind, matrix_file, overwrite, cache_dir, progress, encoding,
+              reference=None):
     holder = {}
 
     def relabel(table):
         m = load_matrix(matrix_file, table.num_classes) if matrix_file else None
-        noisy = inject_noise(table.labels, table.num_classes, rate=rate, kind=kind, seed=seed, matrix=m)
+        probs = None if reference is None else np.stack([reference[p] for p in table.paths])
+        noisy = inject_noise(table.labels, table.num_classes, rate=rate, kind=kind, seed=seed, matrix=m, probs=probs)
         if not noisy.flipped.any():
             raise ConfigError(f"--kind {kind} at --rate {rate} flipped no label; use a higher rate")
         holder["noise"] = noisy

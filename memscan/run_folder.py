@@ -34,11 +34,13 @@ CURVES = "epochs.parquet"
 TRAJECTORIES = "trajectories"
 EVAL = "eval.json"
 TRUTH = "truth.csv"
+REFERENCE = "reference.parquet"
 HTML = "report.html"
 PLOTS = "plots"
 PLOT_NAMES = ("norms", "gradient", "accuracy", "csg", "classes")
 CHECK_FILES = ("check.json", "check.xml", "check.md")
-OWN_FILES = (MARKER, REPORT, RUN_ARGS, RUN_INFO, CHECKPOINT, MODEL, CURVES, EVAL, TRUTH, HTML, *CHECK_FILES)
+OWN_FILES = (MARKER, REPORT, RUN_ARGS, RUN_INFO, CHECKPOINT, MODEL, CURVES, EVAL, TRUTH, REFERENCE, HTML,
+             *CHECK_FILES)
 DEFAULT_BASE = Path("memscan-runs")
 RUN_ARGS_KEYS = ("dataset", "config", "path_column", "label_column", "cache_dir", "val_dataset", "relabelled")
 
@@ -76,6 +78,7 @@ class RunFolder:
     trajectories = property(lambda self: self.path / TRAJECTORIES)
     eval_json = property(lambda self: self.path / EVAL)
     truth = property(lambda self: self.path / TRUTH)
+    reference = property(lambda self: self.path / REFERENCE)   # eval-noise: the instance-noise reference
     html = property(lambda self: self.path / HTML)
     plots = property(lambda self: self.path / PLOTS)
     marker = property(lambda self: self.path / MARKER)
@@ -157,14 +160,27 @@ class RunFolder:
         f.clean_interrupted()
         return f
 
+    def _check_subfolders(self) -> None:
+        """memscan writes and deletes inside trajectories/ and plots/: never through a link elsewhere."""
+        for sub in (self.trajectories, self.plots):
+            if sub.is_symlink() or (sub.exists() and not sub.is_dir()):
+                raise RunFolderError(f"'{sub}' in the run folder is a link or a file, not a folder memscan made; "
+                                     "refusing to write or delete through it: remove it or choose another --out")
+
     def _lock(self) -> None:
         if self._lock_file is not None:
             return
+        self._check_subfolders()
         try:
             import fcntl
         except ImportError:   # pragma: no cover - Windows: no advisory locks, run unlocked
             return
-        lf = open(self.path / LOCK, "a+", encoding="utf-8")
+        try:   # never through a link: the lock file is truncated below
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            raise RunFolderError(f"cannot open the lock file '{self.path / LOCK}' ({e.strerror or e}); remove it if it "
+                                 "is a link, or choose another --out") from None
+        lf = os.fdopen(fd, "r+", encoding="utf-8")
         try:
             fcntl.flock(lf.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

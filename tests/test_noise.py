@@ -228,3 +228,61 @@ def test_load_matrix_errors(tmp_path):
     off.write_text("1,0\n0.5,0.6\n")
     with pytest.raises(ConfigError, match=r"off\.csv' row 2 sums to 1\.1"):
         load_matrix(off, 2)
+
+
+# --------------------------------------------------------------------------- instance-dependent
+
+def ambiguous_by_construction(n=6000, k=4, seed=0):
+    """Reference probabilities where the first third is very ambiguous (true class 0.4, the rest mostly on
+    the next class), the middle third a little, the last third not at all."""
+    y = balanced(n, k)
+    amb = np.repeat([0.6, 0.15, 0.01], n // 3)
+    p = np.zeros((n, k))
+    p[np.arange(n), y] = 1 - amb
+    p[np.arange(n), (y + 1) % k] += 0.8 * amb
+    p[np.arange(n), (y + 2) % k] += 0.2 * amb
+    return y, p, amb
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.2, 0.4])
+def test_instance_noise_exact_count_and_never_the_true_class(rate):
+    y, p, _ = ambiguous_by_construction()
+    r = inject_noise(y, 4, rate=rate, kind="instance", seed=3, probs=p)
+    assert r.flipped.sum() == round(rate * len(y)) and r.kind == "instance"
+    assert (r.labels[r.flipped] != y[r.flipped]).all()
+    np.testing.assert_array_equal(r.labels[~r.flipped], y[~r.flipped])
+
+
+def test_instance_noise_flips_the_ambiguous_into_the_classes_they_resemble():
+    y, p, amb = ambiguous_by_construction()
+    r = inject_noise(y, 4, rate=0.2, kind="instance", seed=0, probs=p)
+    by_group = [r.flipped[amb == a].mean() for a in (0.6, 0.15, 0.01)]
+    # probability of being flipped grows with ambiguity (weights 0.6 : 0.15 : 0.01)
+    assert by_group[0] > 2 * by_group[1] > 10 * by_group[2]
+    shift = (r.labels[r.flipped] - y[r.flipped]) % 4
+    freq = np.bincount(shift, minlength=4) / len(shift)
+    np.testing.assert_allclose(freq[1:], [0.8, 0.2, 0.0], atol=0.03)   # the reference model's confusion
+
+
+def test_instance_noise_is_seeded_and_needs_valid_probabilities():
+    y, p, _ = ambiguous_by_construction(n=600)
+    a = inject_noise(y, 4, rate=0.1, kind="instance", seed=5, probs=p)
+    b = inject_noise(y, 4, rate=0.1, kind="instance", seed=5, probs=p)
+    c = inject_noise(y, 4, rate=0.1, kind="instance", seed=6, probs=p)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert not np.array_equal(a.flipped, c.flipped)
+    with pytest.raises(ConfigError, match="reference model"):
+        inject_noise(y, 4, rate=0.1, kind="instance", seed=0)
+    with pytest.raises(ConfigError, match="600x4"):
+        inject_noise(y, 4, rate=0.1, kind="instance", seed=0, probs=p[:10])
+    bad = p.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ConfigError, match="finite"):
+        inject_noise(y, 4, rate=0.1, kind="instance", seed=0, probs=bad)
+
+
+def test_instance_noise_with_a_certain_reference_still_flips_exactly():
+    y = balanced(100, 4)
+    p = np.eye(4)[y]                     # a reference model certain of every label
+    r = inject_noise(y, 4, rate=0.3, kind="instance", seed=0, probs=p)
+    assert r.flipped.sum() == 30 and (r.labels[r.flipped] != y[r.flipped]).all()

@@ -195,3 +195,26 @@ def test_latest_run(tmp_path):
         (tmp_path / name / "report.parquet").write_text("x")
     os.utime(tmp_path / "a" / "report.parquet", (1e9, 1e9))
     assert latest_run(tmp_path) == tmp_path / "b"
+
+
+def test_links_inside_a_run_folder_are_never_followed(tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "epoch-0000.parquet").write_text("keep")
+    (precious / "file.txt").write_text("keep")
+    f = started(tmp_path / "run")
+    f.release()
+    f.trajectories.symlink_to(precious, target_is_directory=True)
+    with pytest.raises(RunFolderError, match="link"):
+        RunFolder.start(f.path, overwrite=True)
+    f.trajectories.unlink()
+    (f.path / LOCK).unlink()
+    (f.path / LOCK).symlink_to(precious / "file.txt")
+    with pytest.raises(RunFolderError, match="lock file"):
+        RunFolder.start(f.path, overwrite=True)
+    (f.path / LOCK).unlink()
+    (f.path / "report.parquet").symlink_to(precious / "file.txt")   # a link named like memscan's file: the link goes
+    g = RunFolder.start(f.path, overwrite=True)
+    g.reset()
+    g.release()
+    assert (precious / "file.txt").read_text() == "keep" and (precious / "epoch-0000.parquet").read_text() == "keep"

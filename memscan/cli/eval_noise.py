@@ -55,7 +55,9 @@ def print_eval(res: dict) -> None:
 def eval_noise_cmd(
     dataset: Optional[Path] = typer.Argument(None, help="Image folder or manifest (its labels taken as clean)."),
     rate: float = typer.Option(0.2, help="Fraction of labels to flip, in (0, 1)."),
-    kind: str = typer.Option("symmetric", help="symmetric | pairflip | matrix:FILE (K x K CSV, rows sum to 1)."),
+    kind: str = typer.Option("symmetric", help="symmetric | pairflip | instance (image-dependent: flips the images a "
+                             "reference model finds ambiguous, into the classes they resemble) | matrix:FILE (K x K "
+                             "CSV, rows sum to 1)."),
     seeds: str = typer.Option("0", help="Comma-separated seeds; several give mean ± std."),
     from_run: Optional[Path] = typer.Option(None, "--from-run", help="Score an existing run instead of training."),
     truth: Optional[Path] = typer.Option(None, help="CSV: path + flipped (1/0) or true_label, for real known errors."),

@@ -8,15 +8,8 @@ from typing import Optional
 import typer
 
 from . import app
-from .console import console, err_console
-
-
-def write_report_html(run_dir, out=None, *, per_category: int = 300, quiet: bool = False):
-    from ..html_report import write_html
-    res = write_html(run_dir, out, per_category=per_category)
-    if res.warning and not quiet:
-        err_console.print(f"[yellow]warning:[/] {res.warning}", highlight=False)
-    return res
+from .console import console
+from .outputs import write_report_html
 
 
 @app.command("report")

@@ -111,14 +111,14 @@ def run_cmd(
     if truth is not None:
         res.summary["demo"] = demo_evaluation(res, truth)
     if html:
-        from .report import write_report_html
+        from .outputs import write_report_html
         res.summary["html"] = str(write_report_html(res.out_dir, quiet=as_json).path)
     result = None
     if gate is not None:
         from ..check import check_report
         from ..files import write_json_atomic
         from ..run_folder import RunFolder
-        from .check import write_ci_files
+        from .outputs import write_ci_files
         result = check_report(res.report_path, **gate)
         folder = RunFolder(res.out_dir)
         write_json_atomic(folder.check_file("check.json"), result.to_dict())
@@ -139,7 +139,7 @@ def run_cmd(
                       f"(precision@k {d['precision_at_k']:.2f}); category 'mislabeled' precision "
                       f"{d['flag_precision']:.2f}, recall {d['flag_recall']:.2f}.")
     if result is not None:
-        from .check import print_check
+        from .outputs import print_check
         console.print()
         raise typer.Exit(print_check(result))
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DatasetError
+from ..errors import DatasetError, OutputError
+from ..files import write_atomic_with, write_text_atomic
 from .decode import DEFAULT_MAX_PIXELS, decode, probe_size
 from .index import SampleTable, open_regular
 
@@ -159,8 +160,8 @@ def _remove(paths) -> None:
 
 def _remove_stale_temps(cache_dir: Path, key: str) -> None:
     """Temporary files of this entry left by a process that was killed (SIGKILL skips ``finally``)."""
-    for t in cache_dir.glob(f"{key}.tmp*") if cache_dir.is_dir() else ():
-        m = re.match(r"\.tmp(\d+)", t.name[len(key):])
+    for t in cache_dir.glob(f"{key}*.tmp*") if cache_dir.is_dir() else ():
+        m = re.search(r"\.tmp(\d+)", t.name[len(key):])
         if m and not _alive(int(m.group(1))):
             t.unlink(missing_ok=True)
 
@@ -323,15 +324,15 @@ def load_images(table: SampleTable, *, image_size: int | None = None, strict: bo
         else:
             images = images[kept] if len(kept) < n else images
             if use_cache:
-                _write_cache(cache_dir, npy, meta_file, images, kept, skipped, temps, workers)
+                _write_cache(cache_dir, npy, meta_file, images, kept, skipped, workers)
     finally:
         _remove(temps)
     return DecodedImages(images, sub, skipped, npy if use_cache else None, False, notes)
 
 
-def _no_room(npy: Path, e: OSError) -> DatasetError:
-    return DatasetError(f"cannot write the on-disk image cache '{npy}' ({e.strerror or e}); free space there "
-                        "or point MEMSCAN_CACHE_DIR / --cache-dir at a disk with room")
+def _no_room(npy: Path, e: OSError) -> OutputError:
+    return OutputError(f"cannot write the on-disk image cache '{npy}' ({e.strerror or e}); free space there "
+                       "or point MEMSCAN_CACHE_DIR / --cache-dir at a disk with room")
 
 
 def _open_temp(cache_dir: Path, tmp: Path, shape) -> np.memmap:
@@ -345,7 +346,7 @@ def _open_temp(cache_dir: Path, tmp: Path, shape) -> np.memmap:
 def _finish_mapped(images, temps: list[Path], npy: Path, meta_file: Path, kept, skipped, workers) -> np.memmap:
     """Compact the kept rows (chunk by chunk: never the whole array in RAM), publish the cache
     entry atomically, and map it read-only."""
-    tmp_npy, tmp2, tmpj = temps
+    tmp_npy, tmp2, _ = temps
     try:
         if len(kept) < images.shape[0]:
             out = np.lib.format.open_memmap(tmp2, mode="w+", dtype=np.uint8, shape=(len(kept),) + images.shape[1:])
@@ -356,22 +357,22 @@ def _finish_mapped(images, temps: list[Path], npy: Path, meta_file: Path, kept, 
             tmp_npy.unlink()
             images, tmp_npy = out, tmp2
         images.flush()
-        tmpj.write_text(_entry_meta(images, kept, skipped, workers))
+        meta = _entry_meta(images, kept, skipped, workers)
         del images
-        os.replace(tmp_npy, npy)
-        os.replace(tmpj, meta_file)
-    except OSError as e:
+        os.replace(tmp_npy, npy)           # filled in place above, published whole here
+        write_text_atomic(meta_file, meta)
+    except (OSError, OutputError) as e:
         raise _no_room(npy, e) from None
     return np.load(npy, mmap_mode="r")
 
 
-def _write_cache(cache_dir: Path, npy: Path, meta_file: Path, images, kept, skipped, temps, workers):
-    tmp, _, tmpj = temps
+def _write_cache(cache_dir: Path, npy: Path, meta_file: Path, images, kept, skipped, workers):
+    def save(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, images)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        np.save(tmp, images)
-        tmpj.write_text(_entry_meta(images, kept, skipped, workers))
-        os.replace(tmp, npy)
-        os.replace(tmpj, meta_file)
-    except OSError:
+        write_atomic_with(npy, save)       # the array first: a side file never describes a missing array
+        write_text_atomic(meta_file, _entry_meta(images, kept, skipped, workers))
+    except (OSError, OutputError):
         pass  # a cache we cannot write only costs a re-decode next time

@@ -7,7 +7,14 @@ noisy labels and the flip mask. Kinds:
   chosen uniformly among the others;
 * ``pairflip``: exactly ``round(rate * N)`` samples move from class c to (c + 1) mod K;
 * ``matrix``: each sample of class i draws its new label from row i of a K x K transition matrix
-  (rows sum to 1; ``rate`` is ignored, the realised rate is reported).
+  (rows sum to 1; ``rate`` is ignored, the realised rate is reported);
+* ``instance``: label noise that depends on the image, as human annotators make it (Chen et al. 2021,
+  "Beyond class-conditional assumption"; Xia et al. 2020). ``probs`` [N, K] are a reference model's
+  out-of-sample class probabilities on the clean labels (``memscan.crossfit``). Exactly
+  ``round(rate * N)`` samples flip, drawn without replacement with probability proportional to
+  their ambiguity 1 - probs[i, y_i] (weighted sampling, Efraimidis-Spirakis keys); each flipped
+  sample's new label is drawn from the reference model's confusion over the other classes,
+  probs[i, j != y_i] renormalised: a blurry dog becomes the class it resembles.
 """
 from __future__ import annotations
 
@@ -17,7 +24,8 @@ import numpy as np
 
 from ..errors import ConfigError, check_choice
 
-NOISE_KINDS = ("symmetric", "pairflip", "matrix")
+NOISE_KINDS = ("symmetric", "pairflip", "matrix", "instance")
+AMBIGUITY_FLOOR = 1e-6   # every sample can flip, however confident the reference model was
 
 
 @dataclass
@@ -52,7 +60,7 @@ def validate_matrix(m, num_classes: int, name: str = "matrix") -> np.ndarray:
 
 
 def inject_noise(labels, num_classes: int, *, rate: float = 0.2, kind: str = "symmetric", seed: int = 0,
-                 matrix=None) -> NoisyLabels:
+                 matrix=None, probs=None) -> NoisyLabels:
     labels = np.asarray(labels, dtype=np.int64)
     check_choice("noise kind", kind, NOISE_KINDS)
     n = len(labels)
@@ -72,6 +80,8 @@ def inject_noise(labels, num_classes: int, *, rate: float = 0.2, kind: str = "sy
         k = int(round(rate * n))
         pick = rng.choice(n, size=k, replace=False)
         new[pick] = (labels[pick] + 1) % num_classes
+    elif kind == "instance":
+        new = _instance_noise(labels, num_classes, rate, rng, probs)
     else:
         if matrix is None:
             raise ConfigError("matrix noise needs a transition matrix (--kind matrix:FILE)")
@@ -86,3 +96,29 @@ def inject_noise(labels, num_classes: int, *, rate: float = 0.2, kind: str = "sy
         raise ConfigError(f"noise at rate {rate} leaves class {empty} with no samples; use a lower --rate")
     flipped = new != labels
     return NoisyLabels(new, flipped, kind, float(rate), float(flipped.mean()))
+
+
+def _instance_noise(labels, num_classes: int, rate: float, rng, probs) -> np.ndarray:
+    if probs is None:
+        raise ConfigError("instance noise needs a reference model's class probabilities (memscan.crossfit)")
+    p = np.asarray(probs, dtype=np.float64)
+    if p.shape != (len(labels), num_classes) or not np.isfinite(p).all() or (p < 0).any():
+        raise ConfigError(f"instance noise: reference probabilities must be a finite, non-negative "
+                          f"{len(labels)}x{num_classes} array, got {p.shape}")
+    n = len(labels)
+    k = int(round(rate * n))
+    p = p / np.maximum(p.sum(1, keepdims=True), 1e-12)
+    ambiguity = np.maximum(1.0 - p[np.arange(n), labels], AMBIGUITY_FLOOR)
+    # Efraimidis-Spirakis: the k largest u^(1/w) are a weighted sample without replacement
+    keys = np.log(rng.random(n)) / ambiguity
+    pick = np.sort(np.argsort(-keys, kind="stable")[:k])
+    other = p[pick].copy()
+    other[np.arange(k), labels[pick]] = 0.0
+    other += AMBIGUITY_FLOOR           # a reference model certain of the true class still names a wrong one
+    other[np.arange(k), labels[pick]] = 0.0
+    other /= other.sum(1, keepdims=True)
+    cum = np.cumsum(other, axis=1)
+    u = rng.random(k)[:, None]
+    new = labels.copy()
+    new[pick] = np.minimum((u > cum).sum(1), num_classes - 1)
+    return new

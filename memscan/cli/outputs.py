@@ -1,0 +1,71 @@
+"""What more than one command prints or writes: the gate's verdict and CI files, the HTML page.
+
+``memscan check`` and ``memscan run --check`` share the gate's output; ``memscan report`` and
+``memscan run --html`` share the page.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from rich.table import Table
+
+from .console import console, err_console, safe
+
+EXIT_FAILED = 1
+
+
+def check_ci_paths(report, *, junit: Optional[Path] = None, summary_md: Optional[Path] = None) -> None:
+    """Before anything is written: the output files lie outside the dataset and replace only files
+    memscan wrote."""
+    from ..ci_formats import JUNIT_SIGNATURE, MARKDOWN_SIGNATURE
+    from ..dataset_guard import guard_for_report
+    from ..files import check_output_file
+    guard = guard_for_report(report) if (junit or summary_md) else None
+    for path, sig, what, example in ((junit, JUNIT_SIGNATURE, "--junit", "check.xml"),
+                                     (summary_md, MARKDOWN_SIGNATURE, "--summary-md", "check.md")):
+        if path:
+            guard.check_file(path, what=what)
+            check_output_file(path, signature=sig, what=what, example=example)
+
+
+def write_ci_files(result, *, junit: Optional[Path] = None, summary_md: Optional[Path] = None) -> None:
+    """JUnit XML and Markdown where asked, and the job summary when $GITHUB_STEP_SUMMARY is set."""
+    from ..ci_formats import append_step_summary, junit_xml, markdown_summary
+    from ..files import write_text_atomic
+    md = markdown_summary(result)
+    if junit:
+        write_text_atomic(junit, junit_xml(result))
+    if summary_md:
+        write_text_atomic(summary_md, md)
+    append_step_summary(md)
+
+
+def print_check(result) -> int:
+    """Print each gate's verdict and the offenders of failed gates; return the exit code (0 pass, 1 fail)."""
+    for g in result.gates:
+        mark = "[green]PASS[/]" if g.passed else "[bold red]FAIL[/]"
+        console.print(f"{mark} {safe(g.name)}: {safe(g.message)}", highlight=False)
+    for g in result.failed:
+        if g.offenders:
+            t = Table(title=f"top offenders — {safe(g.name)}", title_justify="left")
+            for c in ("path", "given", "predicted", "p", "mislabel_score"):
+                t.add_column(c, overflow="fold")
+            for o in g.offenders:
+                t.add_row(safe(o["path"]), safe(str(o["label_name"])), safe(str(o["pred_name"])),
+                          f"{o['p_pred']:.2f}", f"{o['mislabel_score']:.3f}")
+            console.print(t)
+    if result.passed:
+        console.print(f"[bold green]data check passed[/] ({len(result.gates)} gates, {result.samples} samples)")
+    else:
+        console.print(f"[bold red]data check failed[/]: {safe(', '.join(g.name for g in result.failed))} "
+                      f"(see: memscan rank {safe(result.report)} --category mislabeled)", highlight=False)
+    return 0 if result.passed else EXIT_FAILED
+
+
+def write_report_html(run_dir, out=None, *, per_category: int = 300, quiet: bool = False):
+    from ..html_report import write_html
+    res = write_html(run_dir, out, per_category=per_category)
+    if res.warning and not quiet:
+        err_console.print(f"[yellow]warning:[/] {res.warning}", highlight=False)
+    return res
