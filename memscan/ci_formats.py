@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .check import CheckResult
 from .errors import ConfigError, OutputError
+from .files import write_atomic_with
 from .text import printable
 
 # In the first bytes of every file these writers produce: ``files.check_output_file`` replaces only such files.
@@ -98,12 +99,16 @@ def append_step_summary(text: str) -> Path | None:
     target = os.environ.get("GITHUB_STEP_SUMMARY")
     if not target:
         return None
-    if Path(target).is_dir():
+    p = Path(target)
+    if p.is_dir():
         raise ConfigError(f"$GITHUB_STEP_SUMMARY='{target}' is a folder, not a file; unset it or point it to a file")
-    try:
-        with open(target, "a", encoding="utf-8") as f:
-            f.write(text + "\n")
+    if p.exists() and (p.is_symlink() or not p.is_file()):   # a FIFO would block, a link would be followed
+        raise ConfigError(f"$GITHUB_STEP_SUMMARY='{target}' is not a regular file; unset it or point it to a file")
+    try:   # appended by rewriting the whole file atomically: a full disk never leaves half a summary
+        before = p.read_text(encoding="utf-8", errors="surrogateescape") if p.exists() else ""
+        write_atomic_with(p, lambda tmp: tmp.write_text(before + text + "\n", encoding="utf-8",
+                                                        errors="surrogateescape"))
     except OSError as e:
         raise OutputError(f"could not append to $GITHUB_STEP_SUMMARY='{target}': {e.strerror or e}; unset it or "
                           "point it to a writable file") from None
-    return Path(target)
+    return p

@@ -79,24 +79,27 @@ class RunConfig:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{name}={value} is not a finite number")
         _positive("lr", self.lr)
-        for name in ("batch_size", "max_epochs", "smoothing", "patience"):
-            _positive_int(name, getattr(self, name))
+        if self.lr > 100:
+            raise ConfigError(f"lr={self.lr} is far beyond any usable learning rate; use e.g. 0.0125 (SGD) or 1e-3 (AdamW)")
+        for name, most in (("batch_size", 2 ** 20), ("max_epochs", 10 ** 5), ("smoothing", 1000), ("patience", 1000)):
+            _int_in(name, getattr(self, name), 1, most)
         _int_in("min_epochs", self.min_epochs, 0, 10 ** 6)
         _int_in("seed", self.seed, 0, 2 ** 63 - 1)
         if not 0 < self.rank_threshold < 1:
             raise ConfigError(f"rank_threshold={self.rank_threshold} must be in (0, 1), e.g. 0.87")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay={self.weight_decay} is negative; use 0 or more (default 5e-4)")
+        if not 0 <= self.weight_decay <= 1:
+            raise ConfigError(f"weight_decay={self.weight_decay} must be between 0 and 1 (default 5e-4)")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum={self.momentum} must be in [0, 1)")
-        if self.warmup_epochs < 0:
-            raise ConfigError(f"warmup_epochs={self.warmup_epochs} is negative; use 0 or more")
+        if not 0 <= self.warmup_epochs <= 10 ** 5:
+            raise ConfigError(f"warmup_epochs={self.warmup_epochs} must be between 0 and 100000 epochs")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
         if self.image_size is not None:
             _int_in("image_size", self.image_size, 8, 1024)
-        if self.cache_memory is not None and self.cache_memory < 0:
-            raise ConfigError(f"cache_memory={self.cache_memory} GiB is negative; use 0 (always memory-map) or more")
+        if self.cache_memory is not None and not 0 <= self.cache_memory <= 2 ** 20:
+            raise ConfigError(f"cache_memory={self.cache_memory} GiB must be between 0 (always memory-map) and "
+                              "1048576")
         if self.workers is not None:
             _int_in("workers", self.workers, 1, 1024)
         if self.max_image_pixels is not None:
@@ -122,11 +125,6 @@ class RunConfig:
 def _positive(name, value):
     if value is None or not value > 0:
         raise ConfigError(f"{name}={value} must be positive")
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name}={value} must be a positive whole number")
 
 
 def _int_in(name, value, lo, hi):

@@ -31,42 +31,46 @@ def _inside(child: str, parent: str) -> bool:
 
 @dataclass(frozen=True)
 class DatasetGuard:
-    root: str | None           # a folder dataset: nothing may be written under it
-    files: frozenset           # absolute paths of the manifest / Parquet file / listed images
+    roots: tuple               # folders nothing may be written under: a folder dataset's root and the real
+                               # folders its images sit in (a class folder may link outside the root)
+    files: frozenset           # absolute real paths of the manifest / Parquet file / listed images
     where: str                 # the dataset as the user named it, for messages
 
     @classmethod
     def for_dataset(cls, source: str, location, root, paths) -> "DatasetGuard":
         loc = _abs(location)
+        dirs = {os.path.dirname(p) for p in paths}
         if source == "folder":
-            return cls(loc, frozenset(), str(location))
+            real = {_abs(os.path.join(loc, d)) for d in dirs} | {loc}
+            return cls(tuple(r for r in sorted(real) if not any(o != r and _inside(r, o) for o in real)),
+                       frozenset(), str(location))
         files = {loc}
         if source == "manifest":
             base = _abs(root)
-            files.update(os.path.normpath(os.path.join(base, p)) for p in paths)
-        return cls(None, frozenset(files), str(location))
+            real = {d: _abs(os.path.join(base, d)) for d in dirs}   # links resolved once per folder
+            files.update(os.path.join(real[os.path.dirname(p)], os.path.basename(p)) for p in paths)
+        return cls((), frozenset(files), str(location))
 
     @classmethod
     def for_table(cls, table) -> "DatasetGuard":
         return cls.for_dataset(table.source, table.location, table.root, table.paths)
 
-    def _owned_file(self, p: str) -> bool:
-        return p in self.files or (self.root is not None and _inside(p, self.root))
-
     def check_folder(self, folder, *, what: str = "--out", may_hold: bool = False) -> None:
         """An output folder must lie outside the dataset and (unless ``may_hold``: a folder memscan
         only adds named files to, such as the decode cache) must not hold any part of it."""
         f = _abs(folder)
-        if self.root is not None and _inside(f, self.root):
-            raise ConfigError(f"{what} '{folder}' is inside the dataset folder '{self.where}'; memscan never "
-                              "writes there: choose a folder outside it")
+        for root in self.roots:
+            if _inside(f, root):
+                raise ConfigError(f"{what} '{folder}' is inside the dataset folder '{self.where}'"
+                                  + ("" if root == _abs(self.where) else f" (its images in '{root}')")
+                                  + "; memscan never writes there: choose a folder outside it")
+            if not may_hold and _inside(root, f):
+                raise ConfigError(f"{what} '{folder}' contains the dataset '{self.where}'; choose a folder that "
+                                  "does not hold the dataset")
         if may_hold:
             if f in self.files:
                 raise ConfigError(f"{what} '{folder}' is part of the dataset '{self.where}'; choose another folder")
             return
-        if self.root is not None and _inside(self.root, f):
-            raise ConfigError(f"{what} '{folder}' contains the dataset '{self.where}'; choose a folder that "
-                              "does not hold the dataset")
         held = next((p for p in self.files if _inside(p, f)), None)
         if held is not None:
             raise ConfigError(f"{what} '{folder}' holds '{held}', part of the dataset '{self.where}'; choose a "
@@ -74,7 +78,8 @@ class DatasetGuard:
 
     def check_file(self, path, *, what: str = "--out") -> None:
         """An output file must not be a file of the dataset or lie inside a folder dataset."""
-        if self._owned_file(_abs(path)):
+        p = _abs(path)
+        if p in self.files or any(_inside(p, r) for r in self.roots):
             raise ConfigError(f"{what} '{path}' is part of the dataset '{self.where}'; memscan never writes "
                               "there: choose a path outside it")
 
@@ -85,7 +90,7 @@ def guard_for_report(report_path) -> DatasetGuard:
     from .report import read_metadata, resolve_report_path
     ds = read_metadata(report_path).dataset
     paths = []
-    if ds.source == "manifest":
+    if ds.source != "parquet-bytes":
         paths = pq.read_table(resolve_report_path(report_path), columns=["path"]).column("path").to_pylist()
     loc = Path(ds.location)
     return DatasetGuard.for_dataset(ds.source, loc, loc.parent if ds.source != "folder" else loc, paths)

@@ -162,6 +162,7 @@ def _header(meta, df) -> str:
             f"model <code>{html.escape(str(meta.config.get('model')))}</code>",
             f"stopped after <b>{s.epochs_trained}</b> epochs: {html.escape(str(s.reason))}",
             "flagged: " + ", ".join(f"<b>{v}</b> {k}" for k, v in cats.items())]
+    bits += [f"<span class='warn'>caution: {html.escape(w)}</span>" for w in meta.warnings]
     return "<ul class='facts'>" + "".join(f"<li>{b}</li>" for b in bits) + "</ul>"
 
 

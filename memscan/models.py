@@ -68,7 +68,7 @@ def load_state_dict_file(path) -> dict:
             from safetensors.torch import load_file
             sd = load_file(str(p))
         else:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
+            sd = load_weights_only(p)
     except Exception as e:
         raise ModelError(f"cannot load weights '{p}' ({type(e).__name__}); it must be a safetensors file or "
                          "a torch state dict saved with torch.save(model.state_dict(), ...)") from None
@@ -157,3 +157,14 @@ class _hub_offline:
     def __exit__(self, *exc):
         if self._c is not None:
             self._c.HF_HUB_OFFLINE = self._old
+
+
+def load_weights_only(path):
+    """``torch.load(weights_only=True)`` without the warnings torch prints beside its refusal of a
+    pickle: the one-line error says what happened."""
+    import warnings
+
+    import torch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)

@@ -29,7 +29,7 @@ from .errors import ConfigError, Interrupted, OutputError, TrainingError
 from .prepare import Prepared, prepare
 from .report import DatasetInfo, ReportMeta, StopInfo, build_table
 from .run_folder import RunFolder, default_run_path
-from .scores import CATEGORIES, accumulate, compute_scores
+from .scores import CATEGORIES, accumulate, compute_scores, trust_warnings
 from .signals import Recorder
 from .train import fit, predict_probs, resolve_device
 from .trajectories import read_epochs, write_epoch
@@ -276,7 +276,9 @@ def report_metadata(prep: Prepared, cfg: RunConfig, result, sig, scores, curves,
         curves={k: [c.get(k) for c in curves] for k in CURVE_KEYS},
         device=str(prep.device), processes=prep.dist.world, precision=str(prep.dtype).removeprefix("torch."),
         channels_last=prep.channels_last, timings=timings,
-        categories={c: int((scores["category"] == c).sum()) for c in CATEGORIES})
+        categories={c: int((scores["category"] == c).sum()) for c in CATEGORIES},
+        stop_accuracy=float((scores["pred"] == prep.labels).mean()),
+        warnings=trust_warnings(prep.labels, scores["pred"]))
 
 
 def write_results(folder: RunFolder, prep: Prepared, cfg: RunConfig, meta: ReportMeta, sig, scores, *,
@@ -306,7 +308,7 @@ def run_summary(folder: RunFolder, prep: Prepared, result, scores, meta: ReportM
         "out_dir": str(folder.path), "report": str(folder.report), "n": len(t), "classes": t.num_classes,
         "epochs_trained": len(curves), "peak_epoch": meta.stop.peak_epoch, "stop_reason": result.stop_reason,
         "train_acc": curves[-1]["train_acc"] if curves else None,
-        "stop_acc": float((scores["pred"] == labels).mean()),
+        "stop_acc": meta.stop_accuracy, "warnings": meta.warnings,
         "categories": meta.categories, "skipped": prep.skipped, "notes": prep.notes,
         "top": [{"rank": int(scores["mislabel_rank"][i]), "path": t.paths[i], "label": names[labels[i]],
                  "pred": names[scores["pred"][i]], "p_pred": float(scores["p_pred"][i]),

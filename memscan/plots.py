@@ -15,6 +15,7 @@ from .errors import ConfigError
 from .files import check_output_file, write_atomic_with
 from .run_folder import PLOT_NAMES  # noqa: F401  (re-exported: the names figures() builds)
 from .scores import upper_fence
+from .text import printable
 
 CATEGORY_COLORS = {"mislabeled": "#d62728", "atypical": "#ff7f0e", "memorized": "#9467bd", "ok": "#7f7f7f"}
 
@@ -111,7 +112,9 @@ def figures(meta, df) -> dict:
         counts = df[df["category"] == c]["label_name"].value_counts().reindex(classes, fill_value=0).to_numpy()
         ax.bar(range(len(classes)), counts, bottom=bottom, color=CATEGORY_COLORS[c], label=c)
         bottom += counts
-    ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) > 6 else 0, ha="right"
+    # names from data: control characters shown escaped, and "$" not read as matplotlib's math text
+    shown = [printable(c).replace("$", r"\$") for c in classes]
+    ax.set_xticks(range(len(classes)), shown, rotation=45 if len(classes) > 6 else 0, ha="right"
                   if len(classes) > 6 else "center", fontsize=8)
     ax.set(title="Flagged samples per class (given label)", ylabel="samples")
     ax.legend(fontsize=8)

@@ -106,7 +106,7 @@ def prepare(table: SampleTable, cfg: RunConfig, *, dist: distributed.Dist | None
     source = InMemorySource(decoded.images, labels, mean=mean, std=std, device=device, channels_last=channels_last)
     prep = Prepared(cfg=cfg, table=table, images=decoded.images, labels=labels, model=model, train_model=train_model, source=source, device=device,
                     dtype=dtype, dist=dist, channels_last=channels_last, mean=mean, std=std,
-                    image_size=int(decoded.images.shape[-1]), skipped=decoded.skipped,
+                    image_size=int(decoded.images.shape[-1]), skipped=table.unreadable + decoded.skipped,
                     from_cache=decoded.from_cache, mapped=isinstance(decoded.images, np.memmap),
                     notes=list(getattr(decoded, "notes", [])))
     if val_dataset is not None:

@@ -93,6 +93,8 @@ class ReportMeta:
     channels_last: bool = False
     timings: dict = field(default_factory=dict)      # seconds: decode_s, train_s, score_s, total_s
     categories: dict = field(default_factory=dict)   # samples per category
+    stop_accuracy: float | None = None              # accuracy on the given labels at the stop (eval mode)
+    warnings: list = field(default_factory=list)     # how far the categories can be trusted (scores.trust_warnings)
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import socket
 import sys
 from datetime import datetime
@@ -39,14 +40,11 @@ HTML = "report.html"
 PLOTS = "plots"
 PLOT_NAMES = ("norms", "gradient", "accuracy", "csg", "classes")
 CHECK_FILES = ("check.json", "check.xml", "check.md")
+EPOCH_FILE = re.compile(r"epoch-\d{4,}\.parquet")   # in trajectories/ (trajectories.epoch_file)
 OWN_FILES = (MARKER, REPORT, RUN_ARGS, RUN_INFO, CHECKPOINT, MODEL, CURVES, EVAL, TRUTH, REFERENCE, HTML,
              *CHECK_FILES)
 DEFAULT_BASE = Path("memscan-runs")
 RUN_ARGS_KEYS = ("dataset", "config", "path_column", "label_column", "cache_dir", "val_dataset", "relabelled")
-
-
-def _abs(p) -> Path:
-    return Path(os.path.normpath(Path(p).expanduser().resolve()))
 
 
 class RunFolder:
@@ -128,7 +126,7 @@ class RunFolder:
             if not cls.is_run(f.path):
                 raise OutputExistsError(f"output folder '{f.path}' exists and is not a memscan run (no {MARKER}); "
                                         "refusing to overwrite it: choose another --out")
-            if _abs(Path.cwd()).is_relative_to(_abs(f.path)):
+            if Path.cwd().resolve().is_relative_to(f.path.expanduser().resolve()):
                 f.release()
                 raise ConfigError(f"--overwrite refuses '{f.path}': it is the current directory or holds it; "
                                   "pass --out a run folder below it")
@@ -215,9 +213,10 @@ class RunFolder:
         for name in OWN_FILES:
             (self.path / name).unlink(missing_ok=True)
         self.clean_interrupted()
-        for folder, pattern in ((self.trajectories, "epoch-[0-9]*.parquet"), (self.plots, "*.png")):
-            for p in folder.glob(pattern) if folder.is_dir() else ():
-                if folder == self.trajectories or p.stem in PLOT_NAMES:
+        for folder, own in ((self.trajectories, lambda n: EPOCH_FILE.fullmatch(n)),
+                            (self.plots, lambda n: n in {f"{p}.png" for p in PLOT_NAMES})):
+            for p in folder.iterdir() if folder.is_dir() else ():
+                if own(p.name) and (p.is_file() or p.is_symlink()):
                     p.unlink()
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
@@ -225,11 +224,22 @@ class RunFolder:
         return sorted(p.name for p in self.path.iterdir() if p.name not in (MARKER, LOCK))
 
     def clean_interrupted(self) -> None:
-        """Remove temporary files of atomic writes (and the probability buffer) cut short by a crash."""
+        """Remove temporary files of memscan's own writes (and the probability buffer) cut short by a
+        crash: ``NAME.tmp<pid>`` of the names memscan writes, nothing else."""
         for folder in (self.path, self.trajectories, self.plots):
             for p in folder.glob("*.tmp*") if folder.is_dir() else ():
-                if TMP_NAME.search(p.name) and p.is_file():
+                if self._own_temp(folder, p.name) and (p.is_file() or p.is_symlink()):
                     p.unlink(missing_ok=True)
+
+    def _own_temp(self, folder: Path, name: str) -> bool:
+        if not TMP_NAME.search(name):
+            return False
+        base = TMP_NAME.sub("", name)
+        if folder == self.trajectories:
+            return EPOCH_FILE.fullmatch(base) is not None
+        if folder == self.plots:
+            return base in {f"{p}.png" for p in PLOT_NAMES}
+        return base in OWN_FILES or base == "probs.f32"
 
     # ------------------------------------------------------------ run arguments
     def save_args(self, args: dict) -> None:
@@ -275,11 +285,11 @@ class RunFolder:
 
     def load_checkpoint(self) -> dict | None:
         """The last checkpoint as plain data (``weights_only=True``: a planted pickle cannot run code)."""
-        import torch
+        from .models import load_weights_only
         if not self.checkpoint.exists():
             return None
         try:
-            ck = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+            ck = load_weights_only(self.checkpoint)
         except Exception as e:
             raise RunFolderError(f"checkpoint '{self.checkpoint}' is unreadable or not a memscan checkpoint "
                                  f"({type(e).__name__}); it was not loaded: start a new run with --overwrite") \
@@ -291,14 +301,15 @@ class RunFolder:
 
     def drop_epochs_after(self, epoch: int) -> None:
         """Trajectory files of epochs after a checkpoint are redone on resume."""
-        for f in self.trajectories.glob("epoch-*.parquet"):
-            if int(f.stem.split("-")[1]) > epoch:
+        for f in self.trajectories.iterdir() if self.trajectories.is_dir() else ():
+            if EPOCH_FILE.fullmatch(f.name) and int(f.stem.split("-")[1]) > epoch:
                 f.unlink()
 
     def restart_in_place(self) -> None:
         """Killed before the first checkpoint: the same run starts over in this folder."""
-        for f in self.trajectories.glob("epoch-*.parquet") if self.trajectories.is_dir() else ():
-            f.unlink()
+        for f in self.trajectories.iterdir() if self.trajectories.is_dir() else ():
+            if EPOCH_FILE.fullmatch(f.name):
+                f.unlink()
 
     # ------------------------------------------------------------ results
     def write_table(self, table, dest: Path) -> None:
@@ -336,4 +347,3 @@ def default_run_path(dataset, base=None, suffix: str = "") -> Path:
     d = Path(dataset)
     name = (d.stem if d.is_file() else d.resolve().name) or "dataset"
     return Path(base or DEFAULT_BASE) / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}{suffix}"
-

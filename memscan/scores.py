@@ -184,6 +184,26 @@ def upper_fence(x: np.ndarray) -> float:
     return float(np.exp(q3 + 1.5 * (q3 - q1)))
 
 
+UNDERFIT_ACCURACY = 0.9   # accuracy on the given labels at the stop below which the flags are mostly hard images
+SMALL_SET = 5000          # samples below which a short run learns too little for a noise estimate
+
+
+def trust_warnings(labels: np.ndarray, pred: np.ndarray) -> list[str]:
+    """What a reader of the categories must know about this run: an underfit model (many hard but correct
+    images look like label errors to it) or a small set. Empty when neither applies."""
+    acc, n = float((np.asarray(pred) == np.asarray(labels)).mean()), len(labels)
+    out = []
+    if acc < UNDERFIT_ACCURACY:
+        out.append(f"the model fits {acc:.0%} of the given labels at the stop: to a model this far from fitted, "
+                   "hard but correctly labelled images look like label errors, so the 'mislabeled' count "
+                   "overstates the noise; review the ranking from the top, gate with --baseline/--max-new "
+                   "rather than --max-mislabeled, or fit further (--rank-threshold 0.95, --weights)")
+    if n < SMALL_SET:
+        out.append(f"{n} samples: on small sets a short run learns little, so flags are a ranking to review, "
+                   "not a noise estimate")
+    return out
+
+
 def compute_scores(sig: Signals, probs: np.ndarray, labels: np.ndarray) -> dict:
     """Scores, ranks and categories for every sample. ``probs`` [N, K] at the stop point (an array or
     a ``np.memmap``: it is read in row chunks and never copied whole)."""

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .files import write_atomic_with
+from .run_folder import EPOCH_FILE
 from .signals import EpochRecord
 
 SCHEMA = pa.schema([
@@ -41,7 +42,7 @@ def write_epoch(folder: Path, rec: EpochRecord) -> Path:
 
 def read_epochs(folder: Path, *, upto: int | None = None):
     """Yield ``EpochRecord`` per epoch in order; epochs < ``upto`` when given."""
-    for f in sorted(Path(folder).glob("epoch-*.parquet")):
+    for f in sorted(p for p in Path(folder).iterdir() if EPOCH_FILE.fullmatch(p.name)):
         t = pq.read_table(f)
         epoch = int(t.column("epoch")[0].as_py())
         if upto is not None and epoch >= upto:

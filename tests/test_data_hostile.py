@@ -27,6 +27,11 @@ from memscan.errors import ConfigError, DatasetError
 COLORS = {"cat/a.bmp": (250, 0, 0), "cat/b.bmp": (200, 10, 0), "dog/c.bmp": (0, 0, 250), "dog/d.bmp": (0, 10, 200)}
 
 
+def listed(t):
+    """Everything the index left out, as "path (reason)": non-image files and unreadable images."""
+    return t.ignored + [f"{u['path']} ({u['error']})" for u in t.unreadable]
+
+
 def make_folder(root: Path, colors=COLORS, size=(6, 6)) -> Path:
     for rel, col in colors.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -226,7 +231,7 @@ def test_fifo_in_a_class_folder_is_listed_not_opened(tmp_path):
     ds = make_folder(tmp_path / "ds")
     os.mkfifo(ds / "cat" / "pipe.png")
     t = finishes(lambda: load_index(ds))
-    assert "cat/pipe.png (not a regular file (FIFO))" in t.ignored and "cat/pipe.png" not in t.paths
+    assert "cat/pipe.png (not a regular file (FIFO))" in listed(t) and "cat/pipe.png" not in t.paths
     d = finishes(lambda: load_images(t, cache_dir=tmp_path / "c", workers=2))
     assert len(d.table) == 4
 
@@ -260,7 +265,7 @@ def test_symlink_to_dev_zero_is_never_read(tmp_path):
     ds = make_folder(tmp_path / "ds")
     os.symlink("/dev/zero", ds / "dog" / "x.png")
     t = load_index(ds)
-    assert "dog/x.png (not a regular file (character device))" in t.ignored
+    assert "dog/x.png (not a regular file (character device))" in listed(t)
     os.symlink("/dev/zero", tmp_path / "x.png")
     t = load_index(_manifest(tmp_path, "x.png"))
     d = finishes(lambda: load_images(t, cache_dir=tmp_path / "c", workers=1))
@@ -353,9 +358,9 @@ def test_file_name_that_is_not_utf8_is_listed_not_indexed(tmp_path):
     except OSError:
         pytest.skip("this file system refuses names that are not UTF-8")
     t = load_index(ds)
-    assert "cat/caf\\xe9.png (name is not UTF-8; rename it)" in t.ignored
+    assert "cat/caf\\xe9.png (name is not UTF-8; rename it)" in listed(t)
     assert len(t) == 4
-    for s in t.ignored + t.paths:
+    for s in listed(t) + t.paths:
         s.encode("utf-8")   # Parquet, JSON and the console all need this
     load_images(t, cache_dir=tmp_path / "c", workers=1)
 
@@ -381,9 +386,9 @@ def test_symlink_loops_and_links_to_indexed_folders_are_visited_once(tmp_path):
     os.symlink("self.png", ds / "cat" / "self.png")        # a link to itself (ELOOP)
     t = finishes(lambda: load_index(ds))
     assert t.paths == sorted(COLORS)
-    loops = sorted(s for s in t.ignored if "already indexed" in s)
+    loops = sorted(s for s in listed(t) if "already indexed" in s)
     assert [s.split(" ")[0] for s in loops] == ["cat/sub/back", "cat/sub/other", "cat/up", "dog/here"]
-    assert any(s.startswith("cat/self.png (cannot stat") for s in t.ignored), t.ignored
+    assert any(s.startswith("cat/self.png (cannot stat") for s in listed(t)), listed(t)
 
 
 def test_symlinked_folder_outside_the_dataset_is_followed(tmp_path):
@@ -399,7 +404,7 @@ def test_dangling_symlink_is_listed(tmp_path):
     ds = make_folder(tmp_path / "ds")
     os.symlink(tmp_path / "nowhere.png", ds / "cat" / "gone.png")
     t = load_index(ds)
-    assert "cat/gone.png (broken symlink)" in t.ignored and "cat/gone.png" not in t.paths
+    assert "cat/gone.png (broken symlink)" in listed(t) and "cat/gone.png" not in t.paths
     load_images(t, cache_dir=tmp_path / "c", workers=1)
 
 
@@ -420,7 +425,7 @@ def test_paths_over_path_max_are_listed(tmp_path):
         os.close(fd)
     t = load_index(ds)
     assert len(t) == 4
-    (deep,) = [s for s in t.ignored if "longer than the system limit" in s]
+    (deep,) = [s for s in listed(t) if "longer than the system limit" in s]
     assert deep.startswith("cat/" + name) and len(os.fsencode(str(ds / deep.split(" ")[0]))) >= 4096
 
 

@@ -244,3 +244,91 @@ def test_full_disk_error_class(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match="No space left on device"):
         write_text_atomic(tmp_path / "x.json", "{}")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_class_folder_linking_outside_the_dataset_is_still_the_dataset(data, tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(data / "c1", elsewhere)
+    ds = tmp_path / "ds"
+    shutil.copytree(data / "c0", ds / "c0")
+    (ds / "c1").symlink_to(elsewhere, target_is_directory=True)
+    before = snapshot(elsewhere)
+    fails(capsys, ["run", str(ds), "--out", str(elsewhere / "run"), *FAST], match="inside the dataset folder")
+    fails(capsys, ["run", str(ds), "--out", str(tmp_path / "r"), "--cache-dir", str(elsewhere), *FAST],
+          match="inside the dataset folder")
+    assert main(["run", str(ds), "--out", str(tmp_path / "r"), *FAST]) == 0
+    fails(capsys, ["plot", str(tmp_path / "r"), "--out", str(elsewhere / "plots")], match="inside the dataset")
+    assert snapshot(elsewhere) == before
+
+
+def test_step_summary_is_checked_appended_whole_and_never_a_fifo(a_run, data, tmp_path, capsys, monkeypatch):
+    img = next((data / "c0").iterdir())
+    before = img.read_bytes()
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(img))
+    fails(capsys, ["check", str(a_run), "--max-count", "100"], match="GITHUB_STEP_SUMMARY")
+    assert img.read_bytes() == before
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(fifo))
+    fails(capsys, ["check", str(a_run), "--max-count", "100"], match="not a regular file")
+    summary = tmp_path / "summary.md"
+    summary.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    assert main(["check", str(a_run), "--max-count", "100"]) == 0
+    text = summary.read_text()
+    assert text.startswith("earlier step\n") and "memscan data check" in text
+
+
+def test_a_fifo_in_the_decode_cache_is_rebuilt_not_read(data, tmp_path):
+    cache = tmp_path / "cache"
+    run(data, CFG, out=tmp_path / "a", cache_dir=cache)
+    (npy,) = cache.glob("*.npy")
+    npy.unlink()
+    os.mkfifo(npy)
+    res = run(data, CFG, out=tmp_path / "b", cache_dir=cache)     # would block forever on the FIFO
+    assert any("not a regular file" in n for n in res.summary["notes"])
+
+
+def test_only_memscans_own_files_and_temporaries_are_removed(data, tmp_path, capsys):
+    f = RunFolder.start(tmp_path / "r")
+    f.release()
+    (f.path / "data.tmp123").write_text("someone's")
+    (f.path / "trajectories").mkdir()
+    (f.path / "trajectories" / "epoch-99-final.parquet").write_text("someone's")
+    (f.path / "report.parquet.tmp99").write_text("memscan's, cut short")
+    assert main(["run", str(data), "--out", str(f.path), "--overwrite", *FAST]) == 0
+    assert (f.path / "data.tmp123").exists() and (f.path / "trajectories" / "epoch-99-final.parquet").exists()
+    assert not (f.path / "report.parquet.tmp99").exists()
+
+
+def test_diff_shows_control_characters_escaped(a_run, tmp_path, capsys):
+    df = pd.read_parquet(a_run / "report.parquet")
+    df["path"] = df["path"].str.replace("c0/", "c0/\x1b]0;title\x07\x1b[2J", regex=False)
+    df["category"] = "mislabeled"
+    old = rewrite_report(a_run, tmp_path / "old" / "report.parquet", df.assign(category="ok"))
+    new = rewrite_report(a_run, tmp_path / "new" / "report.parquet", df)
+    assert main(["diff", str(old), str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\\x1b" in out
+
+
+@pytest.mark.parametrize("argv, match", [(["--lr", "1e308"], "lr="), (["--cache-memory", "1e300"], "cache_memory"),
+                                         (["--batch-size", "99999999999999999999"], "batch_size")])
+def test_huge_options_are_refused_before_any_work(data, tmp_path, capsys, argv, match):
+    fails(capsys, ["run", str(data), "--out", str(tmp_path / "r"), *FAST, *argv], match=match)
+    assert not (tmp_path / "r").exists()
+
+
+def test_negative_top_is_a_usage_error(a_run, capsys):
+    fails(capsys, ["check", str(a_run), "--max-count", "5", "--top", "-1"], match="--top -1")
+    fails(capsys, ["diff", str(a_run), str(a_run), "--top", "-1"], match="--top -1")
+
+
+def test_a_fifo_named_like_an_image_is_listed_as_skipped(data, tmp_path, capsys):
+    ds = tmp_path / "ds"
+    shutil.copytree(data, ds)
+    os.mkfifo(ds / "c0" / "pipe.png")
+    (ds / "c1" / "zero.png").symlink_to("/dev/zero")
+    assert main(["run", str(ds), "--out", str(tmp_path / "r"), *FAST, "--json"]) == 0
+    skipped = {s["path"]: s["error"] for s in json.loads(capsys.readouterr().out)["skipped"]}
+    assert "FIFO" in skipped["c0/pipe.png"] and "character device" in skipped["c1/zero.png"]

@@ -133,3 +133,15 @@ def test_chunked_scoring_equals_whole_array_and_reads_a_memmap(tmp_path, monkeyp
     np.testing.assert_allclose(scores.class_thresholds(mm, labels)[:k - 1],
                                [probs[labels == j, j].mean() for j in range(k - 1)], rtol=1e-6)
     assert scores.class_thresholds(mm, labels)[k - 1] == 1.0
+
+
+def test_trust_warnings_name_an_underfit_model_and_a_small_set():
+    from memscan.scores import trust_warnings
+    y = np.arange(6000) % 10
+    assert trust_warnings(y, y) == []
+    pred = y.copy()
+    pred[:1200] = (pred[:1200] + 1) % 10                       # 80% fitted
+    (w,) = trust_warnings(y, pred)
+    assert "fits 80% of the given labels" in w and "--baseline" in w
+    small = trust_warnings(y[:2000], y[:2000])
+    assert len(small) == 1 and small[0].startswith("2000 samples")

@@ -30,6 +30,9 @@ def check_cmd(
 ):
     """Gate a report: exit 0 when the data passes, 1 when a threshold is exceeded, 2 on a usage error."""
     from ..check import check_report
+    from ..errors import ConfigError
+    if top < 0:
+        raise ConfigError(f"--top {top} must be 0 or more")
     check_ci_paths(report, junit=junit, summary_md=summary_md)
     res = check_report(report, max_mislabeled=max_mislabeled, max_count=max_count, class_max=class_max or None,
                        baseline=baseline, max_new=max_new, top=top)

@@ -5,11 +5,10 @@ import json
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from . import app
-from .console import console
+from .console import console, safe
 
 
 @app.command("diff")
@@ -22,13 +21,16 @@ def diff_cmd(
 ):
     """New and resolved suspects, relabelled, added and removed samples between two reports."""
     from ..diff import diff_reports
+    from ..errors import ConfigError
+    if top < 0:
+        raise ConfigError(f"--top {top} must be 0 or more")
     d = diff_reports(old, new)
     if as_json:
         typer.echo(json.dumps(d.to_dict(), indent=1))
         return
     c = d.counts()
-    console.print(f"[bold]{escape(d.old)}[/] ({d.old_samples} samples, {d.old_suspects} suspects) -> "
-                  f"[bold]{escape(d.new)}[/] ({d.new_samples} samples, {d.new_suspect_count} suspects)", highlight=False)
+    console.print(f"[bold]{safe(d.old)}[/] ({d.old_samples} samples, {d.old_suspects} suspects) -> "
+                  f"[bold]{safe(d.new)}[/] ({d.new_samples} samples, {d.new_suspect_count} suspects)", highlight=False)
     console.print(f"new suspects [bold]{c['new_suspects']}[/], resolved {c['resolved_suspects']}, relabelled "
                   f"{c['relabelled']}, added {c['added']}, removed {c['removed']}", highlight=False)
     for title, rows, extra in (("new suspects", d.new_suspects, "was"),
@@ -41,8 +43,8 @@ def diff_cmd(
         for col in ("path", "label", extra.replace("_", " "), "predicted", "p", "mislabel_score", "now"):
             t.add_column(col, overflow="fold")
         for r in rows[:top]:
-            t.add_row(escape(r["path"]), escape(str(r["label_name"])), escape(str(r.get(extra) or "-")),
-                      escape(str(r["pred_name"])),
+            t.add_row(safe(r["path"]), safe(str(r["label_name"])), safe(str(r.get(extra) or "-")),
+                      safe(str(r["pred_name"])),
                       f"{r['p_pred']:.2f}", f"{r['mislabel_score']:.3f}",
                       "removed" if r.get("removed") else str(r["category"]))
         console.print(t)

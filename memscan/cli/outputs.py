@@ -18,15 +18,20 @@ EXIT_FAILED = 1
 def check_ci_paths(report, *, junit: Optional[Path] = None, summary_md: Optional[Path] = None) -> None:
     """Before anything is written: the output files lie outside the dataset and replace only files
     memscan wrote."""
+    import os
+
     from ..ci_formats import JUNIT_SIGNATURE, MARKDOWN_SIGNATURE
     from ..dataset_guard import guard_for_report
     from ..files import check_output_file
-    guard = guard_for_report(report) if (junit or summary_md) else None
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    guard = guard_for_report(report) if (junit or summary_md or step_summary) else None
     for path, sig, what, example in ((junit, JUNIT_SIGNATURE, "--junit", "check.xml"),
                                      (summary_md, MARKDOWN_SIGNATURE, "--summary-md", "check.md")):
         if path:
             guard.check_file(path, what=what)
             check_output_file(path, signature=sig, what=what, example=example)
+    if step_summary:
+        guard.check_file(step_summary, what="$GITHUB_STEP_SUMMARY")
 
 
 def write_ci_files(result, *, junit: Optional[Path] = None, summary_md: Optional[Path] = None) -> None:

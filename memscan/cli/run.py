@@ -21,6 +21,8 @@ def print_summary(s: dict, title: str = "memscan run") -> None:
     console.print(f"\n[bold]{title}[/] — {s['n']} images, {s['classes']} classes")
     console.print(f"stopped after {s['epochs_trained']} epochs: {safe(s['stop_reason'])}", highlight=False)
     console.print(f"accuracy on the given labels at the stop point: {s['stop_acc']:.3f}")
+    for w in s.get("warnings") or ():
+        console.print(f"[yellow]caution:[/] {safe(w)}", highlight=False)
     cats = s["categories"]
     console.print("flagged: " + ", ".join(f"[bold]{cats[c]}[/] {c}" for c in ("mislabeled", "atypical", "memorized"))
                   + f" (ok: {cats['ok']})")
@@ -118,10 +120,11 @@ def run_cmd(
         from ..check import check_report
         from ..files import write_json_atomic
         from ..run_folder import RunFolder
-        from .outputs import write_ci_files
+        from .outputs import check_ci_paths, write_ci_files
         result = check_report(res.report_path, **gate)
         folder = RunFolder(res.out_dir)
         write_json_atomic(folder.check_file("check.json"), result.to_dict())
+        check_ci_paths(res.report_path)   # $GITHUB_STEP_SUMMARY, if set, lies outside the dataset
         write_ci_files(result, junit=folder.check_file("check.xml"), summary_md=folder.check_file("check.md"))
         res.summary["check"] = result.to_dict()
     if as_json:

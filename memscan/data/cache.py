@@ -201,6 +201,9 @@ class _Damaged(Exception):
 
 def _read_entry(npy: Path, meta_file: Path, n: int, size: int, mapped: bool, workers: int):
     """(images, kept, skipped) of a cache entry, checked against its checksums; ``_Damaged`` if not whole."""
+    for f in (meta_file, npy):   # a FIFO or device in the cache must not hang or flood the run
+        if f.exists() and not f.is_file():
+            raise _Damaged(f"'{f.name}' is not a regular file")
     try:
         meta = json.loads(meta_file.read_text())
         kept, skipped, sums = np.asarray(meta["kept"], dtype=np.int64), meta["skipped"], meta["crc32"]

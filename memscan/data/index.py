@@ -104,6 +104,8 @@ class SampleTable:
     location: Path                     # what the user passed
     image_bytes: list[bytes] | None = None
     ignored: list[str] = field(default_factory=list)   # non-image files left out; "path (reason)" if not plain
+    unreadable: list[dict] = field(default_factory=list)   # image names left out: [{"path", "error"}] (a FIFO, a
+                                                           # dangling link, a name that is not UTF-8, ...)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -126,7 +128,7 @@ class SampleTable:
             paths=[self.paths[i] for i in keep], labels=self.labels[keep], class_names=self.class_names,
             root=self.root, source=self.source, location=self.location,
             image_bytes=None if self.image_bytes is None else [self.image_bytes[i] for i in keep],
-            ignored=self.ignored)
+            ignored=self.ignored, unreadable=self.unreadable)
 
     def content_fingerprint(self) -> str:
         """Hash of paths, sizes and mtimes: changes when any image file changes (not labels)."""
@@ -234,7 +236,7 @@ def _file_problem(entry: os.DirEntry) -> str | None:
     return f"not a regular file ({_kind(st)})"
 
 
-def _walk_class(root: Path, cls: str, seen: set, ignored: list[str]) -> list[str]:
+def _walk_class(root: Path, cls: str, seen: set, ignored: list[str], unreadable: list[dict]) -> list[str]:
     """Relative paths of the images in one class folder (any nesting, following symlinks).
 
     Each folder is visited once, by (device, inode): a link to a parent (a loop) or to a folder
@@ -260,7 +262,9 @@ def _walk_class(root: Path, cls: str, seen: set, ignored: list[str]) -> list[str
                 stack.append(rel)
                 continue
             problem = problem or _file_problem(e)
-            if problem:
+            if problem and _is_image(e.name):   # looks like a sample: listed with the skipped images
+                unreadable.append({"path": shown(rel), "error": problem})
+            elif problem:
                 ignored.append(f"{shown(rel)} ({problem})")
             elif _is_image(e.name):
                 found.append(rel)
@@ -272,9 +276,9 @@ def _walk_class(root: Path, cls: str, seen: set, ignored: list[str]) -> list[str
 def _index_folder(root: Path) -> SampleTable:
     class_dirs = _class_dirs(root)
     seen = {_dir_id(root)} | {_dir_id(root / c) for c in class_dirs}
-    paths, labels, ignored = [], [], []
+    paths, labels, ignored, unreadable = [], [], [], []
     for ci, cls in enumerate(class_dirs):
-        found = _walk_class(root, cls, seen, ignored)
+        found = _walk_class(root, cls, seen, ignored, unreadable)
         if not found:
             raise DatasetError(f"class folder '{root / cls}' has no images ({', '.join(IMAGE_EXTS)}); add "
                                "images or remove the folder")
@@ -282,7 +286,8 @@ def _index_folder(root: Path) -> SampleTable:
         labels += [ci] * len(found)
     order = np.argsort(np.array(paths, dtype=object), kind="stable")
     return SampleTable(paths=[paths[i] for i in order], labels=np.asarray(labels, np.int64)[order],
-                       class_names=class_dirs, root=root, source="folder", location=root, ignored=ignored)
+                       class_names=class_dirs, root=root, source="folder", location=root, ignored=ignored,
+                       unreadable=unreadable)
 
 
 def _is_parquet(loc: Path) -> bool:
