@@ -68,11 +68,12 @@ def per_sample(a):
         out["scores_s"] = time.perf_counter() - t
         del probs
         table = SampleTable(paths=[f"class{labels[i]:03d}/img{i:08d}.JPEG" for i in range(n)], labels=labels,
-                            class_names=[f"class{c:03d}" for c in range(k)], root=tmp, source="folder", location=tmp)
+                            class_names=[f"class{c:03d}" for c in range(k)], root=tmp / "data", source="folder",
+                            location=tmp / "data")   # not on disk: the report readers only see its name
         t = time.perf_counter()
         meta = ReportMeta(memscan_version="scale", config={}, curves={},
-                          dataset=DatasetInfo(location=str(tmp), source="folder", n=n, classes=table.class_names,
-                                              fingerprint="synthetic", image_size=224),
+                          dataset=DatasetInfo(location=str(tmp / "data"), source="folder", n=n,
+                                              classes=table.class_names, fingerprint="synthetic", image_size=224),
                           stop=StopInfo(reason="synthetic", epochs_trained=a.epochs, peak_epoch=None,
                                         csg_epochs=a.epochs, mislabel_window=[a.epochs // 2 + 1, a.epochs]))
         rt = build_table(table, labels, sig, scores, meta)
@@ -110,6 +111,7 @@ def probs(a):
     import threading
 
     from memscan.pipeline import probability_buffer
+    from memscan.run_folder import RunFolder
     from memscan.scores import Signals, compute_scores
     n, k = a.n, a.classes
     rng = np.random.default_rng(0)
@@ -127,7 +129,7 @@ def probs(a):
     out = {"n": n, "classes": k, "probs_gb": n * k * 4 / 2**30, "on_disk": a.on_disk, "anon_start_mb": _anon_mb()}
     with tempfile.TemporaryDirectory(dir=a.tmp) as tmp:
         import contextlib
-        with (probability_buffer(Path(tmp), n, k, memory_bytes=0) if a.on_disk
+        with (probability_buffer(RunFolder(tmp), n, k, memory_bytes=0) if a.on_disk
               else contextlib.nullcontext(np.empty((n, k), dtype=np.float32))) as buf:   # all in RAM, to compare
             t = time.perf_counter()
             for s in range(0, n, 8192):   # as the prediction pass fills it: a batch at a time

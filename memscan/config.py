@@ -80,7 +80,8 @@ class RunConfig:
                 raise ConfigError(f"{name}={value} is not a finite number")
         _positive("lr", self.lr)
         if self.lr > 100:
-            raise ConfigError(f"lr={self.lr} is far beyond any usable learning rate; use e.g. 0.0125 (SGD) or 1e-3 (AdamW)")
+            raise ConfigError(f"lr={self.lr} is far beyond any usable learning rate; use e.g. 0.0125 (SGD) or 1e-3 "
+                              "(AdamW)")
         for name, most in (("batch_size", 2 ** 20), ("max_epochs", 10 ** 5), ("smoothing", 1000), ("patience", 1000)):
             _int_in(name, getattr(self, name), 1, most)
         _int_in("min_epochs", self.min_epochs, 0, 10 ** 6)

@@ -104,11 +104,11 @@ def prepare(table: SampleTable, cfg: RunConfig, *, dist: distributed.Dist | None
         model = model.to(memory_format=torch.channels_last)
     train_model = distributed.wrap(torch.compile(model) if cfg.compile else model, dist, device)
     source = InMemorySource(decoded.images, labels, mean=mean, std=std, device=device, channels_last=channels_last)
-    prep = Prepared(cfg=cfg, table=table, images=decoded.images, labels=labels, model=model, train_model=train_model, source=source, device=device,
-                    dtype=dtype, dist=dist, channels_last=channels_last, mean=mean, std=std,
-                    image_size=int(decoded.images.shape[-1]), skipped=table.unreadable + decoded.skipped,
+    prep = Prepared(cfg=cfg, table=table, images=decoded.images, labels=labels, model=model, train_model=train_model,
+                    source=source, device=device, dtype=dtype, dist=dist, channels_last=channels_last, mean=mean,
+                    std=std, image_size=int(decoded.images.shape[-1]), skipped=table.unreadable + decoded.skipped,
                     from_cache=decoded.from_cache, mapped=isinstance(decoded.images, np.memmap),
-                    notes=list(getattr(decoded, "notes", [])))
+                    notes=list(decoded.notes))
     if val_dataset is not None:
         prep.val_source = _validation_source(val_dataset, prep, cfg, cache_dir)
     return prep

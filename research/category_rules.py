@@ -44,6 +44,10 @@ def rules(df: pd.DataFrame, late_margin, late_correct) -> dict:
     for d in (1.0, 2.0, 3.0):
         out[f"CL differs, late margin < -{d:g}"] = differs & (late_margin < -d)
     out["never correct late, p_given < 0.05"] = differs & (late_correct == 0) & (df["p_given"] < 0.05)
+    # scale-free: the given label loses by more than the model's typical winning margin
+    scale = float(np.median(late_margin[late_margin > 0])) if (late_margin > 0).any() else 1.0
+    for c in (1.0, 1.25, 1.5, 1.75, 2.0):
+        out[f"CL differs, late margin < -{c:g} x median winning margin"] = differs & (late_margin < -c * scale)
     return out
 
 
