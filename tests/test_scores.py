@@ -145,3 +145,28 @@ def test_trust_warnings_name_an_underfit_model_and_a_small_set():
     assert "fits 80% of the given labels" in w and "--baseline" in w
     small = trust_warnings(y[:2000], y[:2000])
     assert len(small) == 1 and small[0].startswith("2000 samples")
+
+
+def test_mislabeled_needs_the_given_label_never_predicted_late():
+    """Two samples whose confident class differs and whose late margin is negative: the one the model
+    predicted correctly in some late epoch (hard, being learned) is not flagged."""
+    from memscan.scores import accumulate, compute_scores
+    from memscan.signals import EpochRecord
+    n, k = 40, 2
+    labels = np.arange(n) % k
+    probs = np.full((n, k), 0.05)
+    probs[np.arange(n), labels] = 0.95
+    probs[[0, 1]] = [[0.02, 0.98], [0.02, 0.98]]       # samples 0, 1 (labelled 0): the model prefers class 1
+    recs = []
+    for e in range(4):
+        margin = np.full(n, 2.0, np.float32)
+        margin[[0, 1]] = -3.0
+        correct = np.ones(n, bool)
+        correct[[0, 1]] = False
+        if e == 3:
+            correct[1] = True                           # sample 1 was right once in the late window
+        recs.append(EpochRecord(e, np.ones(n, np.float32), np.ones(n, np.float32), margin, correct))
+    sig = accumulate(recs, n, peak_epoch=None, window_start=2)
+    cat = compute_scores(sig, probs, labels)["category"]
+    assert cat[0] == "mislabeled" and cat[1] != "mislabeled"
+    assert sig.late_correct[:2].tolist() == [0, 1]
