@@ -32,6 +32,7 @@ def write_atomic_with(dest, write) -> Path:
     dest = Path(dest)
     tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
     try:
+        tmp.unlink(missing_ok=True)   # a leftover (or planted link) of that name is never written through
         write(tmp)
         os.replace(tmp, dest)
     except OSError as e:

@@ -115,7 +115,10 @@ def write_html(report, dest=None, *, per_category: int = 300, thumb_size: int = 
     meta = read_metadata(rpath)
     dataset = meta.dataset
     df = read_report(rpath).to_pandas()
-    dest = RunFolder(rpath.parent).html if dest is None else _checked_dest(rpath, Path(dest))
+    if dest is None and RunFolder.is_run(rpath.parent):
+        dest = RunFolder(rpath.parent).html
+    else:   # a page beside a report outside a run folder replaces only a page memscan wrote
+        dest = _checked_dest(rpath, Path(dest) if dest is not None else rpath.parent / "report.html")
 
     rows = gallery_rows(df, per_category=per_category)
     read, warning = _image_reader(dataset.location)

@@ -332,3 +332,12 @@ def test_a_fifo_named_like_an_image_is_listed_as_skipped(data, tmp_path, capsys)
     assert main(["run", str(ds), "--out", str(tmp_path / "r"), *FAST, "--json"]) == 0
     skipped = {s["path"]: s["error"] for s in json.loads(capsys.readouterr().out)["skipped"]}
     assert "FIFO" in skipped["c0/pipe.png"] and "character device" in skipped["c1/zero.png"]
+
+
+def test_report_beside_a_loose_report_never_replaces_a_foreign_page(a_run, tmp_path, capsys):
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    shutil.copy(a_run / "report.parquet", loose / "report.parquet")
+    (loose / "report.html").write_text("<html>the user's own page</html>")
+    fails(capsys, ["report", str(loose / "report.parquet")], match="not written by memscan")
+    assert (loose / "report.html").read_text() == "<html>the user's own page</html>"

@@ -43,7 +43,13 @@ def build_demo(dest: Path | None = None) -> tuple[Path, Path]:
     root.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(tmp, root)
-    except OSError:  # another process built it first
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:  # another process built it first: remove exactly what this call wrote
+        for rel, *_ in rows:
+            (tmp / "digits" / rel).unlink(missing_ok=True)
+        (tmp / "truth.csv").unlink(missing_ok=True)
+        for d in sorted({(tmp / "digits" / r).parent for r, *_ in rows}) + [tmp / "digits", tmp]:
+            try:
+                d.rmdir()
+            except OSError:
+                pass
     return data, truth_file
