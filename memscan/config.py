@@ -79,7 +79,7 @@ class RunConfig:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{name}={value} is not a finite number")
         _positive("lr", self.lr)
-        if self.lr > 100:
+        if self.lr > 1e6:
             raise ConfigError(f"lr={self.lr} is far beyond any usable learning rate; use e.g. 0.0125 (SGD) or 1e-3 "
                               "(AdamW)")
         for name, most in (("batch_size", 2 ** 20), ("max_epochs", 10 ** 5), ("smoothing", 1000), ("patience", 1000)):

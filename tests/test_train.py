@@ -68,7 +68,7 @@ def test_precision_choice_cpu():
 
 def test_nan_loss_stops_with_clear_message(tmp_path):
     data = digits_folder(tmp_path / "d", per_class=20, classes=3)
-    cfg = RunConfig(max_epochs=3, lr=1e12, momentum=0.0, batch_size=16, image_size=8, augment="none", min_epochs=1)
+    cfg = RunConfig(max_epochs=3, lr=1e6, momentum=0.0, batch_size=16, image_size=8, augment="none", min_epochs=1)
     with pytest.raises(TrainingError, match="NaN/inf in epoch 1.*lower --lr"):
         run(data, cfg, out=tmp_path / "r")
 
