@@ -84,20 +84,7 @@ def run_cmd(
             out = default_run_path(Path("demo"))
     elif dataset is None:
         raise ConfigError("missing DATASET: pass an image folder or manifest, or --demo for the embedded example")
-    if resume:
-        if out is None:
-            raise ConfigError("--resume needs --out: the folder of the interrupted run")
-        from ..run_folder import RunFolder
-        args = RunFolder(out).load_args()
-        _not_eval_noise(out, args)
-        saved = args["config"]
-        given = {k: v for k, v in opts.items() if user_set(ctx, k)}
-        if "no_augment" in given:
-            given["augment"] = "none" if given.pop("no_augment") else saved["augment"]
-        from ..config import RunConfig
-        cfg = RunConfig.from_dict({**saved, **given})
-    else:
-        cfg = config_from_options(opts)
+    cfg = _resumed_config(ctx, opts, out) if resume else config_from_options(opts)
     gate = None
     if check:  # parsed and checked before training, so a typo costs seconds, not the run
         from ..check import parse_spec
@@ -115,18 +102,7 @@ def run_cmd(
     if html:
         from .outputs import write_report_html
         res.summary["html"] = str(write_report_html(res.out_dir, quiet=as_json).path)
-    result = None
-    if gate is not None:
-        from ..check import check_report
-        from ..files import write_json_atomic
-        from ..run_folder import RunFolder
-        from .outputs import check_ci_paths, write_ci_files
-        result = check_report(res.report_path, **gate)
-        folder = RunFolder(res.out_dir)
-        write_json_atomic(folder.check_file("check.json"), result.to_dict())
-        check_ci_paths(res.report_path)   # $GITHUB_STEP_SUMMARY, if set, lies outside the dataset
-        write_ci_files(result, junit=folder.check_file("check.xml"), summary_md=folder.check_file("check.md"))
-        res.summary["check"] = result.to_dict()
+    result = _gate_run(res, gate) if gate is not None else None
     if as_json:
         typer.echo(json.dumps(res.summary, indent=1, default=str))
         if result is not None and not result.passed:
@@ -145,6 +121,37 @@ def run_cmd(
         from .outputs import print_check
         console.print()
         raise typer.Exit(print_check(result))
+
+
+def _resumed_config(ctx, opts: dict, out):
+    """The interrupted run's saved options, with those the user gave again on top."""
+    from ..config import RunConfig
+    from ..errors import ConfigError
+    from ..run_folder import RunFolder
+    if out is None:
+        raise ConfigError("--resume needs --out: the folder of the interrupted run")
+    args = RunFolder(out).load_args()
+    _not_eval_noise(out, args)
+    saved = args["config"]
+    given = {k: v for k, v in opts.items() if user_set(ctx, k)}
+    if "no_augment" in given:
+        given["augment"] = "none" if given.pop("no_augment") else saved["augment"]
+    return RunConfig.from_dict({**saved, **given})
+
+
+def _gate_run(res, gate: dict):
+    """``run --check``: the gate's result, written as check.json/.xml/.md in the run folder."""
+    from ..check import check_report
+    from ..files import write_json_atomic
+    from ..run_folder import RunFolder
+    from .outputs import check_ci_paths, write_ci_files
+    result = check_report(res.report_path, **gate)
+    folder = RunFolder(res.out_dir)
+    write_json_atomic(folder.check_file("check.json"), result.to_dict())
+    check_ci_paths(res.report_path)   # $GITHUB_STEP_SUMMARY, if set, lies outside the dataset
+    write_ci_files(result, junit=folder.check_file("check.xml"), summary_md=folder.check_file("check.md"))
+    res.summary["check"] = result.to_dict()
+    return result
 
 
 def _not_eval_noise(out, args: dict) -> None:
