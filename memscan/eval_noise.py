@@ -136,7 +136,7 @@ def eval_noise(dataset, cfg: RunConfig | None = None, *, rate: float = 0.2, kind
 
 def _reference(table, cfg, folder, cache_dir, progress) -> dict:
     """The instance-noise reference model's out-of-sample probabilities, by path; also written to
-    ``reference.parquet`` in the eval folder (path, given label, probabilities) for inspection."""
+    ``reference.parquet`` in the eval folder (path, class probabilities) for inspection."""
     import pyarrow as pa
     paths, probs = reference_probabilities(table, cfg, cache_dir=cache_dir, progress=progress)
     folder.write_table(pa.table({"path": paths, "probs": pa.array(list(probs), pa.list_(pa.float32()))}),

@@ -213,7 +213,7 @@ def stem_tolerance(dtype: torch.dtype) -> float:
     float rounding stays below 1e-5 in fp32 and below a fraction of the resolution of bf16/fp16
     (7.5e-4 seen where bf16 is emulated, AVX2); a second path from x to the loss (which the stem
     path would miss) shows up far above it."""
-    return max(1e-3, torch.finfo(dtype).eps / 2) if dtype != torch.float32 else 1e-3
+    return max(1e-3, torch.finfo(dtype).eps / 2)
 
 
 @dataclass

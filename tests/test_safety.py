@@ -341,3 +341,13 @@ def test_report_beside_a_loose_report_never_replaces_a_foreign_page(a_run, tmp_p
     (loose / "report.html").write_text("<html>the user's own page</html>")
     fails(capsys, ["report", str(loose / "report.parquet")], match="not written by memscan")
     assert (loose / "report.html").read_text() == "<html>the user's own page</html>"
+
+
+def test_a_location_memscan_may_not_write_is_not_an_internal_error(data, tmp_path, monkeypatch, capsys):
+    import memscan.pipeline as pipeline
+
+    def denied(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "r" / "trajectories"))
+
+    monkeypatch.setattr(pipeline, "write_epoch", denied)
+    fails(capsys, ["run", str(data), "--out", str(tmp_path / "r"), *FAST], code=74, match="permission denied")

@@ -15,7 +15,7 @@ EXIT_CODES = {  # first match wins; README "Errors" lists them
 }
 EXIT_INTERRUPTED = 130
 EXIT_BUG = 70
-EXIT_NO_SPACE = 74
+EXIT_NO_SPACE = 74   # EX_IOERR: a full disk or a location memscan may not write
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Find mislabeled, atypical and memorized images from one short training run "
@@ -79,13 +79,19 @@ def main(argv=None) -> int:
         from .console import safe
         err_console.print(f"[bold red]error:[/] {safe(e)}", highlight=False, soft_wrap=True)
         return next(code for cls, code in EXIT_CODES.items() if isinstance(e, cls))
-    except OSError as e:
+    except OSError as e:   # the machine, not memscan: a full disk or a folder it may not write
+        import errno
+
         from ..files import NO_SPACE
-        if e.errno not in NO_SPACE:
+        if e.errno in NO_SPACE:
+            why = "no space left on device"
+            fix = "free disk space and rerun (an interrupted run continues with 'memscan resume RUN')"
+        elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            why, fix = e.strerror.lower(), "choose a location you may write to, or fix its permissions"
+        else:
             return _internal_error(e)
         _ignore_terminate()
-        err_console.print(f"[bold red]error:[/] no space left on device{_file_of(e)}; free disk space and rerun "
-                          "(an interrupted run continues with 'memscan resume RUN')", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {why}{_file_of(e)}; {fix}", highlight=False, soft_wrap=True)
         return EXIT_NO_SPACE
     except Exception as e:  # click usage errors and real bugs
         # typer vendors click: recognise its usage errors by shape, not by import path
@@ -112,7 +118,7 @@ def _internal_error(e: Exception) -> int:
 
 def _file_of(e: OSError) -> str:
     from .console import safe
-    return f" while writing '{safe(e.filename)}'" if e.filename else ""
+    return f" at '{safe(e.filename)}'" if e.filename else ""
 
 
 def entry():
