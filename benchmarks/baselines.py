@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from memscan.config import RunConfig
-from memscan.crossfit import cross_val_probs
+from memscan.crossfit import cross_val_probs, reference_probabilities
 from memscan.data import inject_noise, load_index
 from memscan.evaluate import detection_metrics, flag_metrics
 from memscan.pipeline import run
@@ -69,7 +69,14 @@ def main():
     holder = {}
 
     def relabel(table):
-        holder["noise"] = inject_noise(table.labels, table.num_classes, rate=a.rate, kind=a.kind, seed=a.seed)
+        probs = None
+        if a.kind == "instance":   # the reference model of eval-noise --kind instance, computed once
+            if "reference" not in holder:
+                paths, p = reference_probabilities(table, base, progress=None)
+                holder["reference"] = dict(zip(paths, p))
+            probs = np.stack([holder["reference"][q] for q in table.paths])
+        holder["noise"] = inject_noise(table.labels, table.num_classes, rate=a.rate, kind=a.kind, seed=a.seed,
+                                       probs=probs)
         holder["table"] = table
         return holder["noise"].labels
 
