@@ -117,13 +117,14 @@ class RunFolder:
         if f.path.exists() and not f.path.is_dir():
             raise ConfigError(f"--out '{f.path}' is a file; pass a folder for the run")
         if f.path.is_dir() and any(f.path.iterdir()):
-            if cls.is_run(f.path):
+            marked = cls.is_run(f.path)
+            if marked:
                 f._lock()   # a live run in it is named first, whatever else is wrong
             if not overwrite:
                 f.release()
                 raise OutputExistsError(f"output folder '{f.path}' already exists; pass --overwrite to replace "
                                         "the memscan files in it, or --out a new folder")
-            if not cls.is_run(f.path):
+            if not marked:
                 raise OutputExistsError(f"output folder '{f.path}' exists and is not a memscan run (no {MARKER}); "
                                         "refusing to overwrite it: choose another --out")
             if Path.cwd().resolve().is_relative_to(f.path.expanduser().resolve()):
@@ -324,9 +325,6 @@ class RunFolder:
 
     def write_run_info(self, info: dict) -> None:
         write_json_atomic(self.run_info, info)
-
-    def write_json(self, dest: Path, obj) -> None:
-        write_json_atomic(dest, obj)
 
     def finish(self) -> None:
         """The run is complete: ``model.pt`` holds the final weights, the checkpoint goes."""
