@@ -52,6 +52,9 @@ class RunConfig:
     smoothing: int = 3                  # epochs in the trailing moving average of the stop curve
     patience: int = 3                   # epochs the smoothed curve must stay below its peak
     min_epochs: int = 3                 # never stop before this many epochs
+    anneal_epochs: int = 1              # epochs after the stop at anneal_lr x lr, out of the score windows:
+                                        # the stop point's probabilities come from a better-fitted model
+    anneal_lr: float = 0.1              # learning-rate factor of those epochs
     # execution
     seed: int = 0
     device: str = "auto"
@@ -85,6 +88,9 @@ class RunConfig:
         for name, most in (("batch_size", 2 ** 20), ("max_epochs", 10 ** 5), ("smoothing", 1000), ("patience", 1000)):
             _int_in(name, getattr(self, name), 1, most)
         _int_in("min_epochs", self.min_epochs, 0, 10 ** 6)
+        _int_in("anneal_epochs", self.anneal_epochs, 0, 1000)
+        if not 0 < self.anneal_lr <= 1:
+            raise ConfigError(f"anneal_lr={self.anneal_lr} must be in (0, 1], a factor of --lr (default 0.1)")
         _int_in("seed", self.seed, 0, 2 ** 63 - 1)
         if not 0 < self.rank_threshold < 1:
             raise ConfigError(f"rank_threshold={self.rank_threshold} must be in (0, 1), e.g. 0.87")

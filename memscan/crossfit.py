@@ -53,5 +53,6 @@ def reference_probabilities(table, cfg: RunConfig, *, cache_dir=None, epochs: in
     """(paths, [N, K] probabilities) of the reference model behind instance-dependent noise: the
     dataset's own labels taken as clean, ``REFERENCE_FOLDS``-fold cross-fitting, ``epochs`` epochs
     per fold with ``cfg``'s model and recipe, seed 0 (the noise seed only decides which samples flip)."""
-    prep = prepare(table, cfg.replace(stop="none", max_epochs=epochs, seed=0), cache_dir=cache_dir)
+    # no annealing: the generator stays the one documented (and measured) before annealing existed
+    prep = prepare(table, cfg.replace(stop="none", max_epochs=epochs, seed=0, anneal_epochs=0), cache_dir=cache_dir)
     return prep.table.paths, cross_val_probs(prep, prep.cfg, folds=REFERENCE_FOLDS, seed=0, progress=progress)

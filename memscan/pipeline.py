@@ -127,7 +127,8 @@ def checked_checkpoint(folder: RunFolder, cfg: RunConfig, fingerprint: str) -> d
     if ck is None:
         return None
     saved = ck["config"]
-    diff = sorted(k for k, v in cfg.to_dict().items() if saved.get(k) != v)
+    # an option the saved config lacks did not exist when the run started: its default applies
+    diff = sorted(k for k, v in cfg.to_dict().items() if k in saved and saved[k] != v)
     if diff:
         raise ConfigError(f"--resume: options differ from the interrupted run in {', '.join(diff)} (was: "
                           + ", ".join(f"{k}={saved.get(k)!r}" for k in diff)
@@ -182,7 +183,8 @@ def train(prep: Prepared, cfg: RunConfig, folder: RunFolder, ck, emit):
                      on_record=(lambda rec: write_epoch(folder.trajectories, rec)) if main else None,
                      on_epoch=on_epoch, on_step=lambda s, n: emit("step", step=s, steps=n),
                      val_source=prep.val_source, rank=dist.rank, world=dist.world, resume=ck,
-                     on_checkpoint=on_checkpoint, stop_decider=dist.decide if dist.active else None)
+                     on_checkpoint=on_checkpoint, stop_decider=dist.decide if dist.active else None,
+                     on_anneal=lambda info: emit("anneal", **info))
     except KeyboardInterrupt:
         done = "no epoch finished" if last["epoch"] is None else f"epochs 1-{last['epoch'] + 1} are saved"
         raise Interrupted(f"interrupted; {done} in '{folder.path}': continue with "
@@ -250,7 +252,7 @@ def score(prep: Prepared, folder: RunFolder, cfg: RunConfig, result, epochs: int
                                 "or check the images")
         sig = accumulate(read_epochs(folder.trajectories), len(prep.source), peak_epoch=result.peak_epoch,
                          window_start=epochs // 2)
-        scores = compute_scores(sig, probs, prep.labels)
+        scores = compute_scores(sig, probs, prep.labels, annealed=result.anneal is not None)
         del probs, buf
     bad = [k for k in ("mislabel_score", "memorization_score", "atypicality_score") if not _all_finite(scores[k])]
     if bad:
@@ -272,7 +274,9 @@ def report_metadata(prep: Prepared, cfg: RunConfig, result, sig, scores, curves,
                             skipped=prep.skipped, memory_mapped=prep.mapped, ignored_files=len(t.ignored)),
         stop=StopInfo(reason=result.stop_reason, epochs_trained=done, peak_epoch=None if peak is None else peak + 1,
                       csg_epochs=sig.peak_epochs, mislabel_window=[done // 2 + 1, done],
-                      nan=result.nan_epoch is not None),
+                      nan=result.nan_epoch is not None,
+                      anneal_epochs=(result.anneal or {}).get("epochs", 0),
+                      anneal_lr=(result.anneal or {}).get("lr")),
         curves={k: [c.get(k) for c in curves] for k in CURVE_KEYS},
         device=str(prep.device), processes=prep.dist.world, precision=str(prep.dtype).removeprefix("torch."),
         channels_last=prep.channels_last, timings=timings,
@@ -293,7 +297,7 @@ def write_results(folder: RunFolder, prep: Prepared, cfg: RunConfig, meta: Repor
     folder.write_model({"model": cfg.model, "num_classes": prep.table.num_classes,
                         "class_names": prep.table.class_names, "state_dict": prep.model.state_dict(),
                         "mean": [float(v) for v in prep.mean], "std": [float(v) for v in prep.std],
-                        "image_size": prep.image_size, "epoch": epochs})
+                        "image_size": prep.image_size, "epoch": epochs, "anneal_epochs": meta.stop.anneal_epochs})
     folder.write_run_info({**meta.to_dict(), "versions": {"memscan": __version__, "torch": torch.__version__,
                                                 "python": sys.version.split()[0], "platform": platform.platform()},
                            "command": sys.argv, "created": datetime.now().isoformat(timespec="seconds")})

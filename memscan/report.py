@@ -44,7 +44,7 @@ COLUMNS = {
                       "of the loss, both over the second half of the epochs trained) + 0.2 x the percentile of "
                       "1 - p_given at the stop point; higher = more likely mislabeled",
     "mislabel_rank": "1 = most likely mislabeled",
-    "memorization_score": "[0,1] percentile of csg; higher = more memorized",
+    "memorization_score": "[0,1] percentile of sgal (loss summed to the peak); higher = more memorized",
     "memorization_rank": "1 = most memorized",
     "atypicality_score": "[0,1] percentile of the mean percentile of csg and 1-p_pred; higher = more atypical",
     "atypicality_rank": "1 = most atypical",
@@ -75,6 +75,9 @@ class StopInfo:
     csg_epochs: int               # csg and sgal sum epochs 1..csg_epochs
     mislabel_window: list         # [first, last] epochs behind mislabel_score, inclusive
     nan: bool = False
+    anneal_epochs: int = 0        # epochs trained after the stop at a lower rate (anneal_lr), before the
+                                  # prediction pass; outside every window above
+    anneal_lr: float | None = None
 
 
 @dataclass

@@ -41,8 +41,11 @@ PLOTS = "plots"
 PLOT_NAMES = ("norms", "gradient", "accuracy", "csg", "classes")
 CHECK_FILES = ("check.json", "check.xml", "check.md")
 EPOCH_FILE = re.compile(r"epoch-\d{4,}\.parquet")   # in trajectories/ (trajectories.epoch_file)
+MEMORIZATION = "memorization.parquet"              # memscan memorization: the reference estimate
+MODELS = "models"                                  # ... and one file per trained model in models/
+MODEL_FILE = re.compile(r"model-\d{4,}\.parquet")
 OWN_FILES = (MARKER, REPORT, RUN_ARGS, RUN_INFO, CHECKPOINT, MODEL, CURVES, EVAL, TRUTH, REFERENCE, HTML,
-             *CHECK_FILES)
+             MEMORIZATION, *CHECK_FILES)
 DEFAULT_BASE = Path("memscan-runs")
 RUN_ARGS_KEYS = ("dataset", "config", "path_column", "label_column", "cache_dir", "val_dataset", "relabelled")
 
@@ -80,6 +83,12 @@ class RunFolder:
     html = property(lambda self: self.path / HTML)
     plots = property(lambda self: self.path / PLOTS)
     marker = property(lambda self: self.path / MARKER)
+    memorization = property(lambda self: self.path / MEMORIZATION)
+    models = property(lambda self: self.path / MODELS)
+
+    def model_file(self, k: int) -> Path:
+        """models/model-0007.parquet: what the k-th reference model predicted (``memorization_run``)."""
+        return self.models / f"model-{k:04d}.parquet"
 
     def check_file(self, name: str) -> Path:
         if name not in CHECK_FILES:
@@ -100,6 +109,14 @@ class RunFolder:
         except (OSError, ValueError):
             return False
         return isinstance(info, dict) and info.get("tool") == "memscan"
+
+    def kind(self) -> str:
+        """The marker's kind ("run" for folders of versions that wrote none)."""
+        try:
+            info = json.loads(self.marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return "run"
+        return str(info.get("kind") or "run") if isinstance(info, dict) else "run"
 
     def _write_marker(self, kind: str) -> None:
         write_json_atomic(self.marker, {"tool": "memscan", "version": __version__, "kind": kind,
@@ -144,24 +161,31 @@ class RunFolder:
         return f
 
     @classmethod
-    def resume(cls, path) -> "RunFolder":
-        """Lock the folder of an interrupted run and clean writes the interruption cut short."""
+    def resume(cls, path, *, result: str = REPORT, kind: str = "run") -> "RunFolder":
+        """Lock the folder of an interrupted run and clean writes the interruption cut short. ``result``:
+        the file whose presence (without a checkpoint) means the run finished; ``kind``: the marker's kind
+        the caller resumes ("run", or "memorization" for ``memscan memorization``)."""
         f = cls(path)
         if not f.path.is_dir():
             raise ConfigError(f"--resume: no run folder '{f.path}'; pass the --out of the interrupted run")
         if not cls.is_run(f.path):
             raise RunFolderError(f"'{f.path}' is not a memscan run folder (no {MARKER}); pass the --out of a run "
                                  "started by this memscan version")
+        found = f.kind()
+        if found != kind:
+            how = {"memorization": f"'memscan memorization DATASET --out {f.path} --resume'",
+                   "run": f"'memscan resume {f.path}'"}.get(found, "the command that started it")
+            raise RunFolderError(f"'{f.path}' holds a {found!r} folder, not a {kind!r} one; continue it with {how}")
         f._lock()
-        if f.report.exists() and not f.checkpoint.exists():
+        if (f.path / result).exists() and not f.checkpoint.exists():
             f.release()
-            raise OutputExistsError(f"run '{f.path}' already finished ({REPORT} is there); nothing to resume")
+            raise OutputExistsError(f"run '{f.path}' already finished ({result} is there); nothing to resume")
         f.clean_interrupted()
         return f
 
     def _check_subfolders(self) -> None:
         """memscan writes and deletes inside trajectories/ and plots/: never through a link elsewhere."""
-        for sub in (self.trajectories, self.plots):
+        for sub in (self.trajectories, self.plots, self.models):
             if sub.is_symlink() or (sub.exists() and not sub.is_dir()):
                 raise RunFolderError(f"'{sub}' in the run folder is a link or a file, not a folder memscan made; "
                                      "refusing to write or delete through it: remove it or choose another --out")
@@ -215,7 +239,8 @@ class RunFolder:
             (self.path / name).unlink(missing_ok=True)
         self.clean_interrupted()
         for folder, own in ((self.trajectories, lambda n: EPOCH_FILE.fullmatch(n)),
-                            (self.plots, lambda n: n in {f"{p}.png" for p in PLOT_NAMES})):
+                            (self.plots, lambda n: n in {f"{p}.png" for p in PLOT_NAMES}),
+                            (self.models, lambda n: MODEL_FILE.fullmatch(n))):
             for p in folder.iterdir() if folder.is_dir() else ():
                 if own(p.name) and (p.is_file() or p.is_symlink()):
                     p.unlink()
@@ -227,7 +252,7 @@ class RunFolder:
     def clean_interrupted(self) -> None:
         """Remove temporary files of memscan's own writes (and the probability buffer) cut short by a
         crash: ``NAME.tmp<pid>`` of the names memscan writes, nothing else."""
-        for folder in (self.path, self.trajectories, self.plots):
+        for folder in (self.path, self.trajectories, self.plots, self.models):
             for p in folder.glob("*.tmp*") if folder.is_dir() else ():
                 if self._own_temp(folder, p.name) and (p.is_file() or p.is_symlink()):
                     p.unlink(missing_ok=True)
@@ -240,6 +265,8 @@ class RunFolder:
             return EPOCH_FILE.fullmatch(base) is not None
         if folder == self.plots:
             return base in {f"{p}.png" for p in PLOT_NAMES}
+        if folder == self.models:
+            return MODEL_FILE.fullmatch(base) is not None
         return base in OWN_FILES or base == "probs.f32"
 
     # ------------------------------------------------------------ run arguments

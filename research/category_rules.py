@@ -37,6 +37,7 @@ def rules(df: pd.DataFrame, late_margin, late_correct) -> dict:
     shipped = df["category"] == "mislabeled"
     out = {"shipped (CL differs, late margin < 0)": shipped}
     out["+ never correct in the late window"] = shipped & (late_correct == 0)
+    out["+ predicted class differs"] = shipped & (df["pred"] != df["label"])
     for t in (0.5, 0.7, 0.9):
         out[f"+ p_pred >= {t}"] = shipped & (df["p_pred"] >= t)
     for e in (0.1, 0.05, 0.02):

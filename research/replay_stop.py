@@ -32,9 +32,17 @@ def main():
     ap.add_argument("--kind", default="symmetric")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--thresholds", default="0.9,0.93,0.95,0.96,0.97,0.98,0.985")
+    ap.add_argument("--reference", type=Path, help="--kind instance: the reference.parquet eval-noise wrote for the "
+                    "same images (its probabilities decide which images flipped)")
     a = ap.parse_args()
     table = load_index(a.folder / "data" / "subset.parquet")
-    truth = inject_noise(table.labels, table.num_classes, rate=a.rate, kind=a.kind, seed=a.seed).flipped
+    probs = None
+    if a.reference is not None:
+        import numpy as np
+        ref = pq.read_table(a.reference).to_pydict()
+        by_path = dict(zip(ref["path"], ref["probs"]))
+        probs = np.array([by_path[p] for p in table.paths], dtype=np.float64)
+    truth = inject_noise(table.labels, table.num_classes, rate=a.rate, kind=a.kind, seed=a.seed, probs=probs).flipped
     full = a.folder / "full"
     recs = list(read_epochs(full / "trajectories"))
     curves = pq.read_table(full / "epochs.parquet").to_pylist()

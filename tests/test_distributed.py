@@ -105,3 +105,22 @@ def test_a_dying_rank_ends_the_run_instead_of_hanging(data, tmp_path):
     assert "lost contact with the other processes" in err or "interrupted" in err
     assert "memscan resume" in " ".join(err.split())
     assert not (out / "report.parquet").exists() and (out / "checkpoint.pt").exists()
+
+
+def test_memorization_models_split_over_processes_give_the_single_process_estimate(tmp_path):
+    """Under torchrun each process trains its own models (k on rank k mod 2); rank 0 writes one estimate,
+    the same as one process's."""
+    from memscan.memorization_run import read_memorization
+    data = digits_folder(tmp_path / "d", per_class=20, classes=4)
+    args = ["memorization", str(data), "--models", "4", "--epochs", "2", "--image-size", "8", "--precision", "fp32",
+            "-q"]
+    p = subprocess.run(torchrun(*args, "--out", str(tmp_path / "two")), env=env(), capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "memscan", *args, "--out", str(tmp_path / "one")], env=env(),
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, meta = read_memorization(tmp_path / "two")
+    b, _ = read_memorization(tmp_path / "one")
+    assert meta["models"] == 4 and len(a) == 80 and sorted((tmp_path / "two" / "models").iterdir()) != []
+    np.testing.assert_allclose(a["memorization"], b["memorization"], atol=1e-5, equal_nan=True)

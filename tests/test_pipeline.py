@@ -44,6 +44,9 @@ def test_run_writes_complete_report(result, dataset):
     meta = read_metadata(out)
     assert meta.stop.epochs_trained == 3 and len(meta.curves["weight_norm"]) == 3
     assert meta.config["max_epochs"] == 3
+    # one annealing epoch by default: in the metadata and the saved model, not in the trajectories or curves
+    assert meta.stop.anneal_epochs == 1 and meta.stop.anneal_lr == pytest.approx(0.0125 * 0.1)
+    assert meta.stop.mislabel_window == [2, 3]
     raw = json.loads(pq.read_schema(out / "report.parquet").metadata[b"memscan"])
     assert "direction" in json.dumps(raw["columns"]) or "higher" in raw["columns"]["csg"]
     run_json = json.loads((out / "run.json").read_text())

@@ -135,6 +135,11 @@ def test_resume_refuses_changed_options_and_finished_runs(data, tmp_path):
         run(data, cfg.replace(lr=0.01), out=out, resume=True)
     with pytest.raises(ConfigError, match="dataset changed"):
         run(data, cfg, out=out, resume=True)
+    # a checkpoint written before an option existed (here: annealing) is not "different options"
+    older = {k: v for k, v in cfg.to_dict().items() if not k.startswith("anneal")}
+    torch.save({"config": older, "fingerprint": "x", "epoch": 0}, out / CHECKPOINT)
+    with pytest.raises(ConfigError, match="dataset changed"):
+        run(data, cfg, out=out, resume=True)
     with pytest.raises(ConfigError, match="no run folder"):
         run(data, cfg, out=tmp_path / "none", resume=True)
     assert not (tmp_path / "none").exists()

@@ -170,3 +170,26 @@ def test_mislabeled_needs_the_given_label_never_predicted_late():
     cat = compute_scores(sig, probs, labels)["category"]
     assert cat[0] == "mislabeled" and cat[1] != "mislabeled"
     assert sig.late_correct[:2].tolist() == [0, 1]
+
+
+def test_mislabel_score_weight_of_the_stop_verdict_follows_annealing():
+    """Half the weight on 1 - p(given) after annealing, a fifth without: a sample the trajectory finds
+    clean but the annealed model doubts rises further in the annealed ranking."""
+    from memscan.scores import MISLABEL_WEIGHTS, Signals, compute_scores, mislabel_statistic, percentile
+    rng = np.random.default_rng(0)
+    n, k = 200, 4
+    labels = np.arange(n) % k
+    aum = rng.normal(size=n)
+    sig = Signals(csg=rng.random(n) + 0.1, sgal=rng.random(n), csl=rng.random(n), aum=aum,
+                  forgetting=np.zeros(n, np.int32), learning_time=np.ones(n, np.int32), epochs=4, peak_epochs=4,
+                  late_aum=aum, late_loss=-aum, late_correct=np.full(n, 2, np.int32))
+    probs = rng.dirichlet(np.ones(k), size=n).astype(np.float32)
+    for annealed, (wt, wp) in MISLABEL_WEIGHTS.items():
+        p_given = probs[np.arange(n), labels]
+        want = percentile(wt * percentile(mislabel_statistic(sig)) + wp * percentile(1.0 - p_given))
+        got = compute_scores(sig, probs, labels, annealed=annealed)["mislabel_score"]
+        np.testing.assert_allclose(got, want)
+    assert MISLABEL_WEIGHTS[True][1] > MISLABEL_WEIGHTS[False][1]
+    doubted = int(np.argmin(mislabel_statistic(sig) - (1 - probs[np.arange(n), labels])))
+    assert compute_scores(sig, probs, labels)["mislabel_rank"][doubted] <= \
+        compute_scores(sig, probs, labels, annealed=False)["mislabel_rank"][doubted]

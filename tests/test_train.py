@@ -83,3 +83,44 @@ def test_predict_probs_matches_exact_pass():
     src = InMemorySource(images, np.arange(9) % 3, mean=[0.5] * 3, std=[0.25] * 3)
     _, p_exact = exact_pass(model, src, batch_size=4, dtype=torch.float32, want_probs=True)
     np.testing.assert_allclose(predict_probs(model, src, batch_size=4, dtype=torch.float32), p_exact, rtol=1e-5)
+
+
+def _tiny_fit(anneal_epochs, **kw):
+    from memscan.data.loader import InMemorySource
+    from memscan.models import MemscanCNN
+    from memscan.signals import Recorder
+    from memscan.train import fit
+    torch.manual_seed(0)
+    model = MemscanCNN(3, width=4)
+    rng = np.random.default_rng(0)
+    labels = np.arange(48) % 3
+    images = (rng.integers(0, 60, (48, 3, 8, 8)) + 60 * labels[:, None, None, None]).astype(np.uint8)
+    src = InMemorySource(images, labels, mean=[0.5] * 3, std=[0.25] * 3)
+    records, annealed = [], []
+    cfg = RunConfig(max_epochs=3, stop="none", batch_size=16, augment="none", anneal_epochs=anneal_epochs, **kw)
+    res = fit(model, src, cfg, recorder=Recorder(len(src)), on_record=records.append, on_anneal=annealed.append)
+    return model, res, records, annealed
+
+
+def test_anneal_trains_after_the_stop_at_a_lower_rate_outside_the_records():
+    base_model, base, base_records, none = _tiny_fit(0)
+    model, res, records, annealed = _tiny_fit(2, anneal_lr=0.25)
+    assert base.anneal is None and none == []
+    # the trajectories and curves are those of the run without annealing, epoch for epoch
+    assert [r.epoch for r in records] == [0, 1, 2] and len(res.curves) == 3 and res.epochs == 3
+    for a, b in zip(records, base_records):
+        np.testing.assert_array_equal(a.loss, b.loss)
+    # two more epochs at a quarter of the rate, reported, and they moved the weights
+    assert res.anneal["epochs"] == 2 and res.anneal["lr"] == pytest.approx(0.0125 * 0.25)
+    assert [a["anneal_epoch"] for a in annealed] == [0, 1] and all(a["lr"] == res.anneal["lr"] for a in annealed)
+    assert 0 <= res.anneal["train_acc"] <= 1
+    moved = [not torch.equal(p, q) for p, q in zip(model.parameters(), base_model.parameters())]
+    assert all(moved)
+
+
+def test_anneal_options_are_validated():
+    from memscan.errors import ConfigError
+    for bad in ({"anneal_lr": 0.0}, {"anneal_lr": 1.5}, {"anneal_epochs": -1}, {"anneal_epochs": 1.5}):
+        with pytest.raises(ConfigError, match="anneal"):
+            RunConfig(**bad)
+    assert RunConfig(anneal_epochs=0).anneal_epochs == 0

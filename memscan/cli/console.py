@@ -62,6 +62,18 @@ class RunProgress:
         elif event == "step":
             t = self._task("train", "training", info["steps"])
             p.update(t, completed=info["step"], total=info["steps"])
+        elif event == "model":
+            if "train" in self.tasks:
+                p.reset(self.tasks["train"])
+            how = "kept from the interrupted run" if info["kept"] else f"{info['seconds']:.1f}s"
+            p.console.print(f"model {info['done']:>3}/{info['total']}  accuracy {info['train_acc']:.3f} on its subset, "
+                            f"{info['held_out_acc']:.3f} held out  {how}", highlight=False)
+        elif event == "anneal":
+            if "train" in self.tasks:
+                p.reset(self.tasks["train"])
+            p.console.print(f"anneal {info['anneal_epoch'] + 1}/{info['anneal_epochs']} at lr {info['lr']:.3g}  "
+                            f"acc {info['train_acc']:.3f}  (fits further before predicting; not in the scores' "
+                            "windows)", highlight=False)
         elif event == "epoch":
             if "train" in self.tasks:
                 p.reset(self.tasks["train"])

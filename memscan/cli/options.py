@@ -45,6 +45,10 @@ RUN_OPTIONS = [  # (name, type, default, typer option)
     ("patience", int, 3, _O(3, help="Epochs the smoothed curve must stay below its peak.")),
     ("smoothing", int, 3, _O(3, help="Moving-average window of the stop curve, epochs.")),
     ("min_epochs", int, 3, _O(3, help="Never stop before this many epochs.")),
+    ("anneal_epochs", int, 1, _O(1, help="Epochs trained after the stop at --anneal-lr x --lr before the "
+                                 "prediction pass (0: predict at the stop). Fits the model further so its verdict "
+                                 "tells label errors from hard images; outside the score windows.")),
+    ("anneal_lr", float, 0.1, _O(0.1, help="Learning-rate factor of the annealing epochs.")),
     ("seed", int, 0, _O(0, help="Seed: same data + seed on CPU gives the same report.")),
     ("device", str, "auto", _O("auto", help="auto | cpu | cuda | mps.")),
     ("precision", str, "auto", _O("auto", help="auto | fp32 | bf16 | fp16 (autocast; input gradients in fp32).")),

@@ -1,0 +1,244 @@
+"""``memscan memorization``: train the K subset models of the reference estimator and write the estimate.
+
+One folder (a ``RunFolder`` of kind "memorization") holds ``run-args.json``, one
+``models/model-NNNN.parquet`` per trained model (which samples it trained on, and its probability of
+every sample's given label) and, at the end, ``memorization.parquet``. A killed run resumes at model
+granularity: finished model files are checked against the plan and kept. Under torchrun each process
+trains its own share of the models (model k on rank k mod world); rank 0 writes the estimate.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from . import __version__, distributed
+from .config import RunConfig
+from .data import load_index
+from .dataset_guard import DatasetGuard
+from .data.cache import default_cache_dir
+from .errors import ConfigError, ReportError
+from .memorization import estimate, split_half, subset_masks
+from .prepare import prepare
+from .run_folder import MEMORIZATION, RunFolder, default_run_path
+from .signals import Recorder
+from .train import fit, predict_probs, resolve_device
+
+# Each model trains this long by default, with a cosine schedule to zero: memorization is a property of a
+# model that fits its training set, and a short constant-rate run does not (memscan's own default stops at
+# ~70% on CIFAR-10). BENCHMARKS.md §12 measures what the estimate's reliability gains from more epochs.
+DEFAULT_EPOCHS = 30
+DEFAULT_MODELS = 32
+DEFAULT_SUBSET = 0.7
+
+
+@dataclass(frozen=True)
+class Plan:
+    models: int = DEFAULT_MODELS
+    subset: float = DEFAULT_SUBSET
+
+    def __post_init__(self):
+        if isinstance(self.models, bool) or not isinstance(self.models, int) or not 4 <= self.models <= 10_000:
+            raise ConfigError(f"--models {self.models} must be a whole number from 4 to 10000 (32-64 is typical: "
+                              "every sample needs several models on each side)")
+        if not 0.05 <= self.subset <= 0.95:
+            raise ConfigError(f"--subset {self.subset} must be between 0.05 and 0.95 (Feldman & Zhang use 0.7)")
+
+
+def model_config(cfg: RunConfig, k: int) -> RunConfig:
+    """Model k's recipe: the user's, trained to ``max_epochs`` with no early stop and no annealing."""
+    return cfg.replace(stop="none", anneal_epochs=0, seed=cfg.seed + k)
+
+
+def memorization(dataset, cfg: RunConfig, plan: Plan, *, out=None, overwrite: bool = False, resume: bool = False,
+                 cache_dir=None, progress=None, path_column=None, label_column=None, encoding=None) -> dict:
+    """Train the plan's models on ``dataset`` and write the estimate in ``out``; returns the summary
+    that ``--json`` prints."""
+    emit = progress or (lambda event, **info: None)
+    t0 = time.perf_counter()
+    dist = distributed.setup(resolve_device(cfg.device).type)
+    table = load_index(dataset, path_column=path_column, label_column=label_column, encoding=encoding)
+    guard = DatasetGuard.for_table(table)
+    guard.check_folder(cache_dir if cache_dir is not None else default_cache_dir(), what="the decode cache",
+                       may_hold=True)
+    path = Path(out) if out is not None else default_run_path(table.location, suffix="-memorization")
+    folder = _open(path, guard, resume=resume, overwrite=overwrite, main=dist.is_main)
+    with folder:
+        if resume:
+            _check_resumable(folder, cfg, plan, table)
+        prep = prepare(table, cfg, dist=dist, cache_dir=cache_dir, progress=emit)
+        if dist.is_main and not resume:
+            folder.reset(kind="memorization")
+            folder.save_args({"dataset": str(Path(dataset).resolve()), "config": cfg.to_dict(),
+                              "path_column": path_column, "label_column": label_column, "encoding": encoding,
+                              "cache_dir": None if cache_dir is None else str(Path(cache_dir).resolve()),
+                              "val_dataset": None, "relabelled": False,
+                              "memorization": {"models": plan.models, "subset": plan.subset,
+                                               "fingerprint": table.fingerprint()}})
+        folder.begun = True
+        dist.barrier()
+        n = len(prep.labels)
+        masks = subset_masks(n, plan.models, plan.subset, cfg.seed)
+        for k in range(dist.rank, plan.models, dist.world):
+            info = _load_model_file(folder, k, masks[k], prep.table.paths)
+            kept = info is not None
+            if not kept:
+                info = _train_one(prep, cfg, k, masks[k], folder, on_step=lambda s, n: emit("step", step=s, steps=n))
+            emit("model", done=k + 1, total=plan.models, kept=kept, **info)
+        dist.barrier()
+        summary = None
+        if dist.is_main:
+            summary = _write_estimate(folder, prep, cfg, plan, masks, time.perf_counter() - t0)
+    dist.barrier()
+    dist.teardown()
+    return summary
+
+
+def _open(path: Path, guard, *, resume: bool, overwrite: bool, main: bool) -> RunFolder:
+    if not main:
+        return RunFolder(path)
+    if resume:
+        guard.check_folder(path)
+        return RunFolder.resume(path, result=MEMORIZATION, kind="memorization")
+    return RunFolder.start(path, guard=guard, overwrite=overwrite, kind="memorization")
+
+
+def _check_resumable(folder: RunFolder, cfg: RunConfig, plan: Plan, table) -> None:
+    args = folder.load_args()
+    saved = args.get("memorization")
+    if not isinstance(saved, dict):
+        raise ConfigError(f"'{folder.path}' is not a 'memscan memorization' folder; pass the --out of one")
+    was = {"models": saved.get("models"), "subset": saved.get("subset"),
+           **{k: v for k, v in args["config"].items()}}
+    now = {"models": plan.models, "subset": plan.subset, **cfg.to_dict()}
+    diff = sorted(k for k in now if k in was and was[k] != now[k])
+    if diff:
+        raise ConfigError(f"--resume: options differ from the interrupted run in {', '.join(diff)}; drop them")
+    if saved.get("fingerprint") != table.fingerprint():
+        raise ConfigError(f"--resume: the dataset changed since '{folder.path}' started; start a new one")
+
+
+def _train_one(prep, cfg: RunConfig, k: int, mask: np.ndarray, folder: RunFolder, on_step=None) -> dict:
+    kcfg = model_config(cfg, k)
+    torch.manual_seed(kcfg.seed)
+    model = prep.fresh_model(kcfg)
+    idx = np.flatnonzero(mask)
+    src = prep.subset(idx)
+    t = time.perf_counter()
+    res = fit(model, src, kcfg, recorder=Recorder(len(src), device=prep.device), on_step=on_step)
+    if res.nan_epoch is not None:
+        from .errors import TrainingError
+        raise TrainingError(f"model {k + 1}: loss became NaN/inf in epoch {res.nan_epoch + 1}; lower --lr "
+                            f"(now {cfg.lr})")
+    probs = predict_probs(model, prep.source, batch_size=max(cfg.batch_size, 256), dtype=prep.dtype)
+    p_given = probs[np.arange(len(probs)), prep.labels]
+    if not np.isfinite(p_given).all():
+        from .errors import TrainingError
+        raise TrainingError(f"model {k + 1}: predictions are NaN/inf; lower --lr (now {cfg.lr})")
+    correct = probs.argmax(1) == prep.labels
+    info = {"train_acc": float(correct[mask].mean()), "held_out_acc": float(correct[~mask].mean()),
+            "seconds": time.perf_counter() - t}
+    meta = {"model": k, "config": kcfg.to_dict(), **info}
+    t_ = pa.table({"path": prep.table.paths, "in_subset": mask, "p_given": p_given.astype(np.float32)})
+    t_ = t_.replace_schema_metadata({b"memscan": json.dumps(meta).encode()})
+    folder.models.mkdir(exist_ok=True)
+    folder.write_table(t_, folder.model_file(k))
+    return info
+
+
+def _load_model_file(folder: RunFolder, k: int, mask: np.ndarray, paths) -> dict | None:
+    """A finished model's file when it matches the plan (same samples, same subset); None to (re)train."""
+    f = folder.model_file(k)
+    if not f.is_file():
+        return None
+    try:
+        t = pq.read_table(f)
+        meta = json.loads(t.schema.metadata[b"memscan"])
+        ok = (t.column("path").to_pylist() == list(paths)
+              and np.array_equal(t.column("in_subset").to_numpy(), mask)
+              and np.isfinite(t.column("p_given").to_numpy()).all())
+    except Exception:
+        ok = False
+    if not ok:
+        f.unlink()   # ours (models/model-NNNN.parquet in a memorization folder), and not usable: redone
+        return None
+    return {"train_acc": meta["train_acc"], "held_out_acc": meta["held_out_acc"], "seconds": 0.0}
+
+
+def _write_estimate(folder: RunFolder, prep, cfg: RunConfig, plan: Plan, masks, seconds: float) -> dict:
+    p = np.stack([pq.read_table(folder.model_file(k), columns=["p_given"]).column(0).to_numpy()
+                  for k in range(plan.models)])
+    metas = [json.loads(pq.read_schema(folder.model_file(k)).metadata[b"memscan"]) for k in range(plan.models)]
+    est = estimate(masks, p)
+    reliability = split_half(masks, p)
+    t = prep.table
+    meta = {"kind": "memorization", "memscan_version": __version__, "models": plan.models, "subset": plan.subset,
+            "epochs": cfg.max_epochs, "config": cfg.to_dict(), "split_half": reliability,
+            "train_acc": float(np.mean([m["train_acc"] for m in metas])),
+            "held_out_acc": float(np.mean([m["held_out_acc"] for m in metas])),
+            "dataset": {"location": str(Path(t.location).resolve()), "n": len(t), "fingerprint": t.fingerprint(),
+                        "classes": t.class_names},
+            "seconds": seconds,
+            "columns": {"memorization": "p_in - p_out of the given label; higher = more memorized",
+                        "memorization_se": "standard error of memorization (Welch)",
+                        "p_in": "mean p(given label) over the models that trained on the sample",
+                        "p_out": "mean p(given label) over the models that did not (consistency, C-score-like); "
+                                 "lower = more atypical",
+                        "n_in": "models that trained on the sample", "n_out": "models that did not"}}
+    table = pa.table({"sample_id": np.arange(len(t), dtype=np.int64), "path": t.paths,
+                      "label": prep.labels.astype(np.int64), **{k: v for k, v in est.items()}})
+    table = table.replace_schema_metadata({b"memscan": json.dumps(meta).encode()})
+    folder.write_table(table, folder.memorization)
+    return {"out_dir": str(folder.path), "file": str(folder.memorization), "n": len(t), **{
+        k: meta[k] for k in ("models", "subset", "epochs", "split_half", "train_acc", "held_out_acc", "seconds")},
+        "top": _top(t.paths, est, 10)}
+
+
+def _top(paths, est: dict, k: int) -> list[dict]:
+    order = np.argsort(-np.nan_to_num(est["memorization"], nan=-np.inf), kind="stable")[:k]
+    return [{"path": paths[i], "memorization": float(est["memorization"][i]),
+             "se": float(est["memorization_se"][i]), "p_out": float(est["p_out"][i])} for i in order]
+
+
+def read_memorization(path) -> tuple:
+    """(DataFrame, metadata) of a memorization.parquet (or the folder holding it)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / MEMORIZATION
+    try:
+        t = pq.read_table(p)
+        meta = json.loads(t.schema.metadata[b"memscan"])
+        if meta.get("kind") != "memorization":
+            raise ValueError("kind")
+    except FileNotFoundError:
+        raise ReportError(f"no {MEMORIZATION} at '{p}'; run 'memscan memorization DATASET' first") from None
+    except Exception as e:
+        raise ReportError(f"'{p}' is not a memorization file written by 'memscan memorization' "
+                          f"({type(e).__name__})") from None
+    return t.to_pandas(), meta
+
+
+def compare(run, reference, *, level: float = 0.5) -> dict:
+    """A run's columns against a reference estimate, matched by path: the agreement table
+    (``memorization.agreement``) and the ``memorized``/``atypical`` categories' precision and recall
+    against reference memorization above ``level``."""
+    from .memorization import COMPARED, agreement, flag_precision
+    from .report import frame_and_name
+    ref, meta = read_memorization(reference)
+    df, name = frame_and_name(run, ["path", "category", *{"memorization_score", "csg", "sgal", "csl",
+                                                            "learning_time", "aum", "p_given"}])
+    joined = df.merge(ref[["path", "memorization"]], on="path", how="inner")
+    if len(joined) < 10:
+        raise ReportError(f"only {len(joined)} samples of '{name}' are in the reference (matched by path); compare a "
+                          "run and a reference of the same dataset")
+    mem = joined["memorization"].to_numpy()
+    rows = agreement(mem, {k: f(joined) for k, f in COMPARED.items()}, meta.get("split_half"))
+    cats = {c: flag_precision(joined["category"].to_numpy() == c, mem, level) for c in ("memorized", "atypical")}
+    return {"run": name, "reference": str(reference), "matched": len(joined), "of_run": len(df), "of_reference": len(ref),
+            "split_half": meta.get("split_half"), "agreement": rows, "categories": cats}

@@ -1,0 +1,190 @@
+"""The reference memorization estimator (memscan memorization): arithmetic, reproducibility, a synthetic
+set where memorization is known by construction, resume at model granularity, and --compare."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from memscan.config import RunConfig
+from memscan.errors import ConfigError, OutputExistsError
+from memscan.memorization import agreement, estimate, flag_precision, split_half, subset_masks
+from memscan.memorization_run import Plan, compare, memorization, read_memorization
+
+from scipy.stats import pearsonr, spearmanr
+
+
+def test_estimate_by_hand():
+    in_mask = np.array([[1, 0], [1, 1], [0, 1], [0, 0]], bool)
+    p = np.array([[0.9, 0.2], [0.7, 0.6], [0.1, 0.8], [0.3, 0.4]])
+    e = estimate(in_mask, p)
+    assert e["p_in"] == pytest.approx([0.8, 0.7]) and e["p_out"] == pytest.approx([0.2, 0.3])
+    assert e["memorization"] == pytest.approx([0.6, 0.4])
+    assert list(e["n_in"]) == [2, 2] and list(e["n_out"]) == [2, 2]
+    se0 = np.sqrt(np.var([0.9, 0.7], ddof=1) / 2 + np.var([0.1, 0.3], ddof=1) / 2)
+    assert e["memorization_se"][0] == pytest.approx(se0)
+    one_side = estimate(np.array([[1], [1], [0]], bool), np.array([[0.5], [0.7], [0.1]]))
+    assert np.isnan(one_side["memorization_se"][0]) and one_side["memorization"][0] == pytest.approx(0.5)
+
+
+def test_subsets_exact_seeded_and_independent_of_the_number_of_models():
+    m = subset_masks(101, 6, 0.7, seed=3)
+    assert (m.sum(1) == 71).all()
+    np.testing.assert_array_equal(m, subset_masks(101, 6, 0.7, seed=3))
+    np.testing.assert_array_equal(m[:4], subset_masks(101, 4, 0.7, seed=3))
+    assert not np.array_equal(m, subset_masks(101, 6, 0.7, seed=4))
+    assert not np.array_equal(m[0], m[1])
+
+
+def test_split_half_and_agreement_match_scipy():
+    rng = np.random.default_rng(0)
+    truth = rng.random(300)
+    in_mask = subset_masks(300, 16, 0.5, seed=0)
+    p = np.clip(0.5 + in_mask * truth[None] * 0.4 + rng.normal(0, 0.05, in_mask.shape), 0, 1)
+    rel = split_half(in_mask, p)
+    assert 0.8 < rel["spearman"] < 1 and rel["spearman_full"] == pytest.approx(2 * rel["spearman"] / (1 + rel["spearman"]))
+    ref = estimate(in_mask, p)["memorization"]
+    col = truth + rng.normal(0, 0.2, 300)
+    (row,) = agreement(ref, {"x": col}, rel)
+    assert row["pearson"] == pytest.approx(pearsonr(col, ref)[0])
+    assert row["spearman"] == pytest.approx(spearmanr(col, ref)[0])
+    assert row["cosine"] == pytest.approx(col @ ref / np.linalg.norm(col) / np.linalg.norm(ref))
+    assert row["spearman_of_ceiling"] == pytest.approx(row["spearman"] / rel["spearman_full"])
+    fp = flag_precision(ref > 0.3, ref, 0.3)
+    assert fp["precision"] == 1.0 and fp["recall"] == 1.0
+
+
+def memorization_set(root, per_class=24, random_ones=8, seed=0):
+    """Four learnable classes (a bright quadrant each) plus ``random_ones`` images of pure noise with
+    arbitrary labels: only a model that saw them can fit those (memorization by construction)."""
+    rng = np.random.default_rng(seed)
+    special = []
+    for c in range(4):
+        for i in range(per_class):
+            img = rng.integers(0, 60, (8, 8, 3)).astype(np.uint8)
+            img[(c // 2) * 4:(c // 2) * 4 + 4, (c % 2) * 4:(c % 2) * 4 + 4] += 180
+            (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(root / f"c{c}" / f"{i:03d}.png")
+    for j in range(random_ones):
+        img = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
+        name = f"c{j % 4}/noise{j:02d}.png"
+        Image.fromarray(img).save(root / name)
+        special.append(name)
+    return root, special
+
+
+CFG = RunConfig(max_epochs=20, schedule="cosine", augment="none", batch_size=8, lr=0.05, image_size=8,
+                stop="none", anneal_epochs=0, precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def estimated(tmp_path_factory):
+    root, special = memorization_set(tmp_path_factory.mktemp("mem") / "data")
+    out = tmp_path_factory.mktemp("memrun") / "m"
+    res = memorization(root, CFG, Plan(models=8, subset=0.5), out=out)
+    return root, special, out, res
+
+
+def test_memorized_by_construction_ranks_first(estimated):
+    root, special, out, res = estimated
+    df, meta = read_memorization(out)
+    assert len(df) == 104 and meta["models"] == 8 and (df["n_in"] + df["n_out"] == 8).all()
+    noise = df["path"].isin(special).to_numpy()
+    mem = df["memorization"].to_numpy()
+    # the noise images are fitted only when seen; the learnable ones are predicted either way (a sample
+    # that no model held out, or in, has no estimate: NaN)
+    assert np.isnan(mem).sum() <= 3
+    assert mem[noise].mean() > 0.15 and abs(np.nanmean(mem[~noise])) < 0.03
+    assert mem[noise].mean() > np.nanpercentile(mem[~noise], 99)
+    top8 = df.sort_values("memorization", ascending=False)["path"].head(8)
+    assert top8.isin(special).sum() >= 7
+    assert (df["p_out"][~noise] > 0.8).mean() > 0.9
+    assert res["train_acc"] > 0.9 and meta["split_half"]["samples"] >= 50   # halves of 4 models: some samples lack a side
+    assert {r["path"] for r in res["top"][:3]} <= set(special)
+
+
+def test_resume_keeps_finished_models_and_gives_the_same_estimate(estimated, tmp_path, monkeypatch):
+    import memscan.memorization_run as mr
+    root, special, out, _ = estimated
+    real = mr._train_one
+    calls = []
+
+    def dies_at_third(prep, cfg, k, mask, folder, on_step=None):
+        calls.append(k)
+        if k == 2:
+            raise KeyboardInterrupt
+        return real(prep, cfg, k, mask, folder, on_step)
+
+    monkeypatch.setattr(mr, "_train_one", dies_at_third)
+    run2 = tmp_path / "m2"
+    with pytest.raises(KeyboardInterrupt):
+        memorization(root, CFG, Plan(models=8, subset=0.5), out=run2)
+    kept = {k: (run2 / "models" / f"model-{k:04d}.parquet").stat().st_mtime_ns for k in (0, 1)}
+    monkeypatch.setattr(mr, "_train_one", real)
+    with pytest.raises(ConfigError, match="differ.*models"):
+        memorization(root, CFG, Plan(models=6, subset=0.5), out=run2, resume=True)
+    memorization(root, CFG, Plan(models=8, subset=0.5), out=run2, resume=True)
+    assert {k: (run2 / "models" / f"model-{k:04d}.parquet").stat().st_mtime_ns for k in (0, 1)} == kept
+    a, b = read_memorization(out)[0], read_memorization(run2)[0]
+    np.testing.assert_allclose(a["memorization"], b["memorization"], atol=1e-6)
+    with pytest.raises(OutputExistsError, match="already finished"):
+        memorization(root, CFG, Plan(models=8, subset=0.5), out=run2, resume=True)
+
+
+def test_damaged_model_file_is_retrained(estimated, tmp_path):
+    import shutil
+    root, _, out, _ = estimated
+    copy = tmp_path / "m3"
+    shutil.copytree(out, copy)
+    (copy / "memorization.parquet").unlink()
+    (copy / "models" / "model-0003.parquet").write_bytes(b"not parquet")
+    (copy / "checkpoint.pt").write_bytes(b"")   # not finished: resumable
+    memorization(root, CFG, Plan(models=8, subset=0.5), out=copy, resume=True)
+    np.testing.assert_allclose(read_memorization(copy)[0]["memorization"], read_memorization(out)[0]["memorization"],
+                               atol=1e-6)
+
+
+def test_bad_plans_and_foreign_files():
+    for bad in ({"models": 2}, {"models": 8.5}, {"subset": 1.0}, {"subset": 0.0}):
+        with pytest.raises(ConfigError):
+            Plan(**bad)
+    from memscan.errors import ReportError
+    with pytest.raises(ReportError, match="memorization DATASET"):
+        read_memorization("/nonexistent/folder")
+
+
+def test_compare_a_run_against_the_reference(estimated, tmp_path):
+    from memscan.pipeline import run
+    from memscan.report import read_frame
+    root, special, out, _ = estimated
+    r = run(root, RunConfig(max_epochs=4, batch_size=16, image_size=8, augment="none", min_epochs=1),
+            out=tmp_path / "run")
+    res = compare(r.out_dir, out, level=0.3)
+    assert res["matched"] == 104
+    df = read_frame(r.out_dir).merge(read_memorization(out)[0][["path", "memorization"]], on="path").dropna(
+        subset=["memorization"])   # samples without an estimate are left out of the agreement
+    rows = {x["column"]: x for x in res["agreement"]}
+    assert rows["csg"]["pearson"] == pytest.approx(pearsonr(df["csg"], df["memorization"])[0])
+    assert rows["1-p_given"]["spearman"] == pytest.approx(spearmanr(1 - df["p_given"], df["memorization"])[0])
+    assert set(res["categories"]) == {"memorized", "atypical"}
+    from memscan.cli import main
+    assert main(["memorization", str(out), "--compare", str(r.out_dir), "--json"]) == 0
+
+
+def test_resume_refuses_a_folder_of_the_other_kind(estimated, tmp_path):
+    from memscan.cli import main
+    from memscan.errors import RunFolderError
+    from memscan.run_folder import RunFolder
+    root, _, out, _ = estimated
+    (out / "checkpoint.pt").write_bytes(b"")       # looks interrupted
+    try:
+        with pytest.raises(RunFolderError, match="'memorization' folder.*memscan memorization"):
+            RunFolder.resume(out)
+        assert main(["resume", str(out)]) == 2
+    finally:
+        (out / "checkpoint.pt").unlink()
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "memscan-run.json").write_text(json.dumps({"tool": "memscan", "kind": "run"}))
+    with pytest.raises(RunFolderError, match="'run' folder.*memscan resume"):
+        memorization(root, CFG, Plan(models=8, subset=0.5), out=run_dir, resume=True)
