@@ -28,6 +28,8 @@ def subset_masks(n: int, models: int, fraction: float, seed: int) -> np.ndarray:
     if not 0 < fraction < 1:
         raise ValueError(f"fraction={fraction} must be in (0, 1)")
     size = int(round(fraction * n))
+    if not 1 <= size <= n - 1:
+        raise ValueError(f"a {fraction:.0%} subset of {n} samples leaves no sample in or out")
     masks = np.zeros((models, n), dtype=bool)
     for k in range(models):
         rng = np.random.default_rng(seed + k * SEED_STRIDE)
@@ -57,8 +59,9 @@ def estimate(in_mask: np.ndarray, p_given: np.ndarray) -> dict:
 
 def split_half(in_mask: np.ndarray, p_given: np.ndarray) -> dict:
     """How reproducible the estimate is: the correlation between the estimates of two disjoint halves of
-    the models (even and odd), and the Spearman-Brown prediction for all K models, 2r / (1 + r). No proxy
-    can agree with the reference better than the reference agrees with itself: this is the ceiling."""
+    the models (even and odd), and the Spearman-Brown prediction for all K models, rho = 2r / (1 + r). A
+    proxy equal to the true memorization would correlate with this noisy reference at sqrt(rho): that is
+    the ceiling ``agreement`` divides by."""
     halves = [estimate(in_mask[h::2], p_given[h::2])["memorization"] for h in (0, 1)]
     ok = np.isfinite(halves[0]) & np.isfinite(halves[1])
     out = {}
@@ -101,8 +104,9 @@ COMPARED = {
 
 def agreement(reference: np.ndarray, columns: dict, reliability: dict | None = None) -> list[dict]:
     """Pearson, Spearman and cosine similarity of each column (higher = more memorized) with the
-    reference memorization, and Spearman as a fraction of the reference's own split-half reliability
-    (Spearman-Brown, ``reliability["spearman_full"]``) when given. Samples with a NaN anywhere are left out."""
+    reference memorization; with ``reliability`` (``split_half``), Spearman as a fraction of the reference's
+    reliability rho (``spearman_of_reliability``) and of the attainable ceiling sqrt(rho)
+    (``spearman_of_ceiling``). Samples with a NaN anywhere are left out."""
     ref = np.asarray(reference, np.float64)
     rows = []
     for name, col in columns.items():
@@ -110,8 +114,10 @@ def agreement(reference: np.ndarray, columns: dict, reliability: dict | None = N
         ok = np.isfinite(ref) & np.isfinite(x)
         row = {"column": name, "pearson": pearson(x[ok], ref[ok]), "spearman": spearman(x[ok], ref[ok]),
                "cosine": cosine(x[ok], ref[ok]), "samples": int(ok.sum())}
-        ceiling = (reliability or {}).get("spearman_full")
-        row["spearman_of_ceiling"] = row["spearman"] / ceiling if ceiling and ceiling > 0 else None
+        rho = (reliability or {}).get("spearman_full")
+        ok_rho = rho is not None and rho > 0
+        row["spearman_of_reliability"] = row["spearman"] / rho if ok_rho else None
+        row["spearman_of_ceiling"] = row["spearman"] / float(np.sqrt(rho)) if ok_rho else None
         rows.append(row)
     return rows
 
@@ -119,7 +125,9 @@ def agreement(reference: np.ndarray, columns: dict, reliability: dict | None = N
 def flag_precision(flagged: np.ndarray, reference: np.ndarray, level: float) -> dict:
     """Precision and recall of a boolean flag (e.g. category == memorized) against reference
     memorization above ``level``."""
-    flagged, truth = np.asarray(flagged, bool), np.asarray(reference, np.float64) > level
+    ref = np.asarray(reference, np.float64)
+    known = np.isfinite(ref)      # samples without an estimate count neither way
+    flagged, truth = np.asarray(flagged, bool)[known], ref[known] > level
     tp = int((flagged & truth).sum())
     return {"level": level, "flagged": int(flagged.sum()), "above_level": int(truth.sum()),
             "precision": tp / flagged.sum() if flagged.any() else None,

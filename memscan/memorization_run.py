@@ -28,7 +28,7 @@ from .memorization import estimate, split_half, subset_masks
 from .prepare import prepare
 from .run_folder import MEMORIZATION, RunFolder, default_run_path
 from .signals import Recorder
-from .train import fit, predict_probs, resolve_device
+from .train import fit, resolve_device
 
 # Each model trains this long by default, with a cosine schedule to zero: memorization is a property of a
 # model that fits its training set, and a short constant-rate run does not (memscan's own default stops at
@@ -67,6 +67,13 @@ def memorization(dataset, cfg: RunConfig, plan: Plan, *, out=None, overwrite: bo
     guard = DatasetGuard.for_table(table)
     guard.check_folder(cache_dir if cache_dir is not None else default_cache_dir(), what="the decode cache",
                        may_hold=True)
+    if out is None and dist.world > 1:   # each process would name its own folder from its own clock
+        raise ConfigError("under torchrun, 'memscan memorization' needs --out (one folder every process writes to, "
+                          "on a filesystem they share)")
+    try:
+        subset_masks(len(table), 1, plan.subset, cfg.seed)
+    except ValueError as e:
+        raise ConfigError(f"--subset {plan.subset}: {e}; use more samples or a subset nearer 0.5") from None
     path = Path(out) if out is not None else default_run_path(table.location, suffix="-memorization")
     folder = _open(path, guard, resume=resume, overwrite=overwrite, main=dist.is_main)
     with folder:
@@ -91,13 +98,19 @@ def memorization(dataset, cfg: RunConfig, plan: Plan, *, out=None, overwrite: bo
             if not kept:
                 info = _train_one(prep, cfg, k, masks[k], folder, on_step=lambda s, n: emit("step", step=s, steps=n))
             emit("model", done=k + 1, total=plan.models, kept=kept, **info)
-        dist.barrier()
         summary = None
         if dist.is_main:
+            # no collective here: processes finish their shares at different times (a resumed share may be all
+            # kept), far apart for a collective's timeout. torchrun stops every process when one fails.
+            _wait_for_models(folder, plan.models)
             summary = _write_estimate(folder, prep, cfg, plan, masks, time.perf_counter() - t0)
-    dist.barrier()
     dist.teardown()
     return summary
+
+
+def _wait_for_models(folder: RunFolder, models: int, poll_s: float = 2.0) -> None:
+    while not all(folder.model_file(k).is_file() for k in range(models)):
+        time.sleep(poll_s)
 
 
 def _open(path: Path, guard, *, resume: bool, overwrite: bool, main: bool) -> RunFolder:
@@ -119,7 +132,8 @@ def _check_resumable(folder: RunFolder, cfg: RunConfig, plan: Plan, table) -> No
     now = {"models": plan.models, "subset": plan.subset, **cfg.to_dict()}
     diff = sorted(k for k in now if k in was and was[k] != now[k])
     if diff:
-        raise ConfigError(f"--resume: options differ from the interrupted run in {', '.join(diff)}; drop them")
+        raise ConfigError("--resume: options differ from the interrupted run in " + ", ".join(
+            f"{k} (was {was[k]!r}, now {now[k]!r})" for k in diff) + "; pass the same options as that run")
     if saved.get("fingerprint") != table.fingerprint():
         raise ConfigError(f"--resume: the dataset changed since '{folder.path}' started; start a new one")
 
@@ -136,12 +150,10 @@ def _train_one(prep, cfg: RunConfig, k: int, mask: np.ndarray, folder: RunFolder
         from .errors import TrainingError
         raise TrainingError(f"model {k + 1}: loss became NaN/inf in epoch {res.nan_epoch + 1}; lower --lr "
                             f"(now {cfg.lr})")
-    probs = predict_probs(model, prep.source, batch_size=max(cfg.batch_size, 256), dtype=prep.dtype)
-    p_given = probs[np.arange(len(probs)), prep.labels]
+    p_given, correct = _predict_given(model, prep.source, batch_size=max(cfg.batch_size, 256), dtype=prep.dtype)
     if not np.isfinite(p_given).all():
         from .errors import TrainingError
         raise TrainingError(f"model {k + 1}: predictions are NaN/inf; lower --lr (now {cfg.lr})")
-    correct = probs.argmax(1) == prep.labels
     info = {"train_acc": float(correct[mask].mean()), "held_out_acc": float(correct[~mask].mean()),
             "seconds": time.perf_counter() - t}
     meta = {"model": k, "config": kcfg.to_dict(), **info}
@@ -150,6 +162,22 @@ def _train_one(prep, cfg: RunConfig, k: int, mask: np.ndarray, folder: RunFolder
     folder.models.mkdir(exist_ok=True)
     folder.write_table(t_, folder.model_file(k))
     return info
+
+
+@torch.no_grad()
+def _predict_given(model, source, *, batch_size: int, dtype):
+    """(p(given label), argmax == given label) per sample, batch by batch: no [N, K] array."""
+    model.eval()
+    n = len(source)
+    p_given, correct = np.empty(n, np.float32), np.empty(n, bool)
+    for idx in torch.arange(n).split(batch_size):
+        x, y = source.batch(idx)
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            p = model(x).float().softmax(1)
+        sl = slice(int(idx[0]), int(idx[-1]) + 1)
+        p_given[sl] = p.gather(1, y[:, None])[:, 0].cpu().numpy()
+        correct[sl] = (p.argmax(1) == y).cpu().numpy()
+    return p_given, correct
 
 
 def _load_model_file(folder: RunFolder, k: int, mask: np.ndarray, paths) -> dict | None:
@@ -163,12 +191,13 @@ def _load_model_file(folder: RunFolder, k: int, mask: np.ndarray, paths) -> dict
         ok = (t.column("path").to_pylist() == list(paths)
               and np.array_equal(t.column("in_subset").to_numpy(), mask)
               and np.isfinite(t.column("p_given").to_numpy()).all())
+        info = {"train_acc": float(meta["train_acc"]), "held_out_acc": float(meta["held_out_acc"]), "seconds": 0.0}
     except Exception:
         ok = False
     if not ok:
         f.unlink()   # ours (models/model-NNNN.parquet in a memorization folder), and not usable: redone
         return None
-    return {"train_acc": meta["train_acc"], "held_out_acc": meta["held_out_acc"], "seconds": 0.0}
+    return info
 
 
 def _write_estimate(folder: RunFolder, prep, cfg: RunConfig, plan: Plan, masks, seconds: float) -> dict:
@@ -184,7 +213,7 @@ def _write_estimate(folder: RunFolder, prep, cfg: RunConfig, plan: Plan, masks, 
             "held_out_acc": float(np.mean([m["held_out_acc"] for m in metas])),
             "dataset": {"location": str(Path(t.location).resolve()), "n": len(t), "fingerprint": t.fingerprint(),
                         "classes": t.class_names},
-            "seconds": seconds,
+            "seconds": seconds, "no_estimate": int((~np.isfinite(est["memorization"])).sum()),
             "columns": {"memorization": "p_in - p_out of the given label; higher = more memorized",
                         "memorization_se": "standard error of memorization (Welch)",
                         "p_in": "mean p(given label) over the models that trained on the sample",
@@ -196,7 +225,8 @@ def _write_estimate(folder: RunFolder, prep, cfg: RunConfig, plan: Plan, masks, 
     table = table.replace_schema_metadata({b"memscan": json.dumps(meta).encode()})
     folder.write_table(table, folder.memorization)
     return {"out_dir": str(folder.path), "file": str(folder.memorization), "n": len(t), **{
-        k: meta[k] for k in ("models", "subset", "epochs", "split_half", "train_acc", "held_out_acc", "seconds")},
+        k: meta[k] for k in ("models", "subset", "epochs", "split_half", "train_acc", "held_out_acc", "seconds",
+                             "no_estimate")},
         "top": _top(t.paths, est, 10)}
 
 

@@ -196,6 +196,10 @@ def train(prep: Prepared, cfg: RunConfig, folder: RunFolder, ck, emit):
         msg = re.sub(r"^\[[^\]]*\]\s*", "", str(e).splitlines()[0])[:160]
         raise TrainingError(f"rank {dist.rank}: lost contact with the other processes ({msg}); one probably "
                             f"died (see its log); continue with 'memscan resume {folder.path}'") from None
+    if result.nan_epoch is not None and result.anneal is not None:
+        raise TrainingError(f"{result.stop_reason}; the {len(curves)} trained epochs are kept in "
+                            f"'{folder.trajectories}': start a new run with --anneal-epochs 0 or a lower --anneal-lr "
+                            f"(now {cfg.anneal_lr})")
     if result.nan_epoch is not None:
         kept = (f"the {len(curves)} finished epochs are kept in '{folder.trajectories}'" if curves
                 else "nothing was kept")

@@ -223,7 +223,7 @@ def compute_scores(sig: Signals, probs: np.ndarray, labels: np.ndarray, *, annea
     mis = percentile(w_traj * percentile(mislabel_statistic(sig)) + w_prob * percentile(1.0 - p_given))
     # SGAL, the loss summed to the peak (or over every epoch when none came): the best of the paper's cheap
     # proxies against Feldman & Zhang's estimator on CIFAR-10 (Spearman 0.58 against CSG's 0.33 at the default
-    # stop, 0.76 of the reference's own reliability; BENCHMARKS.md §12). CSG stays in the report as `csg`
+    # stop, 0.76 of the reference's split-half reliability; BENCHMARKS.md §12). CSG stays in the report as `csg`
     mem = percentile(sig.sgal)
     aty = percentile((percentile(sig.csg) + percentile(1 - p_max)) / 2)
 

@@ -361,6 +361,8 @@ def _train_epoch(model, source, cfg: RunConfig, opt, scaler, sched, recorder: Re
             on_step(step + 1, steps_per_epoch)
         if len(losses) == 16:    # checked every 16 steps: each check is a device sync
             if not bool(torch.isfinite(torch.stack(losses)).all()):
+                if state["stem"] is not None:
+                    state["stem"].detach()
                 return False
             losses.clear()
     if state["stem"] is not None:
@@ -374,7 +376,8 @@ def _anneal(run_epoch, opt, recorder: Recorder, cfg: RunConfig, *, first: int, o
     alike; a tenth of the rate for one epoch is the step-decay jump in fit (CIFAR-10: 64% -> 78% of the
     labels) and separates them better (BENCHMARKS.md §11). Its epochs stay out of the trajectories and
     the scores' windows: only the model, hence the stop point's probabilities, moves."""
-    lr = float(f"{cfg.lr * cfg.anneal_lr:.6g}")   # 0.00125, not 0.0012500000000000002, in every report
+    # never above the rate training ended at: a cosine/onecycle schedule run to its end is already annealed
+    lr = float(f"{min(cfg.lr * cfg.anneal_lr, opt.param_groups[0]['lr']):.6g}")   # 0.00125, not 0.0012500000000000002
     for g in opt.param_groups:
         g["lr"] = lr
     t, acc = time.perf_counter(), math.nan

@@ -49,7 +49,11 @@ def test_split_half_and_agreement_match_scipy():
     assert row["pearson"] == pytest.approx(pearsonr(col, ref)[0])
     assert row["spearman"] == pytest.approx(spearmanr(col, ref)[0])
     assert row["cosine"] == pytest.approx(col @ ref / np.linalg.norm(col) / np.linalg.norm(ref))
-    assert row["spearman_of_ceiling"] == pytest.approx(row["spearman"] / rel["spearman_full"])
+    assert row["spearman_of_reliability"] == pytest.approx(row["spearman"] / rel["spearman_full"])
+    # a proxy equal to the truth would reach sqrt(reliability) against the noisy reference
+    assert row["spearman_of_ceiling"] == pytest.approx(row["spearman"] / np.sqrt(rel["spearman_full"]))
+    (perfect,) = agreement(ref, {"truth": truth}, rel)
+    assert abs(perfect["spearman_of_ceiling"] - 1) < 0.1
     fp = flag_precision(ref > 0.3, ref, 0.3)
     assert fp["precision"] == 1.0 and fp["recall"] == 1.0
 
@@ -148,6 +152,11 @@ def test_bad_plans_and_foreign_files():
     for bad in ({"models": 2}, {"models": 8.5}, {"subset": 1.0}, {"subset": 0.0}):
         with pytest.raises(ConfigError):
             Plan(**bad)
+    with pytest.raises(ValueError, match="no sample in or out"):
+        subset_masks(3, 4, 0.9, seed=0)
+    nan_ref = np.array([0.9, np.nan, 0.1])
+    fp = flag_precision(np.array([True, True, False]), nan_ref, 0.5)
+    assert fp["flagged"] == 1 and fp["precision"] == 1.0   # no estimate: counted neither way
     from memscan.errors import ReportError
     with pytest.raises(ReportError, match="memorization DATASET"):
         read_memorization("/nonexistent/folder")

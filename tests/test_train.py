@@ -124,3 +124,8 @@ def test_anneal_options_are_validated():
         with pytest.raises(ConfigError, match="anneal"):
             RunConfig(**bad)
     assert RunConfig(anneal_epochs=0).anneal_epochs == 0
+
+
+def test_anneal_never_raises_the_rate_a_decaying_schedule_ended_at():
+    _, res, _, _ = _tiny_fit(1, schedule="cosine")   # cosine to max_epochs: the rate is ~0 at the end
+    assert res.anneal["lr"] < 0.0125 * 0.1 * 0.05

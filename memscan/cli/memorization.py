@@ -1,7 +1,6 @@
 """memscan memorization: the reference memorization estimate (Feldman & Zhang), and a run measured against it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -10,6 +9,7 @@ from rich.table import Table
 
 from . import app
 from .console import RunProgress, console, safe
+from ..files import dumps
 from ..memorization_run import DEFAULT_EPOCHS, DEFAULT_MODELS, DEFAULT_SUBSET
 
 
@@ -52,7 +52,7 @@ def memorization_cmd(
     if compare is not None:
         from ..memorization_run import compare as compare_run
         res = compare_run(compare, dataset, level=level)
-        typer.echo(json.dumps(res, indent=1)) if as_json else print_compare(res)
+        typer.echo(dumps(res)) if as_json else print_compare(res)
         return
     from ..memorization_run import Plan, memorization
     cfg = RunConfig(model=model, weights=weights, image_size=image_size, augment=augment, lr=lr, batch_size=batch_size,
@@ -64,13 +64,14 @@ def memorization_cmd(
     if res is None:   # a torchrun process other than rank 0
         return
     if as_json:
-        typer.echo(json.dumps(res, indent=1))
+        typer.echo(dumps(res))
         return
     r = res["split_half"]
     console.print(f"{res['models']} models on {res['subset']:.0%} subsets, {res['epochs']} epochs each: "
                   f"accuracy {res['train_acc']:.3f} on their own subsets, {res['held_out_acc']:.3f} held out")
     console.print(f"reliability (split-half, Spearman-Brown for all models): Spearman {r['spearman_full']:.3f}, "
-                  f"Pearson {r['pearson_full']:.3f}", highlight=False)
+                  f"Pearson {r['pearson_full']:.3f}" + (f"; {res['no_estimate']} samples without an estimate (no "
+                  "model on one side: add --models)" if res["no_estimate"] else ""), highlight=False)
     t = Table(title="most memorized", title_justify="left")
     for c in ("path", "memorization", "± se", "p held out"):
         t.add_column(c, overflow="fold", justify="left" if c == "path" else "right")
@@ -85,7 +86,7 @@ def print_compare(res: dict) -> None:
     console.print(f"{safe(res['run'])} against the reference ({res['matched']} samples matched by path; reference "
                   f"split-half Spearman {r.get('spearman_full', float('nan')):.3f})", highlight=False)
     t = Table(title="agreement with reference memorization", title_justify="left")
-    for c in ("column", "Pearson", "Spearman", "cosine", "of ceiling"):
+    for c in ("column", "Pearson", "Spearman", "cosine", "of ceiling √ρ"):
         t.add_column(c, justify="left" if c == "column" else "right")
     for row in res["agreement"]:
         frac = row["spearman_of_ceiling"]
