@@ -22,14 +22,18 @@ from .scores import average_rank
 SEED_STRIDE = 1_000_003   # seeds of successive models' subsets: far apart, reproducible
 
 
+def subset_size(n: int, fraction: float) -> int:
+    """round(fraction * n), checked to leave at least one sample in and one out."""
+    size = int(round(fraction * n))
+    if not 0 < fraction < 1 or not 1 <= size <= n - 1:
+        raise ValueError(f"a {fraction:.0%} subset of {n} samples leaves no sample in or out")
+    return size
+
+
 def subset_masks(n: int, models: int, fraction: float, seed: int) -> np.ndarray:
     """[models, n] bool: model k trains on exactly round(fraction * n) samples, drawn with seed
     ``seed + k * SEED_STRIDE``; a model's subset does not depend on how many models there are."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction={fraction} must be in (0, 1)")
-    size = int(round(fraction * n))
-    if not 1 <= size <= n - 1:
-        raise ValueError(f"a {fraction:.0%} subset of {n} samples leaves no sample in or out")
+    size = subset_size(n, fraction)
     masks = np.zeros((models, n), dtype=bool)
     for k in range(models):
         rng = np.random.default_rng(seed + k * SEED_STRIDE)

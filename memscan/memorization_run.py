@@ -24,7 +24,7 @@ from .data import load_index
 from .dataset_guard import DatasetGuard
 from .data.cache import default_cache_dir
 from .errors import ConfigError, ReportError
-from .memorization import estimate, split_half, subset_masks
+from .memorization import estimate, split_half, subset_masks, subset_size
 from .prepare import prepare
 from .run_folder import MEMORIZATION, RunFolder, default_run_path
 from .signals import Recorder
@@ -71,7 +71,7 @@ def memorization(dataset, cfg: RunConfig, plan: Plan, *, out=None, overwrite: bo
         raise ConfigError("under torchrun, 'memscan memorization' needs --out (one folder every process writes to, "
                           "on a filesystem they share)")
     try:
-        subset_masks(len(table), 1, plan.subset, cfg.seed)
+        subset_size(len(table), plan.subset)
     except ValueError as e:
         raise ConfigError(f"--subset {plan.subset}: {e}; use more samples or a subset nearer 0.5") from None
     path = Path(out) if out is not None else default_run_path(table.location, suffix="-memorization")
@@ -261,8 +261,8 @@ def compare(run, reference, *, level: float = 0.5) -> dict:
     from .memorization import COMPARED, agreement, flag_precision
     from .report import frame_and_name
     ref, meta = read_memorization(reference)
-    df, name = frame_and_name(run, ["path", "category", *{"memorization_score", "csg", "sgal", "csl",
-                                                            "learning_time", "aum", "p_given"}])
+    df, name = frame_and_name(run, ["path", "category", "memorization_score", "csg", "sgal", "csl", "learning_time",
+                                    "aum", "p_given"])
     joined = df.merge(ref[["path", "memorization"]], on="path", how="inner")
     if len(joined) < 10:
         raise ReportError(f"only {len(joined)} samples of '{name}' are in the reference (matched by path); compare a "

@@ -21,6 +21,7 @@ import pandas as pd
 from memscan.memorization import cosine, pearson, spearman
 from memscan.memorization_run import read_memorization
 from memscan.report import read_frame
+from memscan.scores import percentile
 from memscan.trajectories import read_epochs
 
 
@@ -68,17 +69,12 @@ def category_rules(ref_dir: Path, run: Path, levels=(0.3, 0.5)) -> list[dict]:
              "log CSG > Q3 + 3 (Q3 - median)": (l > q3 + 3 * (q3 - q2)) & not_mis}
     for q in (0.02, 0.05, 0.1):
         rules[f"top {q:.0%} memorization_score"] = df["memorization_score"].to_numpy() > 1 - q
-        rules[f"top {q:.0%} sgal"] = percentile_rank(df["sgal"].to_numpy()) > 1 - q
+        rules[f"top {q:.0%} sgal"] = percentile(df["sgal"].to_numpy()) > 1 - q
     out = []
     for name, flag in rules.items():
         for lv in levels:
             out.append({"rule": name, **flag_precision(flag[ok], mem[ok], lv)})
     return out
-
-
-def percentile_rank(x):
-    from memscan.scores import percentile
-    return percentile(x)
 
 
 def main():
