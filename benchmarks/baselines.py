@@ -58,14 +58,18 @@ def main():
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-cleanlab", action="store_true")
+    ap.add_argument("--weights", help="a prior model both sides fine-tune from (memscan's automatic fine-tuning "
+                                      "recipe; cleanlab's fold models start from it too)")
+    ap.add_argument("--manifest", type=Path, help="audit this Parquet manifest instead of the first --per-class "
+                                                  "images of the dataset's training split")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     work = a.out.with_suffix("")
     work.mkdir(parents=True, exist_ok=True)
     (work / "data").mkdir(exist_ok=True)
-    manifest = subset_manifest(a.dataset, a.per_class, work / "data" / "subset.parquet")
+    manifest = a.manifest or subset_manifest(a.dataset, a.per_class, work / "data" / "subset.parquet")
     augment = "crop-flip" if a.dataset == "cifar10" else "crop"
-    base = RunConfig(augment=augment, seed=a.seed, max_epochs=a.epochs)
+    base = RunConfig(augment=augment, seed=a.seed, max_epochs=a.epochs, weights=a.weights)
     holder = {}
 
     def relabel(table):
@@ -82,6 +86,7 @@ def main():
 
     run(manifest, base.replace(max_epochs=1, stop="none"), out=work / "warm", overwrite=True, relabel=relabel)
     res = {"dataset": a.dataset, "per_class": a.per_class, "rate": a.rate, "kind": a.kind, "epochs": a.epochs,
+           "weights": a.weights, "manifest": None if a.manifest is None else str(a.manifest),
            "seed": a.seed, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
                                       f"torch {torch.__version__}", "date": str(date.today()), "methods": {}}
 
@@ -113,7 +118,7 @@ def main():
         prep = prepare(holder["table"], base.replace(stop="none"), relabel=relabel)
         labels = prep.labels
         t = time.perf_counter()
-        probs = cross_val_probs(prep, base.replace(stop="none"), folds=a.folds, seed=a.seed)
+        probs = cross_val_probs(prep, base.replace(stop="none"), folds=a.folds, seed=a.seed, flip=base.flips)
         issues = find_label_issues(labels, probs)
         quality = get_label_quality_scores(labels, probs)
         wall = time.perf_counter() - t

@@ -44,6 +44,11 @@ class RunConfig:
     warmup_epochs: float = 1.0          # linear warm-up length, epochs
     max_epochs: int = 30
     label_smoothing: float = 0.0        # kept 0: smoothing distorts per-sample loss signals
+    # fine-tuning from --weights / --pretrained (auto values measured: BENCHMARKS.md §14)
+    freeze: bool = False                # train the classifier head only; the input gradient still flows
+                                        # through the whole (frozen) network
+    head_epochs: float | None = None    # epochs of head-only training before the body trains; None: auto
+    body_lr: float | None = None        # learning-rate factor of every layer but the head; None: auto
     # signals and stopping
     signal: str = "inloop"              # "inloop": from the training step; "exact": extra eval pass
     stop: str = "peak"                  # "peak": stop after the confirmed peak; "none": max_epochs
@@ -69,6 +74,11 @@ class RunConfig:
                                         # unreadable, read from the header before decoding; None:
                                         # memscan's default (data.decode), far below Pillow's
 
+    @property
+    def flips(self) -> bool:
+        """Training mirrors the images: the prediction pass then averages both views (``train.predict_probs``)."""
+        return "flip" in self.augment
+
     def __post_init__(self):
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("schedule", self.schedule, SCHEDULES)
@@ -92,6 +102,10 @@ class RunConfig:
         if not 0 < self.anneal_lr <= 1:
             raise ConfigError(f"anneal_lr={self.anneal_lr} must be in (0, 1], a factor of --lr (default 0.1)")
         _int_in("seed", self.seed, 0, 2 ** 63 - 1)
+        if self.head_epochs is not None and not 0 <= self.head_epochs <= 1000:
+            raise ConfigError(f"head_epochs={self.head_epochs} must be between 0 and 1000")
+        if self.body_lr is not None and not 0 <= self.body_lr <= 10:
+            raise ConfigError(f"body_lr={self.body_lr} must be between 0 and 10, a factor of --lr (e.g. 0.1)")
         if not 0 < self.rank_threshold < 1:
             raise ConfigError(f"rank_threshold={self.rank_threshold} must be in (0, 1), e.g. 0.87")
         if not 0 <= self.weight_decay <= 1:

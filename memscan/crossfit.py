@@ -23,10 +23,11 @@ REFERENCE_EPOCHS = 12
 
 
 def cross_val_probs(prep: Prepared, cfg: RunConfig, *, folds: int = REFERENCE_FOLDS, seed: int = 0,
-                    progress=None) -> np.ndarray:
+                    progress=None, flip: bool = False) -> np.ndarray:
     """[N, K] float32 probabilities (eval mode, no augmentation) of ``prep``'s samples, each from the fold
     model that did not see it. Folds are stratified by ``prep.labels`` and seeded; fold k trains with
-    seed ``seed + k`` for ``cfg.max_epochs`` epochs (no early stop)."""
+    seed ``seed + k`` for ``cfg.max_epochs`` epochs (no early stop). ``flip``: mirror-image test-time
+    augmentation, as ``memscan run`` predicts (the baselines compare like with like)."""
     from sklearn.model_selection import StratifiedKFold
     labels = prep.labels
     smallest = int(np.bincount(labels, minlength=prep.table.num_classes).min()) if len(labels) else 0
@@ -42,7 +43,8 @@ def cross_val_probs(prep: Prepared, cfg: RunConfig, *, folds: int = REFERENCE_FO
         src = prep.subset(train_idx)
         fit(model, src, fold_cfg, recorder=Recorder(len(src), device=prep.device))
         # predicted in fp32 whatever the training precision: these are references, not a hot path
-        probs[eval_idx] = predict_probs(model, prep.subset(eval_idx), batch_size=512, dtype=torch.float32)
+        probs[eval_idx] = predict_probs(model, prep.subset(eval_idx), batch_size=512, dtype=torch.float32,
+                                        flip=flip)
         if progress is not None:
             progress("fold", done=k + 1, total=folds)
     return probs
@@ -53,6 +55,9 @@ def reference_probabilities(table, cfg: RunConfig, *, cache_dir=None, epochs: in
     """(paths, [N, K] probabilities) of the reference model behind instance-dependent noise: the
     dataset's own labels taken as clean, ``REFERENCE_FOLDS``-fold cross-fitting, ``epochs`` epochs
     per fold with ``cfg``'s model and recipe, seed 0 (the noise seed only decides which samples flip)."""
-    # no annealing: the generator stays the one documented (and measured) before annealing existed
-    prep = prepare(table, cfg.replace(stop="none", max_epochs=epochs, seed=0, anneal_epochs=0), cache_dir=cache_dir)
+    # no annealing: the generator stays the one documented (and measured) before annealing existed; from
+    # scratch whatever prior the audit uses, so the noise is a property of the data, the same for every detector
+    prep = prepare(table, cfg.replace(stop="none", max_epochs=epochs, seed=0, anneal_epochs=0, weights=None,
+                                      pretrained=False, freeze=False, head_epochs=None, body_lr=None),
+                   cache_dir=cache_dir)
     return prep.table.paths, cross_val_probs(prep, prep.cfg, folds=REFERENCE_FOLDS, seed=0, progress=progress)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .errors import ConfigError, MemscanError
 from .files import plain
-from .run_folder import RunFolder
+from .run_folder import REFERENCE_PLOT, RunFolder
 
 GALLERY = {  # category -> the score its samples are ordered by (higher = more suspicious)
     "mislabeled": "mislabel_score", "atypical": "atypicality_score", "memorized": "memorization_score"}
@@ -99,13 +99,15 @@ def _checked_dest(report: Path, dest: Path) -> Path:
     return check_output_file(dest, signature=SIGNATURE, example="report.html")
 
 
-def write_html(report, dest=None, *, per_category: int = 300, thumb_size: int = 128) -> HtmlResult:
+def write_html(report, dest=None, *, per_category: int = 300, thumb_size: int = 128, reference=None) -> HtmlResult:
     """Write ``report.html`` for a run folder (default: inside it) and return what went in.
 
     ``per_category``: most suspicious samples shown per flagged category. Images are read from the
     dataset the run was made on; missing ones show as placeholders and are listed in the result.
+    ``reference``: a ``memscan memorization`` estimate of the same dataset (folder or .parquet); adds the
+    section "Memorization against the reference".
     """
-    from .plots import svg_strings
+    from .plots import load_reference, svg_strings
     from .rank import class_summary
     from .report import read_metadata, read_report, resolve_report_path
     from .files import write_text_atomic
@@ -119,6 +121,7 @@ def write_html(report, dest=None, *, per_category: int = 300, thumb_size: int = 
         dest = RunFolder(rpath.parent).html
     else:   # a page beside a report outside a run folder replaces only a page memscan wrote
         dest = _checked_dest(rpath, Path(dest) if dest is not None else rpath.parent / "report.html")
+    ref = load_reference(rpath, reference) if reference is not None else None   # a bad file fails before the work
 
     rows = gallery_rows(df, per_category=per_category)
     read, warning = _image_reader(dataset.location)
@@ -136,20 +139,64 @@ def write_html(report, dest=None, *, per_category: int = 300, thumb_size: int = 
         warning = f"{len(missing)} images could not be read from '{dataset.location}'"
 
     plots = {k: "data:image/svg+xml;base64," + base64.b64encode(v.encode()).decode()
-             for k, v in svg_strings(meta, df).items()}
+             for k, v in svg_strings(meta, df, ref).items()}
+    ref_uri = plots.pop(REFERENCE_PLOT, None)
     payload = {"cards": cards, "classes": sorted(set(df["label_name"])),
                "counts": {c: int((df["category"] == c).sum()) for c in GALLERY}}
     page = _PAGE.format(
         title=html.escape(f"memscan report — {Path(dataset.location).name}"),
         header=_header(meta, df),
         warning=f'<p class="warn">{html.escape(warning)}</p>' if warning else "",
-        plots="\n".join(f'<figure><img class="plot" alt="{k}" src="{v}"></figure>' for k, v in plots.items()),
+        plots="\n".join(_plot(k, v) for k, v in plots.items()),
+        reference=_reference_section(ref, ref_uri) if ref is not None else "",
+        reference_nav=' · <a href="#reference">reference</a>' if ref is not None else "",
         summary=_summary_table(class_summary(df)),
         config=html.escape(json.dumps(_run_facts(meta), indent=1, default=str)),
         data=script_json(payload),
         script=_SCRIPT, style=_STYLE)
     write_text_atomic(dest, page)
     return HtmlResult(dest, len(cards), missing, warning)
+
+
+def _plot(name: str, uri: str) -> str:
+    return f'<figure><img class="plot" alt="{name}" src="{uri}"></figure>'
+
+
+def _cell(v) -> str:
+    from .plots import fmt
+    if isinstance(v, float):
+        return f"<td>{fmt(v)}</td>"
+    return f"<td>{html.escape(str('-' if v is None else v))}</td>"
+
+
+def _table(cols, rows) -> str:
+    head = "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(_cell(r.get(c)) for c in cols) + "</tr>" for r in rows)
+    return f"<table class='summary'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+AGREEMENT_COLUMNS = ("column", "spearman", "pearson", "cosine", "samples", "spearman_of_reliability",
+                     "spearman_of_ceiling")
+CATEGORY_COLUMNS = ("category", "level", "flagged", "above_level", "precision", "recall")
+
+
+def _reference_section(ref, plot_uri: str) -> str:
+    """The figure, ``compare``'s agreement rows and the flagged categories' precision/recall against the reference."""
+    from .plots import fmt
+    c = ref.comparison
+    rel = c.get("split_half") or {}
+    intro = (f"<p><b>{c['matched']}</b> of the run's {c['of_run']} samples matched by path in "
+             f"<code>{html.escape(str(c['reference']))}</code> ({c['of_reference']} samples); the reference's "
+             f"split-half reliability (Spearman, for all its models) is {fmt(rel.get('spearman_full'))}. Each column "
+             "is turned so that higher = more memorized. <i>Of reliability</i> and <i>of ceiling</i>: Spearman as a "
+             "fraction of that reliability &rho; and of &radic;&rho;, what a perfect proxy would reach against this "
+             "noisy reference (- where that reliability is not positive).</p>")
+    cats = [{"category": k, **v} for k, v in c["categories"].items()]
+    level = next(iter(c["categories"].values()), {}).get("level")
+    return (f'<h2 id="reference">Memorization against the reference</h2>\n<div class="plots">'
+            f'{_plot(REFERENCE_PLOT, plot_uri)}</div>\n{intro}\n{_table(AGREEMENT_COLUMNS, c["agreement"])}\n'
+            f"<p>Flagged categories against reference memorization above {fmt(level, 2)}:</p>\n"
+            f"{_table(CATEGORY_COLUMNS, cats)}\n")
 
 
 def _run_facts(meta) -> dict:
@@ -295,7 +342,7 @@ window.addEventListener('error', e => {{ window.memscanErrors.push(String(e.mess
 {header}
 {warning}
 <nav><a href="#gallery-section">gallery</a> · <a href="#plots">plots</a> · <a href="#classes">classes</a> ·
-<a href="#config">config</a></nav>
+<a href="#config">config</a>{reference_nav}</nav>
 <h2 id="gallery-section">Flagged samples</h2>
 <div class="controls">
 <label>category <select id="category"></select></label>
@@ -308,7 +355,7 @@ window.addEventListener('error', e => {{ window.memscanErrors.push(String(e.mess
 <div class="plots">
 {plots}
 </div>
-<h2 id="classes">Per-class summary</h2>
+{reference}<h2 id="classes">Per-class summary</h2>
 {summary}
 <h2 id="config">Run</h2>
 <pre>{config}</pre>

@@ -86,12 +86,45 @@ def _load_into(model: nn.Module, sd: dict, path) -> None:
     keep = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
     dropped = [k for k in sd if k not in keep]
     missing = [k for k in own if k not in keep]
-    head = getattr(model, "default_cfg", {}).get("classifier", "head")
+    head = classifier_name(model)
     bad = [k for k in missing + dropped if not k.startswith(head + ".")]
     if bad:
         raise ModelError(f"weights '{path}' do not fit this model (first mismatched tensor: '{bad[0]}'); "
                          "pass --model with the architecture the weights were saved from")
     model.load_state_dict(keep, strict=False)
+    model.memscan_new_head = any(k.startswith(head + ".") for k in missing)
+
+
+def classifier_name(model: nn.Module) -> str:
+    """Module name of the classifier head ("head" in memscan's CNNs; timm models say it in their cfg)."""
+    return (getattr(model, "default_cfg", None) or {}).get("classifier", "head")
+
+
+def is_head_parameter(model: nn.Module, name: str) -> bool:
+    return name.startswith(classifier_name(model) + ".")
+
+
+def freeze_body(model: nn.Module) -> int:
+    """Every parameter outside the classifier head stops learning (``--freeze``); returns how many tensors.
+    The input gradient still flows through the whole network: autograd computes the activations'
+    gradients down to the input but no weight gradient for a frozen layer."""
+    frozen = 0
+    for name, p in model.named_parameters():
+        if not is_head_parameter(model, name):
+            p.requires_grad_(False)
+            frozen += 1
+    if frozen == sum(1 for _ in model.parameters()):
+        raise ModelError(f"--freeze found no classifier head named '{classifier_name(model)}' to train")
+    return frozen
+
+
+def train_mode(model: nn.Module) -> None:
+    """``model.train()``, except BatchNorm layers whose parameters are frozen: they keep their running
+    statistics (a frozen body's features must not drift with the batches of a new dataset)."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and not m.weight.requires_grad:
+            m.eval()
 
 
 def create_model(name: str, num_classes: int, *, weights: str | None = None, pretrained: bool = False,

@@ -249,7 +249,7 @@ def score(prep: Prepared, folder: RunFolder, cfg: RunConfig, result, epochs: int
         # the training batch size where it is not tiny: the same shapes reuse the conv primitives oneDNN
         # built for training (0.63 -> 0.47 s for 5,000 images at batch 64 against 256, in a run)
         probs = predict_probs(prep.model, prep.source, batch_size=cfg.batch_size if cfg.batch_size >= 64 else 256,
-                              dtype=prep.dtype, out=buf)
+                              dtype=prep.dtype, out=buf, flip=cfg.flips)
         if not _all_finite(probs):
             raise TrainingError(f"the model's predictions are NaN/inf after {epochs} epochs; no report was written "
                                 f"(the trajectories are kept in '{folder.trajectories}'): lower --lr (now {cfg.lr}) "

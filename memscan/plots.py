@@ -1,20 +1,25 @@
 """The run's plots, drawn with matplotlib (object API, Agg: no display, thread-safe).
 
 ``figures(report)`` builds them from a report's metadata and rows; ``save_pngs`` writes them for
-``memscan plot``; ``svg_strings`` embeds them in ``report.html``.
+``memscan plot``; ``svg_strings`` embeds them in ``report.html``. Two show the relations of "Memorization
+Through the Lens of Sample Gradients" on the user's data: CSG grows linearly with a sample's learning time
+(Theorem 4.2; ``learning_time``, always) and with its memorization (Theorem 4.3; ``reference``, only when a
+``memscan memorization`` estimate of the same dataset is given).
 """
 from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from . import __version__
 from .errors import ConfigError
 from .files import check_output_file, write_atomic_with
-from .run_folder import PLOT_NAMES  # noqa: F401  (re-exported: the names figures() builds)
-from .scores import upper_fence
+from .memorization import pearson
+from .run_folder import PLOT_NAMES, REFERENCE_PLOT  # noqa: F401  (re-exported: the names figures() builds)
+from .scores import percentile, upper_fence
 from .text import printable
 
 CATEGORY_COLORS = {"mislabeled": "#d62728", "atypical": "#ff7f0e", "memorized": "#9467bd", "ok": "#7f7f7f"}
@@ -41,8 +46,9 @@ def _series(meta, key):
     return np.array([np.nan if x is None else x for x in v], dtype=float)
 
 
-def figures(meta, df) -> dict:
-    """``meta``: ``read_metadata(report)``; ``df``: the report as a DataFrame. Returns name -> Figure."""
+def figures(meta, df, reference: Reference | None = None) -> dict:
+    """``meta``: ``read_metadata(report)``; ``df``: the report as a DataFrame; ``reference``:
+    ``load_reference`` (adds the "reference" figure). Returns name -> Figure, in ``PLOT_NAMES`` order."""
     figs = {}
     epochs = np.arange(1, len(_series(meta, "weight_norm")) + 1)
 
@@ -119,7 +125,144 @@ def figures(meta, df) -> dict:
     ax.set(title="Flagged samples per class (given label)", ylabel="samples")
     ax.legend(fontsize=8)
     figs["classes"] = fig
+    figs["learning_time"] = learning_time_figure(df)
+    if reference is not None:
+        figs[REFERENCE_PLOT] = reference_figure(df, reference)
     return figs
+
+
+def fmt(v, digits: int = 3) -> str:
+    """A statistic as shown in legends and report.html: fixed digits, "n/a" where there is none."""
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def binned_means(x, y, bins):
+    """Mean of ``y`` per bin of ``x``: (centers, means, stderr, counts), one entry per non-empty bin.
+
+    ``bins``: increasing edges; a bin is [lo, hi), the last [lo, hi] (as ``np.histogram``). ``centers``: the
+    mean x of the bin's samples (where its mean y belongs when a bin is wide or unevenly filled); ``stderr``:
+    sd (ddof=1) / sqrt(count), NaN for a bin of one sample (its spread is unknown, not zero). Empty bins are
+    dropped, as are samples outside the edges or with a NaN."""
+    x, y, edges = (np.asarray(a, np.float64) for a in (x, y, bins))
+    nb = len(edges) - 1
+    if nb < 1:
+        raise ValueError("binned_means needs at least two bin edges")
+    idx = np.searchsorted(edges, x, side="right") - 1
+    idx[x == edges[-1]] = nb - 1
+    ok = np.isfinite(x) & np.isfinite(y) & (idx >= 0) & (idx < nb)
+    idx, x, y = idx[ok], x[ok], y[ok]
+    counts = np.bincount(idx, minlength=nb)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centers = np.bincount(idx, x, nb) / counts
+        means = np.bincount(idx, y, nb) / counts
+        var = np.bincount(idx, (y - means[idx]) ** 2, nb) / (counts - 1)
+        stderr = np.sqrt(var / counts)
+    stderr[counts == 1] = np.nan
+    keep = counts > 0
+    return centers[keep], means[keep], stderr[keep], counts[keep]
+
+
+def learning_time_edges(lt, max_bins: int = 30) -> np.ndarray:
+    """Edges for integer learning times: one bin per epoch, or, with more than ``max_bins`` distinct values,
+    bins of a whole number of epochs each (no epoch split between two bins)."""
+    lt = np.asarray(lt, np.float64)
+    lt = lt[np.isfinite(lt)]
+    if not len(lt):
+        return np.array([-0.5, 0.5])
+    lo, hi = int(np.floor(lt.min())), int(np.ceil(lt.max()))
+    width = 1 if len(np.unique(lt)) <= max_bins else int(np.ceil((hi - lo + 1) / max_bins))
+    return lo - 0.5 + width * np.arange(int(np.ceil((hi - lo + 1) / width)) + 1)
+
+
+def quantile_edges(x, bins: int = 10) -> np.ndarray:
+    """Edges of ~``bins`` equally filled bins of ``x`` (fewer where values tie across a quantile)."""
+    x = np.asarray(x, np.float64)
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return np.array([0.0, 1.0])
+    edges = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)))
+    return edges if len(edges) > 1 else np.array([edges[0] - 0.5, edges[0] + 0.5])
+
+
+def learning_time_figure(df):
+    """Theorem 4.2: mean CSG per learning time, with the samples behind each mean and a line through them."""
+    from matplotlib.ticker import MaxNLocator
+    fig, ax = _figure()
+    ax.set(title="CSG against learning time")
+    if "learning_time" not in df or "csg" not in df:   # a report written before learning_time was recorded
+        ax.text(0.5, 0.5, "this report has no learning_time column:\nre-run 'memscan run' to draw it",
+                ha="center", va="center", transform=ax.transAxes)
+        return fig
+    lt, csg = df["learning_time"].to_numpy(float), df["csg"].to_numpy(float)
+    edges = learning_time_edges(lt)
+    centers, means, se, counts = binned_means(lt, csg, edges)
+    ax2 = ax.twinx()   # counts behind the means: a mean of three samples reads differently from one of 3000
+    ax2.bar(centers, counts, width=0.8 * (edges[1] - edges[0]), color="#d9d9d9", label="samples per bin (right axis)")
+    ax2.set_ylabel("samples")
+    ax.set_zorder(ax2.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    ok = np.isfinite(lt) & np.isfinite(csg)
+    r = pearson(lt[ok], csg[ok]) if ok.sum() > 1 else None
+    ax.errorbar(centers, means, yerr=np.nan_to_num(se), fmt="o", ms=4, capsize=3, color="#1f77b4",
+                label=f"mean CSG ± s.e.; Pearson r = {fmt(r, 2)} over {int(ok.sum())} samples")
+    if len(centers) >= 2:
+        slope, icpt = np.polyfit(centers, means, 1)
+        xs = np.array([centers.min(), centers.max()])
+        ax.plot(xs, icpt + slope * xs, color="#d62728", lw=1.2,
+                label=f"least-squares line through the means ({slope:.3g} per epoch)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="learning time (epoch after which the sample stays correct; epochs trained if never)",
+           ylabel="CSG (mean per bin)")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8)
+    return fig
+
+
+class Reference(NamedTuple):
+    """A ``memscan memorization`` estimate, read for a run: its rows and ``memorization_run.compare``'s result."""
+    frame: object        # DataFrame with path, memorization, ...
+    comparison: dict     # agreement rows, categories' precision/recall, matched counts, split_half
+
+
+def load_reference(report, path) -> Reference:
+    """Read ``path`` (a memorization folder or .parquet) against ``report``; ReportError when it is missing,
+    not a memorization file, or of another dataset."""
+    from .memorization_run import compare, read_memorization
+    frame, _ = read_memorization(path)
+    return Reference(frame, compare(report, path))
+
+
+REFERENCE_COLUMNS = (("csg", "#1f77b4", "o", "-"), ("sgal", "#2ca02c", "s", "--"),
+                     ("memorization_score", "#9467bd", "x", ":"))
+
+
+def reference_figure(df, ref: Reference):
+    """Theorem 4.3: the run's scores (as percentiles, one scale for all) per quantile bin of the reference
+    memorization; a flat line at 0.5 would mean no relation."""
+    joined = df.merge(ref.frame[["path", "memorization"]], on="path", how="inner")
+    mem = joined["memorization"].to_numpy(float)
+    joined, mem = joined[np.isfinite(mem)], mem[np.isfinite(mem)]
+    edges = quantile_edges(mem)
+    rho = {r["column"]: r["spearman"] for r in ref.comparison["agreement"]}
+    fig, ax = _figure()
+    for col, color, marker, ls in REFERENCE_COLUMNS:
+        if col not in joined:
+            continue
+        y = joined[col].to_numpy(float)
+        ok = np.isfinite(y)
+        if not ok.any():
+            continue
+        c, m, se, _ = binned_means(mem[ok], percentile(y[ok]), edges)
+        # memorization_score is sgal's percentile: the same ranks, drawn over each other
+        ax.errorbar(c, m, yerr=np.nan_to_num(se), color=color, marker=marker, ls=ls, ms=5, capsize=3,
+                    mfc="none" if marker != "x" else color, label=f"{col} (Spearman {fmt(rho.get(col))})")
+    ax.axhline(0.5, color="#7f7f7f", ls=":", lw=1, label="no relation")
+    ax.set(title=f"The run's scores against reference memorization ({len(mem)} samples)",
+           xlabel=f"reference memorization (mean of each of {len(edges) - 1} quantile bins)",
+           ylabel="mean percentile in the run", ylim=(0, 1))
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
 
 
 def _load(report):
@@ -130,14 +273,16 @@ def _load(report):
 PNG_SIGNATURE = b"memscan"   # in the PNG's Software text chunk: a file memscan may replace
 
 
-def save_pngs(report, out_dir, *, dpi: int = 120) -> list[Path]:
-    """The plots as ``out_dir/<name>.png``; an existing file of that name that memscan did not write
-    is refused before anything is written."""
+def save_pngs(report, out_dir, *, dpi: int = 120, reference=None) -> list[Path]:
+    """The plots as ``out_dir/<name>.png`` (with ``reference``, a memorization estimate's path, also
+    ``reference.png``); an existing file of that name that memscan did not write is refused before anything
+    is written."""
     meta, df = _load(report)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out '{out_dir}' is a file; give a folder for the plots")
-    figs = figures(meta, df)
+    ref = load_reference(report, reference) if reference is not None else None
+    figs = figures(meta, df, ref)
     for name in figs:
         check_output_file(out_dir / f"{name}.png", signature=PNG_SIGNATURE, what="plot")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -147,10 +292,10 @@ def save_pngs(report, out_dir, *, dpi: int = 120) -> list[Path]:
             for name, fig in figs.items()]
 
 
-def svg_strings(meta: dict, df) -> dict[str, str]:
+def svg_strings(meta: dict, df, reference: Reference | None = None) -> dict[str, str]:
     """name -> complete SVG document (embed as an <img> data URI: each keeps its own element ids)."""
     out = {}
-    for name, fig in figures(meta, df).items():
+    for name, fig in figures(meta, df, reference).items():
         buf = io.StringIO()
         fig.savefig(buf, format="svg", metadata={"Date": None})
         out[name] = buf.getvalue()

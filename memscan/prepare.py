@@ -19,7 +19,7 @@ from .data.cache import memory_budget
 from .data.index import SampleTable
 from .data.loader import InMemorySource, channel_stats
 from .errors import ConfigError
-from .models import create_model, is_conv_net
+from .models import create_model, freeze_body, is_conv_net
 from .train import resolve_device, resolve_precision
 
 
@@ -55,9 +55,20 @@ class Prepared:
     def fresh_model(self, cfg: RunConfig | None = None) -> nn.Module:
         """A newly initialised model (seed with ``torch.manual_seed`` first) on the same device and layout."""
         cfg = cfg or self.cfg
-        model = create_model(cfg.model, self.table.num_classes, weights=cfg.weights, pretrained=cfg.pretrained)
+        model = build_model(cfg, self.table.num_classes)
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+
+def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
+    """The run's model: built, prior weights loaded, the body frozen with ``--freeze``."""
+    if cfg.freeze and not (cfg.weights or cfg.pretrained):
+        raise ConfigError("--freeze trains only the classifier head, so it needs a prior model: pass --weights FILE "
+                          "(or --pretrained)")
+    model = create_model(cfg.model, num_classes, weights=cfg.weights, pretrained=cfg.pretrained)
+    if cfg.freeze:
+        freeze_body(model)
+    return model
 
 
 def model_input_size(model_name: str, model) -> int:
@@ -78,7 +89,7 @@ def prepare(table: SampleTable, cfg: RunConfig, *, dist: distributed.Dist | None
     device = distributed.device_for(dist, device)
     dtype = resolve_precision(cfg.precision, device)
     # built before decoding: the model's preferred input size decides the decode size
-    model = create_model(cfg.model, table.num_classes, weights=cfg.weights, pretrained=cfg.pretrained)
+    model = build_model(cfg, table.num_classes)
     if not dist.is_main:
         dist.barrier()
     decoded = load_images(table, image_size=cfg.image_size, strict=cfg.strict, workers=cfg.workers,

@@ -38,7 +38,9 @@ TRUTH = "truth.csv"
 REFERENCE = "reference.parquet"
 HTML = "report.html"
 PLOTS = "plots"
-PLOT_NAMES = ("norms", "gradient", "accuracy", "csg", "classes")
+PLOT_NAMES = ("norms", "gradient", "accuracy", "csg", "classes", "learning_time")   # always drawn
+REFERENCE_PLOT = "reference"   # drawn only with --reference, and as much memscan's to replace and remove
+OWN_PLOTS = frozenset(f"{p}.png" for p in (*PLOT_NAMES, REFERENCE_PLOT))
 CHECK_FILES = ("check.json", "check.xml", "check.md")
 EPOCH_FILE = re.compile(r"epoch-\d{4,}\.parquet")   # in trajectories/ (trajectories.epoch_file)
 MEMORIZATION = "memorization.parquet"              # memscan memorization: the reference estimate
@@ -239,7 +241,7 @@ class RunFolder:
             (self.path / name).unlink(missing_ok=True)
         self.clean_interrupted()
         for folder, own in ((self.trajectories, lambda n: EPOCH_FILE.fullmatch(n)),
-                            (self.plots, lambda n: n in {f"{p}.png" for p in PLOT_NAMES}),
+                            (self.plots, lambda n: n in OWN_PLOTS),
                             (self.models, lambda n: MODEL_FILE.fullmatch(n))):
             for p in folder.iterdir() if folder.is_dir() else ():
                 if own(p.name) and (p.is_file() or p.is_symlink()):
@@ -264,7 +266,7 @@ class RunFolder:
         if folder == self.trajectories:
             return EPOCH_FILE.fullmatch(base) is not None
         if folder == self.plots:
-            return base in {f"{p}.png" for p in PLOT_NAMES}
+            return base in OWN_PLOTS
         if folder == self.models:
             return MODEL_FILE.fullmatch(base) is not None
         return base in OWN_FILES or base == "probs.f32"

@@ -98,13 +98,14 @@ class StemGrad:
                 found.append(mod)
 
         handles = [m.register_forward_pre_hook(pre) for m in model.modules() if isinstance(m, nn.Conv2d)]
-        was_training = model.training
+        modes = [(m, m.training) for m in model.modules()]   # per module: a frozen body's BatchNorm stays in eval
         try:
             model.eval()
             with torch.no_grad():
                 model(probe)
         finally:
-            model.train(was_training)
+            for m, training in modes:
+                m.training = training
             for h in handles:
                 h.remove()
         if not found:
@@ -116,8 +117,12 @@ class StemGrad:
 
     def attach(self):
         def capture(mod, args, out):
-            if out.requires_grad:
-                out.register_hook(self._keep)
+            if not out.requires_grad and not torch.is_grad_enabled():
+                return None
+            if not out.requires_grad:   # a frozen stem (--freeze) fed an input without grad: start autograd here
+                out = out.detach().requires_grad_(True)
+            out.register_hook(self._keep)
+            return out
         self._grad = None
         if self._handle is None:
             self._handle = self.conv.register_forward_hook(capture)

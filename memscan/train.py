@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .config import RunConfig
 from .data.loader import batch_bounds, batch_slices, epoch_generator, epoch_order
+from .models import is_head_parameter, train_mode
 from .signals import Recorder, StepSignals, input_grad_sq, weight_norms
 from .stopping import StopRule
 from .stem_grad import StemGrad
@@ -74,11 +75,49 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 # ---------------------------------------------------------------- optimiser and schedule
 
-def make_optimizer(model: nn.Module, cfg: RunConfig):
+# A prior model fine-tunes best with its body at a fraction of the rate and, when the head is new, a short
+# head-only phase first, so the random head's first gradients do not wreck the pretrained features (measured:
+# BENCHMARKS.md §14)
+FINETUNE_BODY_LR = 0.1
+FINETUNE_HEAD_EPOCHS = 1.0
+
+
+def finetune_plan(model: nn.Module, cfg: RunConfig) -> tuple[float, float]:
+    """(head-only epochs, body learning-rate factor) for this run: the user's values where given, else the
+    measured defaults with a prior (``--weights``/``--pretrained``) and (0, 1) from scratch."""
+    prior = bool(cfg.weights or cfg.pretrained)
+    new_head = prior and bool(getattr(unwrap(model), "memscan_new_head", cfg.pretrained))
+    head_epochs = cfg.head_epochs if cfg.head_epochs is not None else (FINETUNE_HEAD_EPOCHS if new_head else 0.0)
+    body_lr = cfg.body_lr if cfg.body_lr is not None else (FINETUNE_BODY_LR if prior else 1.0)
+    return (0.0, 0.0) if cfg.freeze else (float(head_epochs), float(body_lr))
+
+
+def make_optimizer(model: nn.Module, cfg: RunConfig, body_lr: float = 1.0):
+    """One parameter group, or (head, body) when the body learns at ``body_lr`` x the rate or is frozen;
+    each group's ``lr_scale`` is its factor of ``cfg.lr``."""
+    plain = unwrap(model)
+    head = [p for n, p in plain.named_parameters() if p.requires_grad and is_head_parameter(plain, n)]
+    body = [p for n, p in plain.named_parameters() if p.requires_grad and not is_head_parameter(plain, n)]
+    if body_lr == 1.0 and len(head) + len(body) == sum(1 for _ in plain.parameters()):
+        groups = [{"params": head + body, "lr_scale": 1.0}]
+    else:
+        groups = [{"params": head, "lr_scale": 1.0}] + ([{"params": body, "lr_scale": body_lr}] if body else [])
+    for g in groups:
+        g["lr"] = cfg.lr * g["lr_scale"]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                               nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_schedule(opt, steps_per_epoch: int, cfg: RunConfig, head_epochs: float = 0.0):
+    """The warm-up + schedule of ``lr_factor`` for every group; a body group (the second) also waits
+    ``head_epochs`` at rate 0 while the new head learns alone."""
+    head_steps = round(head_epochs * steps_per_epoch)
+    def body(s):
+        return 0.0 if s < head_steps else lr_factor(s, steps_per_epoch, cfg)
+    fns = [lambda s: lr_factor(s, steps_per_epoch, cfg), body][:len(opt.param_groups)]
+    return torch.optim.lr_scheduler.LambdaLR(opt, fns)
 
 
 def lr_factor(step: int, steps_per_epoch: int, cfg: RunConfig) -> float:
@@ -98,14 +137,21 @@ def lr_factor(step: int, steps_per_epoch: int, cfg: RunConfig) -> float:
 # ---------------------------------------------------------------- evaluation passes
 
 @torch.no_grad()
-def predict_probs(model, source, *, batch_size: int, dtype, out: np.ndarray | None = None) -> np.ndarray:
+def predict_probs(model, source, *, batch_size: int, dtype, out: np.ndarray | None = None,
+                  flip: bool = False) -> np.ndarray:
     """Softmax probabilities [N, K] in fp32 (eval mode, no augmentation), written batch by batch into
-    ``out`` when given (e.g. a ``np.memmap`` for N x K too large for RAM), else into a new array."""
+    ``out`` when given (e.g. a ``np.memmap`` for N x K too large for RAM), else into a new array.
+    ``flip``: the mean of the image's and its mirror image's probabilities (test-time augmentation, for
+    models trained with flips: +0.001-0.004 AUROC of ``mislabel_score`` on every CIFAR-10 noise measured,
+    BENCHMARKS.md §13)."""
     model.eval()
     for idx in torch.arange(len(source)).split(batch_size):
         x, _ = source.batch(idx)
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            p = model(x).float().softmax(1).cpu().numpy()
+            p = model(x).float().softmax(1)
+            if flip:
+                p = (p + model(x.flip(-1)).float().softmax(1)) / 2
+        p = p.cpu().numpy()
         if out is None:
             out = np.empty((len(source), p.shape[1]), dtype=np.float32)
         out[idx[0].item():idx[-1].item() + 1] = p
@@ -253,15 +299,20 @@ def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_reco
     device = source.device
     dtype = resolve_precision(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    opt = make_optimizer(model, cfg)
+    head_epochs, body_lr = finetune_plan(model, cfg)
+    opt = make_optimizer(model, cfg, body_lr)
     n = len(source)
     steps_per_epoch = len(batch_bounds(n, cfg.batch_size, world))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps_per_epoch, cfg))
+    sched = make_schedule(opt, steps_per_epoch, cfg, head_epochs)
     rule = StopRule(cfg)
     curves, t0 = [], time.perf_counter()
     start_epoch, stopped = 0, False
     if resume is not None:
         unwrap(model).load_state_dict(resume["model"])
+        if len(resume["optimizer"]["param_groups"]) != len(opt.param_groups):
+            from .errors import RunFolderError
+            raise RunFolderError("the checkpoint's optimizer has a different layout (a fine-tuning run saved by an "
+                                 "older memscan, or other --freeze/--body-lr): start the run again with --overwrite")
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
         scaler.load_state_dict(resume["scaler"])
@@ -329,7 +380,7 @@ def _train_epoch(model, source, cfg: RunConfig, opt, scaler, sched, recorder: Re
     epochs. False when the loss became NaN/inf (the epoch is abandoned)."""
     n = len(source)
     steps_per_epoch = len(batch_bounds(n, cfg.batch_size, world))
-    model.train()
+    train_mode(model)   # the wrapper (DDP, compile) too; frozen BatchNorm layers stay in eval
     recorder.start_epoch(epoch)
     gen = epoch_generator(cfg.seed, epoch, stream=1 + rank)
     losses = []
@@ -379,7 +430,7 @@ def _anneal(run_epoch, opt, recorder: Recorder, cfg: RunConfig, *, first: int, o
     # never above the rate training ended at: a cosine/onecycle schedule run to its end is already annealed
     lr = float(f"{min(cfg.lr * cfg.anneal_lr, opt.param_groups[0]['lr']):.6g}")   # 0.00125, not 0.0012500000000000002
     for g in opt.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)
     t, acc = time.perf_counter(), math.nan
     for a in range(cfg.anneal_epochs):
         if not run_epoch(first + a, None):

@@ -58,3 +58,20 @@ def test_eval_noise_instance_kind_end_to_end(data, tmp_path, capsys):
     assert truth["flipped"].sum() == 9
     ref = pd.read_parquet(out / "reference.parquet")
     assert len(ref) == 45 and all(abs(sum(p) - 1) < 1e-4 for p in ref["probs"])
+
+
+def test_instance_noise_reference_ignores_the_audits_prior(data, tmp_path):
+    """The noise is a property of the data: a run that fine-tunes from a prior (or freezes it) gets the same
+    reference model, hence the same flips, as a run from scratch."""
+    import torch
+
+    from memscan.crossfit import reference_probabilities
+    from memscan.models import MemscanCNN
+    torch.manual_seed(5)
+    prior = tmp_path / "prior.pt"
+    torch.save(MemscanCNN(3).state_dict(), prior)
+    table = load_index(data)
+    paths, plain = reference_probabilities(table, CFG, epochs=2)
+    paths2, with_prior = reference_probabilities(table, CFG.replace(weights=str(prior), freeze=True), epochs=2)
+    assert list(paths) == list(paths2)
+    np.testing.assert_array_equal(plain, with_prior)

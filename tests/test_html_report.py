@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from memscan.cli import main
-from memscan.errors import ConfigError
+from memscan.cli import EXIT_CODES, main
+from memscan.errors import ConfigError, ReportError
 from memscan.html_report import GALLERY, SIGNATURE, gallery_rows, script_json, write_html
 from memscan.plots import PLOT_NAMES
 from memscan.report import read_report
 
 from helpers import rewrite_report
 from test_output_safety import frame, write_report
+from test_plots import make_reference
 
 CHROMIUM = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="no headless chromium on this machine (.ci/run installs "
@@ -56,6 +57,7 @@ def test_page_is_self_contained(page):
     assert text.count('<img class="plot"') == len(PLOT_NAMES)
     assert not re.search(r'(src|href)="(https?:)?//', text)          # nothing fetched from the network
     assert "<script src" not in text
+    assert 'alt="learning_time"' in text and "Memorization against the reference" not in text   # no --reference
 
 
 def test_gallery_rows_order_and_limit(digits_run):
@@ -98,6 +100,40 @@ def test_report_command(digits_run, tmp_path, capsys):
     assert main(["report", str(run_dir), "--out", str(dest), "--per-category", "3"]) == 0
     assert dest.exists() and "wrote" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "none")]) == 2
+
+
+@pytest.fixture(scope="module")
+def reference(digits_run, tmp_path_factory):
+    """A memorization estimate of the digits run's dataset (for --reference)."""
+    return make_reference(digits_run[0], tmp_path_factory.mktemp("reference"))
+
+
+def test_report_with_reference(digits_run, reference, tmp_path, capsys):
+    from memscan.memorization_run import compare
+    _, run_dir = digits_run
+    dest = tmp_path / "r.html"
+    assert main(["report", str(run_dir), "--out", str(dest), "--per-category", "3", "--reference", str(reference),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["reference"] == str(reference)
+    text = dest.read_text()
+    section = text[text.index('<h2 id="reference">Memorization against the reference</h2>'):text.index('id="classes"')]
+    assert section.count('<img class="plot" alt="reference"') == 1 and '<a href="#reference">' in text
+    assert text.count('<img class="plot"') == len(PLOT_NAMES) + 1
+    cmp = compare(run_dir, reference)
+    for row in cmp["agreement"]:   # each column with the Spearman compare() gives, as the page prints it
+        assert f"<tr><td>{html.escape(row['column'])}</td><td>{row['spearman']:.3f}</td>" in section
+    for cat, fp in cmp["categories"].items():
+        assert f"<tr><td>{cat}</td><td>{fp['level']:.3f}</td><td>{fp['flagged']}</td>" in section
+    assert f"<b>{cmp['matched']}</b> of the run's {cmp['of_run']} samples" in section
+
+
+def test_report_with_a_bad_reference(digits_run, tmp_path, capsys):
+    _, run_dir = digits_run
+    dest, bad = tmp_path / "r.html", tmp_path / "no-such-reference"
+    assert main(["report", str(run_dir), "--out", str(dest), "--reference", str(bad)]) == EXIT_CODES[ReportError]
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"no memorization.parquet at '{bad}'" in err
+    assert not dest.exists()
 
 
 @needs_browser

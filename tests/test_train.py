@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from memscan.config import RunConfig
-from memscan.errors import TrainingError
+from memscan.errors import ConfigError, TrainingError
 from memscan.pipeline import run
 from memscan.signals import EpochRecord
 from memscan.stopping import StopRule
@@ -85,6 +85,25 @@ def test_predict_probs_matches_exact_pass():
     np.testing.assert_allclose(predict_probs(model, src, batch_size=4, dtype=torch.float32), p_exact, rtol=1e-5)
 
 
+def test_predict_probs_flip_averages_the_mirror_image():
+    from memscan.data.loader import InMemorySource
+    from memscan.models import MemscanCNN
+    from memscan.train import predict_probs
+    torch.manual_seed(0)
+    model = MemscanCNN(3, width=4)
+    torch.nn.init.normal_(model.head.weight, std=20.0)   # a confident head: the two views' softmax differ
+    images = np.random.default_rng(1).integers(0, 256, (9, 3, 16, 16), dtype=np.uint8)
+    src = InMemorySource(images, np.arange(9) % 3, mean=[0.5] * 3, std=[0.25] * 3)
+    mirrored = InMemorySource(np.ascontiguousarray(images[..., ::-1]), np.arange(9) % 3, mean=[0.5] * 3, std=[0.25] * 3)
+    plain = predict_probs(model, src, batch_size=4, dtype=torch.float32)
+    both = predict_probs(model, src, batch_size=4, dtype=torch.float32, flip=True)
+    np.testing.assert_allclose(both, (plain + predict_probs(model, mirrored, batch_size=4, dtype=torch.float32)) / 2,
+                               rtol=1e-5, atol=1e-7)
+    assert np.abs(both - plain).max() > 1e-3   # a random net is not mirror-symmetric: the views differ
+    np.testing.assert_allclose(both.sum(1), 1, rtol=1e-5)
+    assert RunConfig(augment="crop-flip").flips and not RunConfig(augment="crop").flips
+
+
 def _tiny_fit(anneal_epochs, **kw):
     from memscan.data.loader import InMemorySource
     from memscan.models import MemscanCNN
@@ -129,3 +148,96 @@ def test_anneal_options_are_validated():
 def test_anneal_never_raises_the_rate_a_decaying_schedule_ended_at():
     _, res, _, _ = _tiny_fit(1, schedule="cosine")   # cosine to max_epochs: the rate is ~0 at the end
     assert res.anneal["lr"] < 0.0125 * 0.1 * 0.05
+
+
+def _prior_and_source(tmp_path, classes_before=5):
+    from memscan.data.loader import InMemorySource
+    from memscan.models import MemscanCNN
+    torch.manual_seed(3)
+    path = tmp_path / "prior.pt"
+    torch.save(MemscanCNN(classes_before).state_dict(), path)
+    rng = np.random.default_rng(0)
+    labels = np.arange(48) % 3
+    images = (rng.integers(0, 60, (48, 3, 8, 8)) + 60 * labels[:, None, None, None]).astype(np.uint8)
+    return str(path), InMemorySource(images, labels, mean=[0.5] * 3, std=[0.25] * 3)
+
+
+def test_finetune_plan_defaults_and_overrides(tmp_path):
+    from memscan.models import MemscanCNN, create_model
+    from memscan.train import FINETUNE_BODY_LR, FINETUNE_HEAD_EPOCHS, finetune_plan
+    path, _ = _prior_and_source(tmp_path)
+    scratch = MemscanCNN(3)
+    assert finetune_plan(scratch, RunConfig()) == (0.0, 1.0)
+    new_head = create_model("memscan-cnn", 3, weights=path)
+    assert finetune_plan(new_head, RunConfig(weights=path)) == (FINETUNE_HEAD_EPOCHS, FINETUNE_BODY_LR)
+    same_head = create_model("memscan-cnn", 5, weights=path)   # same classes: the prior's head is kept
+    assert finetune_plan(same_head, RunConfig(weights=path)) == (0.0, FINETUNE_BODY_LR)
+    assert finetune_plan(new_head, RunConfig(weights=path, head_epochs=2, body_lr=0.5)) == (2.0, 0.5)
+    with pytest.raises(ConfigError, match="body_lr"):
+        RunConfig(body_lr=-1)
+
+
+def test_finetune_trains_the_new_head_alone_first_then_everything(tmp_path):
+    from memscan.models import create_model
+    from memscan.signals import Recorder
+    from memscan.train import fit
+    path, src = _prior_and_source(tmp_path)
+    model = create_model("memscan-cnn", 3, weights=path)
+    start = {k: v.clone() for k, v in model.named_parameters()}
+    snapshots = []
+    cfg = RunConfig(weights=path, max_epochs=2, stop="none", batch_size=16, augment="none", anneal_epochs=0,
+                    warmup_epochs=0.0)
+    fit(model, src, cfg, recorder=Recorder(len(src)),
+        on_epoch=lambda s: snapshots.append({k: v.detach().clone() for k, v in model.named_parameters()}))
+    after_head_phase, after_all = snapshots
+    for name, v in start.items():
+        if name.startswith("head."):
+            assert not torch.equal(after_head_phase[name], v), name
+        else:   # rate 0 during the head-only epoch: not even weight decay moves the body
+            assert torch.equal(after_head_phase[name], v), name
+            assert not torch.equal(after_all[name], v), name
+
+
+def test_freeze_trains_the_head_only_and_records_the_full_input_gradient(tmp_path):
+    import copy
+
+    import torch.nn.functional as F
+
+    from memscan.models import create_model, freeze_body, train_mode
+    from memscan.stem_grad import StemGrad
+    from memscan.train import make_optimizer, train_step
+    path, src = _prior_and_source(tmp_path)
+    model = create_model("memscan-cnn", 3, weights=path)
+    reference = copy.deepcopy(model)
+    freeze_body(model)
+    train_mode(model)
+    reference.train()
+    for m_ref, m in zip(reference.modules(), model.modules()):
+        m_ref.training = m.training   # the same BatchNorm modes: frozen body layers use running statistics
+    bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bn and not any(m.training for m in bn) and model.head.training
+    stats = [m.running_mean.clone() for m in bn]
+    x, y = src.batch(torch.arange(16))
+    # the whole network's input gradient by plain autograd, nothing frozen (mean loss: 1/B of each sample's)
+    xr = x.clone().requires_grad_(True)
+    F.cross_entropy(reference(xr), y).backward()
+    expected = torch.linalg.vector_norm(xr.grad, dim=(1, 2, 3))
+    opt = make_optimizer(model, RunConfig(freeze=True, weights=path, lr=1e-12, momentum=0.0))
+    assert len(opt.param_groups) == 1 and len(opt.param_groups[0]["params"]) == 2   # head weight and bias
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    _, stats_step = train_step(model, x, y, opt, scaler)
+    torch.testing.assert_close(stats_step.grad_norm, expected, rtol=1e-5, atol=1e-8)
+    # the stem path (checked against autograd on its first step, then alone) gives the same values
+    stem = StemGrad.find(model, x)
+    for _ in range(2):
+        _, stats_step = train_step(model, x, y, opt, scaler, stem=stem)
+        torch.testing.assert_close(stats_step.grad_norm, expected, rtol=1e-4, atol=1e-8)
+    assert stem.verified
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("head."))
+    assert all(torch.equal(m.running_mean, s) for m, s in zip(bn, stats))
+
+
+def test_freeze_needs_a_prior(tmp_path):
+    from memscan.prepare import build_model
+    with pytest.raises(ConfigError, match="--freeze.*--weights"):
+        build_model(RunConfig(freeze=True), 3)

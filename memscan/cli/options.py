@@ -17,9 +17,16 @@ from ..config import RunConfig
 _O = typer.Option
 RUN_OPTIONS = [  # (name, type, default, typer option)
     ("model", str, "memscan-cnn", _O("memscan-cnn", help="Built-in (memscan-cnn, -m, -l) or any timm model name.")),
-    ("weights", Optional[str], None, _O(None, help="Local pretrained weights (.safetensors or state dict); the "
-                                        "classifier head is replaced for your classes.")),
+    ("weights", Optional[str], None, _O(None, help="Local pretrained weights (.safetensors or state dict); their "
+                                        "head is kept when it fits your classes, else replaced. Fine-tunes with "
+                                        "--body-lr 0.1 (and --head-epochs 1 for a new head).")),
     ("pretrained", bool, False, _O(False, help="timm hub weights (needs network).")),
+    ("freeze", bool, False, _O(False, "--freeze", help="With a prior model: train the classifier head only (the "
+                               "input gradient still flows through the frozen body).")),
+    ("head_epochs", Optional[float], None, _O(None, help="With a prior model: epochs the new head trains alone "
+                                              "before the body (default: 1 when the head is new, else 0).")),
+    ("body_lr", Optional[float], None, _O(None, help="With a prior model: learning-rate factor of every layer but "
+                                          "the head (default: 0.1; 1 from scratch).")),
     ("image_size", Optional[int], None, _O(None, help="Pixels (default: native size when all agree).")),
     ("augment", str, "crop-flip", _O("crop-flip", help="crop-flip | crop | none (batched on the device).")),
     ("no_augment", bool, False, _O(False, "--no-augment", help="Same as --augment none.")),

@@ -68,9 +68,10 @@ def print_check(result) -> int:
     return 0 if result.passed else EXIT_FAILED
 
 
-def write_report_html(run_dir, out=None, *, per_category: int = 300, quiet: bool = False):
+def write_report_html(run_dir, out=None, *, per_category: int = 300, quiet: bool = False, reference=None):
+    """``reference``: a memorization estimate's path, or None (a bad one raises ReportError)."""
     from ..html_report import write_html
-    res = write_html(run_dir, out, per_category=per_category)
+    res = write_html(run_dir, out, per_category=per_category, reference=reference)
     if res.warning and not quiet:
         err_console.print(f"[yellow]warning:[/] {res.warning}", highlight=False)
     return res
