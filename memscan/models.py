@@ -86,22 +86,23 @@ def _load_into(model: nn.Module, sd: dict, path) -> None:
     keep = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
     dropped = [k for k in sd if k not in keep]
     missing = [k for k in own if k not in keep]
-    head = classifier_name(model)
-    bad = [k for k in missing + dropped if not k.startswith(head + ".")]
+    bad = [k for k in missing + dropped if not is_head_parameter(model, k)]
     if bad:
         raise ModelError(f"weights '{path}' do not fit this model (first mismatched tensor: '{bad[0]}'); "
                          "pass --model with the architecture the weights were saved from")
     model.load_state_dict(keep, strict=False)
-    model.memscan_new_head = any(k.startswith(head + ".") for k in missing)
+    model.memscan_new_head = any(is_head_parameter(model, k) for k in missing)
 
 
-def classifier_name(model: nn.Module) -> str:
-    """Module name of the classifier head ("head" in memscan's CNNs; timm models say it in their cfg)."""
-    return (getattr(model, "default_cfg", None) or {}).get("classifier", "head")
+def classifier_names(model: nn.Module) -> tuple[str, ...]:
+    """Module names of the classifier head(s): "head" in memscan's CNNs; timm models say it in their cfg, a
+    tuple for those with two heads (distilled DeiT, LeViT: ``("head", "head_dist")``)."""
+    names = (getattr(model, "default_cfg", None) or {}).get("classifier", "head")
+    return (names,) if isinstance(names, str) else tuple(names)
 
 
 def is_head_parameter(model: nn.Module, name: str) -> bool:
-    return name.startswith(classifier_name(model) + ".")
+    return name.startswith(tuple(c + "." for c in classifier_names(model)))
 
 
 def freeze_body(model: nn.Module) -> int:
@@ -114,16 +115,19 @@ def freeze_body(model: nn.Module) -> int:
             p.requires_grad_(False)
             frozen += 1
     if frozen == sum(1 for _ in model.parameters()):
-        raise ModelError(f"--freeze found no classifier head named '{classifier_name(model)}' to train")
+        raise ModelError(f"--freeze found no classifier head named {' or '.join(classifier_names(model))} to train")
+    for name, m in model.named_modules():   # with or without affine parameters, their statistics stay too
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not is_head_parameter(model, name + "."):
+            m.memscan_frozen = True
     return frozen
 
 
 def train_mode(model: nn.Module) -> None:
-    """``model.train()``, except BatchNorm layers whose parameters are frozen: they keep their running
+    """``model.train()``, except the BatchNorm layers of a frozen body (``freeze_body``): they keep their running
     statistics (a frozen body's features must not drift with the batches of a new dataset)."""
     model.train()
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and not m.weight.requires_grad:
+        if getattr(m, "memscan_frozen", False):
             m.eval()
 
 

@@ -92,14 +92,16 @@ def finetune_plan(model: nn.Module, cfg: RunConfig) -> tuple[float, float]:
     return (0.0, 0.0) if cfg.freeze else (float(head_epochs), float(body_lr))
 
 
-def make_optimizer(model: nn.Module, cfg: RunConfig, body_lr: float = 1.0):
-    """One parameter group, or (head, body) when the body learns at ``body_lr`` x the rate or is frozen;
-    each group's ``lr_scale`` is its factor of ``cfg.lr``."""
+def make_optimizer(model: nn.Module, cfg: RunConfig, body_lr: float = 1.0, head_epochs: float = 0.0):
+    """One parameter group (in ``parameters()`` order: checkpoints of earlier versions resume), or (head, body)
+    when the body learns at another rate, waits for the head, or is frozen; each group's ``lr_scale`` is its
+    factor of ``cfg.lr``."""
     plain = unwrap(model)
+    params = list(plain.parameters())
     head = [p for n, p in plain.named_parameters() if p.requires_grad and is_head_parameter(plain, n)]
     body = [p for n, p in plain.named_parameters() if p.requires_grad and not is_head_parameter(plain, n)]
-    if body_lr == 1.0 and len(head) + len(body) == sum(1 for _ in plain.parameters()):
-        groups = [{"params": head + body, "lr_scale": 1.0}]
+    if body_lr == 1.0 and head_epochs == 0 and len(head) + len(body) == len(params):
+        groups = [{"params": params, "lr_scale": 1.0}]
     else:
         groups = [{"params": head, "lr_scale": 1.0}] + ([{"params": body, "lr_scale": body_lr}] if body else [])
     for g in groups:
@@ -112,10 +114,15 @@ def make_optimizer(model: nn.Module, cfg: RunConfig, body_lr: float = 1.0):
 
 def make_schedule(opt, steps_per_epoch: int, cfg: RunConfig, head_epochs: float = 0.0):
     """The warm-up + schedule of ``lr_factor`` for every group; a body group (the second) also waits
-    ``head_epochs`` at rate 0 while the new head learns alone."""
+    ``head_epochs`` at rate 0 while the new head learns alone, then warms up again over ``warmup_epochs``
+    (its momentum gathered gradients meanwhile: a jump to the full rate would spend them in one step)."""
     head_steps = round(head_epochs * steps_per_epoch)
+    warm = max(1.0, cfg.warmup_epochs * steps_per_epoch)
     def body(s):
-        return 0.0 if s < head_steps else lr_factor(s, steps_per_epoch, cfg)
+        if s < head_steps:
+            return 0.0
+        ramp = 1.0 if head_steps == 0 else min(1.0, 0.1 + 0.9 * (s - head_steps) / warm)
+        return ramp * lr_factor(s, steps_per_epoch, cfg)
     fns = [lambda s: lr_factor(s, steps_per_epoch, cfg), body][:len(opt.param_groups)]
     return torch.optim.lr_scheduler.LambdaLR(opt, fns)
 
@@ -300,7 +307,7 @@ def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_reco
     dtype = resolve_precision(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     head_epochs, body_lr = finetune_plan(model, cfg)
-    opt = make_optimizer(model, cfg, body_lr)
+    opt = make_optimizer(model, cfg, body_lr, head_epochs)
     n = len(source)
     steps_per_epoch = len(batch_bounds(n, cfg.batch_size, world))
     sched = make_schedule(opt, steps_per_epoch, cfg, head_epochs)

@@ -177,7 +177,8 @@ def test_finetune_plan_defaults_and_overrides(tmp_path):
         RunConfig(body_lr=-1)
 
 
-def test_finetune_trains_the_new_head_alone_first_then_everything(tmp_path):
+@pytest.mark.parametrize("body_lr", [None, 1.0])   # the head-only phase also with the body at the full rate
+def test_finetune_trains_the_new_head_alone_first_then_everything(tmp_path, body_lr):
     from memscan.models import create_model
     from memscan.signals import Recorder
     from memscan.train import fit
@@ -186,7 +187,7 @@ def test_finetune_trains_the_new_head_alone_first_then_everything(tmp_path):
     start = {k: v.clone() for k, v in model.named_parameters()}
     snapshots = []
     cfg = RunConfig(weights=path, max_epochs=2, stop="none", batch_size=16, augment="none", anneal_epochs=0,
-                    warmup_epochs=0.0)
+                    body_lr=body_lr)
     fit(model, src, cfg, recorder=Recorder(len(src)),
         on_epoch=lambda s: snapshots.append({k: v.detach().clone() for k, v in model.named_parameters()}))
     after_head_phase, after_all = snapshots
@@ -241,3 +242,64 @@ def test_freeze_needs_a_prior(tmp_path):
     from memscan.prepare import build_model
     with pytest.raises(ConfigError, match="--freeze.*--weights"):
         build_model(RunConfig(freeze=True), 3)
+
+
+def test_one_parameter_group_keeps_the_parameter_order_of_earlier_checkpoints():
+    from memscan.models import MemscanCNN
+    from memscan.train import make_optimizer
+    model = MemscanCNN(3)
+    groups = make_optimizer(model, RunConfig()).param_groups
+    assert len(groups) == 1 and [id(p) for p in groups[0]["params"]] == [id(p) for p in model.parameters()]
+
+
+def test_body_warms_up_again_after_the_head_only_phase():
+    from memscan.models import MemscanCNN
+    from memscan.train import lr_factor, make_optimizer, make_schedule
+    cfg = RunConfig(warmup_epochs=1.0)
+    opt = make_optimizer(MemscanCNN(3), cfg, body_lr=0.1, head_epochs=1.0)
+    sched = make_schedule(opt, 10, cfg, head_epochs=1.0)
+    head, body = sched.lr_lambdas
+    assert [body(s) for s in range(10)] == [0.0] * 10
+    assert body(10) == pytest.approx(0.1 * lr_factor(10, 10, cfg)) and body(20) == pytest.approx(1.0)
+    assert head(10) == lr_factor(10, 10, cfg) == 1.0
+    assert [g["lr_scale"] for g in opt.param_groups] == [1.0, 0.1]
+
+
+def test_two_classifier_heads_timm_style():
+    import torch.nn as nn
+
+    from memscan.models import freeze_body, is_head_parameter
+    from memscan.train import make_optimizer
+
+    class Distilled(nn.Module):   # timm's distilled DeiT / LeViT say classifier=("head", "head_dist")
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+            self.head, self.head_dist = nn.Linear(4, 2), nn.Linear(4, 2)
+            self.default_cfg = {"classifier": ("head", "head_dist")}
+
+    m = Distilled()
+    assert is_head_parameter(m, "head_dist.weight") and not is_head_parameter(m, "body.0.weight")
+    assert len(make_optimizer(m, RunConfig()).param_groups) == 1
+    freeze_body(m)
+    assert [n for n, p in m.named_parameters() if p.requires_grad] == ["head.weight", "head.bias", "head_dist.weight",
+                                                                         "head_dist.bias"]
+
+
+def test_fit_with_a_frozen_body_moves_only_the_head(tmp_path):
+    from memscan.models import create_model, freeze_body
+    from memscan.signals import Recorder
+    from memscan.train import fit
+    path, src = _prior_and_source(tmp_path)
+    model = create_model("memscan-cnn", 3, weights=path)
+    freeze_body(model)
+    params = {k: v.clone() for k, v in model.named_parameters()}
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    cfg = RunConfig(weights=path, freeze=True, max_epochs=2, stop="none", batch_size=16, augment="none")
+    recorder = Recorder(len(src))
+    fit(model, src, cfg, recorder=recorder)
+    for k, v in model.named_parameters():
+        assert torch.equal(v, params[k]) != k.startswith("head."), k
+    for k, v in model.named_buffers():   # BatchNorm statistics of the frozen body: untouched
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(v, buffers[k]), k
