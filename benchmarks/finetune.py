@@ -38,6 +38,9 @@ RECIPES = {
     "prior-body0.3": {"weights": "{prior}", "body_lr": 0.3},
     "prior-body0.03": {"weights": "{prior}", "body_lr": 0.03},
     "prior-freeze": {"weights": "{prior}", "freeze": True},
+    "prior-newhead": {"weights": "{prior}", "new_head": True},                  # head-only epoch, then all
+    "prior-newhead-head0": {"weights": "{prior}", "new_head": True, "head_epochs": 0.0},
+    "prior-newhead-freeze": {"weights": "{prior}", "new_head": True, "freeze": True},
     "prior-freeze-lr10": {"weights": "{prior}", "freeze": True, "lr": 0.125},
 }
 

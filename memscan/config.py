@@ -45,6 +45,7 @@ class RunConfig:
     max_epochs: int = 30
     label_smoothing: float = 0.0        # kept 0: smoothing distorts per-sample loss signals
     # fine-tuning from --weights / --pretrained (auto values measured: BENCHMARKS.md §14)
+    new_head: bool = False              # a fresh head even when the file's fits the class count (other classes)
     freeze: bool = False                # train the classifier head only; the input gradient still flows
                                         # through the whole (frozen) network
     head_epochs: float | None = None    # epochs of head-only training before the body trains; None: auto

@@ -58,6 +58,7 @@ def reference_probabilities(table, cfg: RunConfig, *, cache_dir=None, epochs: in
     # no annealing: the generator stays the one documented (and measured) before annealing existed; from
     # scratch whatever prior the audit uses, so the noise is a property of the data, the same for every detector
     prep = prepare(table, cfg.replace(stop="none", max_epochs=epochs, seed=0, anneal_epochs=0, weights=None,
-                                      pretrained=False, freeze=False, head_epochs=None, body_lr=None),
+                                      pretrained=False, new_head=False, freeze=False, head_epochs=None,
+                                      body_lr=None),
                    cache_dir=cache_dir)
     return prep.table.paths, cross_val_probs(prep, prep.cfg, folds=REFERENCE_FOLDS, seed=0, progress=progress)

@@ -80,8 +80,11 @@ def load_state_dict_file(path) -> dict:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def _load_into(model: nn.Module, sd: dict, path) -> None:
-    """Load matching weights; the classifier head is left fresh when its shape differs (fine-tuning)."""
+def _load_into(model: nn.Module, sd: dict, path, new_head: bool = False) -> None:
+    """Load matching weights; the classifier head is left fresh when its shape differs (fine-tuning) or when
+    ``new_head`` (weights of as many, but other, classes)."""
+    if new_head:
+        sd = {k: v for k, v in sd.items() if not is_head_parameter(model, k)}
     own = model.state_dict()
     keep = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
     dropped = [k for k in sd if k not in keep]
@@ -132,7 +135,7 @@ def train_mode(model: nn.Module) -> None:
 
 
 def create_model(name: str, num_classes: int, *, weights: str | None = None, pretrained: bool = False,
-                 in_chans: int = 3) -> nn.Module:
+                 in_chans: int = 3, new_head: bool = False) -> nn.Module:
     if num_classes < 2:
         raise ModelError(f"num_classes={num_classes}; a classifier needs at least two classes")
     if name in BUILTIN:
@@ -140,7 +143,7 @@ def create_model(name: str, num_classes: int, *, weights: str | None = None, pre
             raise ModelError(f"model '{name}' has no hub weights; use --weights FILE or a timm model name")
         model = BUILTIN[name](num_classes)
         if weights:
-            _load_into(model, load_state_dict_file(weights), weights)
+            _load_into(model, load_state_dict_file(weights), weights, new_head)
         return model
     try:
         import timm
@@ -153,7 +156,7 @@ def create_model(name: str, num_classes: int, *, weights: str | None = None, pre
         # loaded by memscan alone (weights_only / safetensors): timm's own file loader may unpickle
         sd = load_state_dict_file(weights)
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
-        _load_into(model, sd, weights)
+        _load_into(model, sd, weights, new_head)
         return model
     try:
         if pretrained and not _hub_reachable():

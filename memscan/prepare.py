@@ -65,7 +65,10 @@ def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
     if cfg.freeze and not (cfg.weights or cfg.pretrained):
         raise ConfigError("--freeze trains only the classifier head, so it needs a prior model: pass --weights FILE "
                           "(or --pretrained)")
-    model = create_model(cfg.model, num_classes, weights=cfg.weights, pretrained=cfg.pretrained)
+    if cfg.new_head and not cfg.weights:
+        raise ConfigError("--new-head replaces the classifier head of a weights file: pass --weights FILE")
+    model = create_model(cfg.model, num_classes, weights=cfg.weights, pretrained=cfg.pretrained,
+                         new_head=cfg.new_head)
     if cfg.freeze:
         freeze_body(model)
     return model

@@ -72,6 +72,6 @@ def test_instance_noise_reference_ignores_the_audits_prior(data, tmp_path):
     torch.save(MemscanCNN(3).state_dict(), prior)
     table = load_index(data)
     paths, plain = reference_probabilities(table, CFG, epochs=2)
-    paths2, with_prior = reference_probabilities(table, CFG.replace(weights=str(prior), freeze=True), epochs=2)
+    paths2, with_prior = reference_probabilities(table, CFG.replace(weights=str(prior), freeze=True, new_head=True), epochs=2)
     assert list(paths) == list(paths2)
     np.testing.assert_array_equal(plain, with_prior)

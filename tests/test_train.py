@@ -173,6 +173,11 @@ def test_finetune_plan_defaults_and_overrides(tmp_path):
     same_head = create_model("memscan-cnn", 5, weights=path)   # same classes: the prior's head is kept
     assert finetune_plan(same_head, RunConfig(weights=path)) == (0.0, FINETUNE_BODY_LR)
     assert finetune_plan(new_head, RunConfig(weights=path, head_epochs=2, body_lr=0.5)) == (2.0, 0.5)
+    # weights of as many classes, but other ones: --new-head drops the file's head
+    forced = create_model("memscan-cnn", 5, weights=path, new_head=True)
+    assert not torch.equal(forced.head.weight, same_head.head.weight)
+    assert torch.equal(forced.features[0].weight, same_head.features[0].weight)
+    assert finetune_plan(forced, RunConfig(weights=path, new_head=True)) == (FINETUNE_HEAD_EPOCHS, FINETUNE_BODY_LR)
     with pytest.raises(ConfigError, match="body_lr"):
         RunConfig(body_lr=-1)
 
@@ -187,7 +192,7 @@ def test_finetune_trains_the_new_head_alone_first_then_everything(tmp_path, body
     start = {k: v.clone() for k, v in model.named_parameters()}
     snapshots = []
     cfg = RunConfig(weights=path, max_epochs=2, stop="none", batch_size=16, augment="none", anneal_epochs=0,
-                    body_lr=body_lr)
+                    body_lr=body_lr, head_epochs=1.0)
     fit(model, src, cfg, recorder=Recorder(len(src)),
         on_epoch=lambda s: snapshots.append({k: v.detach().clone() for k, v in model.named_parameters()}))
     after_head_phase, after_all = snapshots
@@ -238,10 +243,12 @@ def test_freeze_trains_the_head_only_and_records_the_full_input_gradient(tmp_pat
     assert all(torch.equal(m.running_mean, s) for m, s in zip(bn, stats))
 
 
-def test_freeze_needs_a_prior(tmp_path):
+def test_freeze_and_new_head_need_a_prior(tmp_path):
     from memscan.prepare import build_model
     with pytest.raises(ConfigError, match="--freeze.*--weights"):
         build_model(RunConfig(freeze=True), 3)
+    with pytest.raises(ConfigError, match="--new-head.*--weights"):
+        build_model(RunConfig(new_head=True), 3)
 
 
 def test_one_parameter_group_keeps_the_parameter_order_of_earlier_checkpoints():

@@ -19,12 +19,15 @@ RUN_OPTIONS = [  # (name, type, default, typer option)
     ("model", str, "memscan-cnn", _O("memscan-cnn", help="Built-in (memscan-cnn, -m, -l) or any timm model name.")),
     ("weights", Optional[str], None, _O(None, help="Local pretrained weights (.safetensors or state dict); their "
                                         "head is kept when it fits your classes, else replaced. Fine-tunes with "
-                                        "--body-lr 0.1 (and --head-epochs 1 for a new head).")),
+                                        "--body-lr 0.1.")),
     ("pretrained", bool, False, _O(False, help="timm hub weights (needs network).")),
+    ("new_head", bool, False, _O(False, "--new-head", help="With --weights: a new classifier head even when the "
+                                 "file's has as many classes (weights trained on other classes).")),
     ("freeze", bool, False, _O(False, "--freeze", help="With a prior model: train the classifier head only (the "
                                "input gradient still flows through the frozen body).")),
-    ("head_epochs", Optional[float], None, _O(None, help="With a prior model: epochs the new head trains alone "
-                                              "before the body (default: 1 when the head is new, else 0).")),
+    ("head_epochs", Optional[float], None, _O(None, help="With a prior model: epochs a new head trains alone "
+                                              "before the body warms up (default 0: measured, no gain with "
+                                              "--body-lr 0.1).")),
     ("body_lr", Optional[float], None, _O(None, help="With a prior model: learning-rate factor of every layer but "
                                           "the head (default: 0.1; 1 from scratch).")),
     ("image_size", Optional[int], None, _O(None, help="Pixels (default: native size when all agree).")),
