@@ -6,7 +6,7 @@ a gallery PNG of the flips ranked most innocent and the clean images ranked most
 
     python research/missed_gallery.py bench-out/anneal-verify/c500-inst20/seed-0 \
         --images bench-out/nearly-clean/data/cifar10-train-500pc.parquet \
-        --png benchmarks/results/missed-inst20-machineA.png --json research/results/missed-inst20-machineA.json
+        --png bench-out/missed-inst20.png --json research/results/missed-inst20-machineA.json
 """
 from __future__ import annotations
 
