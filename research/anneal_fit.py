@@ -51,21 +51,25 @@ def evaluate_probs(sig, probs, labels, truth, annealed):
     return out
 
 
-def replay(run: Path, epochs: int, lr_factor: float) -> dict:
+def load_finished_run(run: Path):
+    """(config, Prepared with the run's labels and its ``model.pt`` loaded, truth or None, metadata, signals of the
+    run's own trajectories): a finished run as it was at its prediction pass, for replays."""
     args = json.loads((run / "run-args.json").read_text())
     cfg = RunConfig(**args["config"])
-    table = load_index(args["dataset"])
     truth_df = pd.read_csv(run / "truth.csv").set_index("path") if (run / "truth.csv").exists() else None
-    relabel = None
-    if truth_df is not None:
-        relabel = lambda t: truth_df.loc[list(t.paths), "noisy_label"].to_numpy()
-    prep = prepare(table, cfg, relabel=relabel)
-    labels = prep.labels
+    relabel = None if truth_df is None else (lambda t: truth_df.loc[list(t.paths), "noisy_label"].to_numpy())
+    prep = prepare(load_index(args["dataset"]), cfg, relabel=relabel)
     truth = None if truth_df is None else truth_df.loc[list(prep.table.paths), "flipped"].to_numpy().astype(bool)
     meta = read_metadata(run)
-    sig = accumulate(read_epochs(run / "trajectories"), len(labels), peak_epoch=None,
+    sig = accumulate(read_epochs(run / "trajectories"), len(prep.labels), peak_epoch=None,
                      window_start=meta.stop.mislabel_window[0] - 1)
     prep.model.load_state_dict(load_state_dict_file(run / "model.pt"))
+    return cfg, prep, truth, meta, sig
+
+
+def replay(run: Path, epochs: int, lr_factor: float) -> dict:
+    cfg, prep, truth, meta, sig = load_finished_run(run)
+    labels = prep.labels
     res = {"run": str(run), "n": len(labels), "epochs_at_stop": meta.stop.epochs_trained,
            "true_fraction": None if truth is None else round(float(truth.mean()), 4)}
     bs = cfg.batch_size

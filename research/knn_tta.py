@@ -15,18 +15,17 @@ import argparse
 import json
 from pathlib import Path
 
+import sys
+
 import numpy as np
-import pandas as pd
 import torch
 
-from memscan.config import RunConfig
-from memscan.data import load_index
-from memscan.evaluate import detection_metrics, flag_metrics
-from memscan.models import load_state_dict_file
-from memscan.prepare import prepare
-from memscan.report import read_frame, read_metadata
-from memscan.scores import accumulate, compute_scores, mislabel_statistic, percentile
-from memscan.trajectories import read_epochs
+sys.path.insert(0, str(Path(__file__).parent))
+from anneal_fit import load_finished_run  # noqa: E402  (the sibling research script)
+
+from memscan.evaluate import detection_metrics, flag_metrics  # noqa: E402
+from memscan.report import read_frame  # noqa: E402
+from memscan.scores import compute_scores, mislabel_statistic, percentile  # noqa: E402
 
 KS = (10, 25, 50)
 
@@ -50,7 +49,7 @@ def features_and_probs(model, source, flip: bool):
     return torch.cat(feats).numpy(), torch.cat(probs).numpy()
 
 
-def knn(feats: np.ndarray, labels: np.ndarray, k: int, probs_cls: int):
+def knn(feats: np.ndarray, labels: np.ndarray, k: int):
     """(fraction of the k nearest neighbours with another given label, similarity-weighted version,
     neighbours' vote share for the sample's given label), cosine, self excluded."""
     f = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
@@ -73,20 +72,10 @@ def auroc(score, truth):
 
 
 def evaluate(run: Path) -> dict:
-    args = json.loads((run / "run-args.json").read_text())
-    cfg = RunConfig(**args["config"])
-    truth_path = run / "truth.csv"
-    truth_df = pd.read_csv(truth_path).set_index("path") if truth_path.exists() else None
-    relabel = None if truth_df is None else (lambda t: truth_df.loc[list(t.paths), "noisy_label"].to_numpy())
-    prep = prepare(load_index(args["dataset"]), cfg, relabel=relabel)
+    cfg, prep, truth, _, sig = load_finished_run(run)
     labels = prep.labels
-    truth = None if truth_df is None else truth_df.loc[list(prep.table.paths), "flipped"].to_numpy().astype(bool)
-    meta = read_metadata(run)
-    sig = accumulate(read_epochs(run / "trajectories"), len(labels), peak_epoch=None,
-                     window_start=meta.stop.mislabel_window[0] - 1)
-    prep.model.load_state_dict(load_state_dict_file(run / "model.pt"))
     feats, probs = features_and_probs(prep.model, prep.source, flip=False)
-    flips = "flip" in cfg.augment
+    flips = cfg.flips
     res = {"run": str(run), "n": len(labels), "flip_tta": flips,
            "true_fraction": None if truth is None else round(float(truth.mean()), 4)}
     shipped = compute_scores(sig, probs, labels, annealed=True)
@@ -106,7 +95,7 @@ def evaluate(run: Path) -> dict:
             out["mislabel_score"] = auroc(mis, truth)
             out["1-p_given"] = auroc(1 - p_given, truth)
         for k in KS:
-            hard, soft = knn(f, labels, k, p.shape[1])
+            hard, soft = knn(f, labels, k)
             row = {"flag_knn_half": round(float((cat & (hard >= 0.5)).mean()), 4)}
             if truth is not None:
                 row.update(hard=auroc(hard, truth), soft=auroc(soft, truth),
