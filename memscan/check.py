@@ -3,7 +3,9 @@
 A gate compares one number from a report with a limit: the fraction of samples flagged
 ``mislabeled`` (``max_mislabeled``), their count (``max_count``), the flagged fraction inside one
 class (``class_max``), and, against a baseline report of the same dataset, the number of new
-suspects (``max_new``). ``check_report`` returns every gate's value, limit, verdict and the top
+suspects (``max_new``). With a reviewer's ``accepted`` decisions file (``memscan.decisions``), samples
+marked keep (while they carry the label they were kept with) count in no gate, and relabel/remove
+decisions the dataset does not reflect yet are listed. ``check_report`` returns every gate's value, limit, verdict and the top
 offending samples; it never exits or prints: the CLI maps ``CheckResult.passed`` to exit 0 or 1.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ from .errors import ConfigError, ReportError
 from .files import records
 from .report import frame_and_name
 
-SPEC_KEYS = ("max-mislabeled", "max-count", "class-max", "baseline", "max-new")
+SPEC_KEYS = ("max-mislabeled", "max-count", "class-max", "baseline", "max-new", "accepted")
 OFFENDER_FIELDS = ("path", "label_name", "pred_name", "p_pred", "mislabel_score", "category")
 CHECK_COLUMNS = tuple(dict.fromkeys(OFFENDER_FIELDS + SAMPLE_FIELDS))
 
@@ -42,6 +44,7 @@ class CheckResult:
     passed: bool
     gates: list[GateResult]
     diff: dict | None = None     # ReportDiff.counts() when a baseline was given
+    accepted: dict | None = None  # with a decisions file: its path, samples excused (kept), decisions not applied
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,8 +106,13 @@ def parse_spec(spec) -> dict:
                 kw["max_mislabeled"] = _fraction("--check max-mislabeled", val)
             elif key in ("max-count", "max-new"):
                 kw[key.replace("-", "_")] = _count(f"--check {key}", val)
+            elif key == "accepted":
+                kw["accepted"] = val
             else:
                 kw["baseline"] = val
+    if set(kw) == {"accepted"}:
+        raise ConfigError("--check accepted=PATH excuses samples from the gates; add a gate, e.g. "
+                          "max-mislabeled=0.02")
     if "max_new" in kw and "baseline" not in kw:
         raise ConfigError("--check max-new needs baseline=PATH (an earlier report of the same dataset)")
     if not kw:
@@ -122,11 +130,12 @@ def _pct(x: float) -> str:
 
 
 def check_report(report, /, *, max_mislabeled=None, max_count=None, class_max=None, baseline=None,
-                 max_new=None, top: int = 10) -> CheckResult:
+                 max_new=None, accepted=None, top: int = 10) -> CheckResult:
     """Gate a report (run folder, report.parquet or DataFrame). Give at least one limit.
 
-    Flagged = ``category == "mislabeled"``. ``class_max``: ``{class_name: fraction}``.
-    ``max_new`` needs ``baseline`` (an earlier report of the same dataset, matched by path).
+    Flagged = ``category == "mislabeled"``, less the samples ``accepted`` (a decisions CSV) marks keep.
+    ``class_max``: ``{class_name: fraction}``. ``max_new`` needs ``baseline`` (an earlier report of the
+    same dataset, matched by path).
     """
     if all(v is None for v in (max_mislabeled, max_count, max_new)) and not class_max:
         raise ConfigError("no threshold given; pass at least one of --max-mislabeled, --max-count, --class-max "
@@ -148,6 +157,17 @@ def check_report(report, /, *, max_mislabeled=None, max_count=None, class_max=No
         if c not in classes:
             raise ConfigError(f"--class-max {c!r} is not a class of '{name}'; classes: {', '.join(classes)}")
     flagged = df[df["category"] == "mislabeled"]
+    excused, accepted_info = set(), None
+    if accepted is not None:
+        from .decisions import accepted_paths, pending, read_decisions
+        decisions = read_decisions(accepted)
+        excused = accepted_paths(decisions, df["path"], df["label_name"])
+        waiting = pending(decisions, df["path"], df["label_name"])
+        accepted_info = {"file": str(accepted), "decisions": len(decisions),
+                         "excused": int(flagged["path"].isin(excused).sum()),
+                         "pending_relabel": waiting["relabel"], "pending_remove": waiting["remove"],
+                         "unmatched": waiting["unmatched"]}
+        flagged = flagged[~flagged["path"].isin(excused)]
     n, k = len(df), len(flagged)
     gates = []
     if max_mislabeled is not None:
@@ -175,6 +195,7 @@ def check_report(report, /, *, max_mislabeled=None, max_count=None, class_max=No
     diff = None
     if baseline is not None:
         d = diff_reports(baseline, df, new_name=name)
+        d.new_suspects = [r for r in d.new_suspects if r["path"] not in excused]
         diff = d.counts()
         if max_new is not None:
             m = len(d.new_suspects)
@@ -185,4 +206,4 @@ def check_report(report, /, *, max_mislabeled=None, max_count=None, class_max=No
             gates.append(GateResult("max-new", ok, m, max_new, "count", msg,
                                     [] if ok else [{k: r[k] for k in OFFENDER_FIELDS} for r in d.new_suspects[:top]]))
     return CheckResult(report=name, samples=n, flagged=k, passed=all(g.passed for g in gates), gates=gates,
-                       diff=diff)
+                       diff=diff, accepted=accepted_info)

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 
 from .errors import ConfigError, MemscanError
 from .files import plain
@@ -25,6 +26,7 @@ GALLERY = {  # category -> the score its samples are ordered by (higher = more s
 SIGNATURE = b'<meta name="generator" content="memscan">'   # in the page's first bytes: a file memscan may replace
 CARD_FIELDS = ("sample_id", "path", "label_name", "pred_name", "p_pred", "p_given", "mislabel_score",
                "memorization_score", "atypicality_score", "csg", "aum", "category")
+EXPLAIN_FIELDS = ("suggested_label_name", "suggestion_agreement", "reason")   # reports before these lack them
 
 
 @dataclass
@@ -125,8 +127,10 @@ def write_html(report, dest=None, *, per_category: int = 300, thumb_size: int = 
 
     rows = gallery_rows(df, per_category=per_category)
     read, warning = _image_reader(dataset.location)
+    margins = _margins(rpath, rows["sample_id"].to_numpy())
     cards, missing = [], []
-    for r in rows[list(CARD_FIELDS)].to_dict("records"):
+    fields = list(CARD_FIELDS) + [f for f in EXPLAIN_FIELDS if f in rows]
+    for i, r in enumerate(rows[fields].to_dict("records")):
         try:
             data = read(r["path"])
             uri = thumbnail_uri(data, thumb_size) if data is not None else None
@@ -134,14 +138,18 @@ def write_html(report, dest=None, *, per_category: int = 300, thumb_size: int = 
             uri = None
         if uri is None:
             missing.append(r["path"])
-        cards.append({k: _py(v) for k, v in r.items()} | {"img": uri})
+        card = {k: _py(v) for k, v in r.items()} | {"img": uri}
+        if margins is not None:
+            card["margins"] = [None if not np.isfinite(m) else round(float(m), 2) for m in margins[i]]
+        cards.append(card)
     if missing and warning is None:
         warning = f"{len(missing)} images could not be read from '{dataset.location}'"
 
     plots = {k: "data:image/svg+xml;base64," + base64.b64encode(v.encode()).decode()
              for k, v in svg_strings(meta, df, ref).items()}
     ref_uri = plots.pop(REFERENCE_PLOT, None)
-    payload = {"cards": cards, "classes": sorted(set(df["label_name"])),
+    payload = {"cards": cards, "classes": sorted(set(df["label_name"])), "all_classes": list(dataset.classes),
+               "run_key": run_key(meta),
                "counts": {c: int((df["category"] == c).sum()) for c in GALLERY}}
     page = _PAGE.format(
         title=html.escape(f"memscan report — {Path(dataset.location).name}"),
@@ -151,11 +159,40 @@ def write_html(report, dest=None, *, per_category: int = 300, thumb_size: int = 
         reference=_reference_section(ref, ref_uri) if ref is not None else "",
         reference_nav=' · <a href="#reference">reference</a>' if ref is not None else "",
         summary=_summary_table(class_summary(df)),
+        health=_health_section(df, dataset.classes),
         config=html.escape(json.dumps(_run_facts(meta), indent=1, default=str)),
         data=script_json(payload),
-        script=_SCRIPT, style=_STYLE)
+        script=_asset("report.js"), style=_asset("report.css"))
     write_text_atomic(dest, page)
     return HtmlResult(dest, len(cards), missing, warning)
+
+
+def _margins(rpath: Path, ids):
+    """[cards, epochs] per-epoch margins of the gallery's samples for their sparklines, or None when the
+    report is not in a run folder with its trajectories."""
+    from .trajectories import sample_history
+    folder = RunFolder(rpath.parent)
+    if not RunFolder.is_run(rpath.parent) or not folder.trajectories.is_dir() or not len(ids):
+        return None
+    try:
+        return sample_history(folder.trajectories, ids, "margin")
+    except Exception:   # damaged trajectories must not cost the page: the cards just lack the sparkline
+        return None
+
+
+def run_key(meta) -> str:
+    """Names this run's review decisions in the browser's storage: the same run (wherever its page is
+    opened from) finds them again; another run, even of the same dataset, starts empty."""
+    import hashlib
+    ident = json.dumps([meta.dataset.fingerprint, meta.dataset.location, meta.config, meta.stop.epochs_trained,
+                        meta.timings], sort_keys=True, default=str)
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def _asset(name: str) -> str:
+    """The page's script and style, kept as files beside the code (``memscan/assets``)."""
+    from importlib.resources import files
+    return files("memscan").joinpath("assets", name).read_text(encoding="utf-8")
 
 
 def _plot(name: str, uri: str) -> str:
@@ -199,6 +236,22 @@ def _reference_section(ref, plot_uri: str) -> str:
             f"{_table(CATEGORY_COLUMNS, cats)}\n")
 
 
+def _health_section(df, classes) -> str:
+    """Label health and the class pairs that overlap (the noise-matrix heatmap is among the plots)."""
+    from .health import report_health
+    if "confident_class" not in df or "label" not in df:
+        return ""
+    h = report_health(df, classes)
+    cols = ("classes", "samples between them", "a labelled, b true", "b labelled, a true")
+    rows = [dict(zip(cols, (f"{p['classes'][0]} / {p['classes'][1]}", p["samples"], p["given_a_true_b"],
+                             p["given_b_true_a"]))) for p in h["overlapping_pairs"] if p["samples"] > 0][:10]
+    table = _table(cols, rows) if rows else "<p>No class pair has estimated label errors between them.</p>"
+    return (f'<h2 id="health">Dataset health</h2><p>Label health <b>{h["label_health"]:.1%}</b>: about '
+            f'<b>{h["estimated_errors"]}</b> of {h["samples"]} labels are estimated wrong (confident learning\'s '
+            "joint from the stop point's confident classes; the plot <i>noise_matrix</i> shows where they go). "
+            "Class pairs that overlap most:</p>" + table)
+
+
 def _run_facts(meta) -> dict:
     d = meta.to_dict()
     d["dataset"].pop("skipped")
@@ -230,104 +283,6 @@ def _summary_table(rows) -> str:
     return f"<table class='summary'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-_STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:0 auto;max-width:1200px;padding:1em;color:#222}
-h1{font-size:1.4em}h2{font-size:1.15em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-.facts{padding-left:1.2em}.warn{background:#fff3cd;padding:.5em;border:1px solid #e0c36c}
-.controls{display:flex;gap:1em;flex-wrap:wrap;align-items:center;margin:.6em 0}
-#gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px}
-.card{border:1px solid #ddd;border-radius:6px;padding:6px;font-size:12px;background:#fafafa}
-.card img.thumb,.card .noimg{width:128px;height:128px;object-fit:contain;image-rendering:pixelated;display:block;
-margin:0 auto 4px;background:#eee}.card .noimg{display:flex;align-items:center;justify-content:center;color:#888}
-.card .path{word-break:break-all;font-family:monospace;font-size:11px}
-.cat-mislabeled{border-left:4px solid #d62728}.cat-atypical{border-left:4px solid #ff7f0e}
-.cat-memorized{border-left:4px solid #9467bd}.given{color:#d62728}.pred{color:#2ca02c}
-.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:10px}
-.plots figure{margin:0}.plots img{width:100%}
-table.summary{border-collapse:collapse;font-size:13px}table.summary td,table.summary th{border:1px solid #ddd;
-padding:3px 8px;text-align:right}table.summary td:first-child{text-align:left}
-pre{background:#f4f4f4;padding:.8em;overflow:auto;font-size:12px}
-"""
-
-_SCRIPT = r"""
-(function () {
-  const data = JSON.parse(document.getElementById('memscan-data').textContent);
-  const $ = (id) => document.getElementById(id);
-  const state = {category: 'all', cls: 'all', page: 1, size: 60};
-  function readHash() {
-    const h = new URLSearchParams(location.hash.slice(1));
-    if (h.get('category')) state.category = h.get('category');
-    if (h.get('class')) state.cls = h.get('class');
-    if (h.get('page')) state.page = Math.max(1, parseInt(h.get('page'), 10) || 1);
-    if (h.get('size')) state.size = Math.max(1, parseInt(h.get('size'), 10) || 60);
-  }
-  function writeHash() {
-    const h = new URLSearchParams({category: state.category, class: state.cls, page: state.page, size: state.size});
-    history.replaceState(null, '', '#' + h.toString());
-  }
-  function option(sel, value, label) {
-    const o = document.createElement('option'); o.value = value; o.textContent = label; sel.appendChild(o);
-  }
-  function filtered() {
-    return data.cards.filter(c => (state.category === 'all' || c.category === state.category) &&
-                                  (state.cls === 'all' || c.label_name === state.cls));
-  }
-  function card(c) {
-    const d = document.createElement('div'); d.className = 'card cat-' + c.category;
-    if (c.img) {
-      const im = document.createElement('img'); im.className = 'thumb'; im.loading = 'lazy'; im.src = c.img;
-      im.alt = c.path; d.appendChild(im);
-    } else {
-      const m = document.createElement('div'); m.className = 'noimg'; m.textContent = 'image not found'; d.appendChild(m);
-    }
-    const lines = [
-      ['path', c.path],
-      ['', 'given ', ['given', c.label_name], ' → predicted ', ['pred', c.pred_name + ' (' + c.p_pred.toFixed(2) + ')']],
-      ['', c.category + ' · mislabel ' + c.mislabel_score.toFixed(3) + ' · memorization ' +
-           c.memorization_score.toFixed(3)],
-      ['', 'csg ' + c.csg.toPrecision(3) + ' · aum ' + c.aum.toFixed(2) + ' · p(given) ' + c.p_given.toFixed(2)],
-    ];
-    for (const [cls, ...parts] of lines) {
-      const p = document.createElement('div'); if (cls) p.className = cls;
-      for (const part of parts) {
-        if (Array.isArray(part)) { const s = document.createElement('span'); s.className = part[0];
-          s.textContent = part[1]; p.appendChild(s); }
-        else p.appendChild(document.createTextNode(part));
-      }
-      d.appendChild(p);
-    }
-    return d;
-  }
-  function render() {
-    const rows = filtered();
-    const pages = Math.max(1, Math.ceil(rows.length / state.size));
-    state.page = Math.min(state.page, pages);
-    const start = (state.page - 1) * state.size, shown = rows.slice(start, start + state.size);
-    const g = $('gallery'); g.replaceChildren(...shown.map(card));
-    $('range').textContent = rows.length ? `${start + 1}–${start + shown.length} of ${rows.length} (page ${state.page}/${pages})`
-                                         : 'no samples match these filters';
-    $('prev').disabled = state.page <= 1; $('next').disabled = state.page >= pages;
-    $('category').value = state.category; $('class').value = state.cls; $('size').value = String(state.size);
-    document.body.dataset.shown = String(shown.length); document.body.dataset.matching = String(rows.length);
-    writeHash();
-  }
-  option($('category'), 'all', `all flagged (${data.cards.length})`);
-  for (const [k, v] of Object.entries(data.counts)) option($('category'), k, `${k} (${v} flagged)`);
-  option($('class'), 'all', 'all classes');
-  for (const c of data.classes) option($('class'), c, c);
-  for (const s of [30, 60, 120, 240]) option($('size'), String(s), s + ' per page');
-  readHash();
-  if (![30, 60, 120, 240].includes(state.size)) option($('size'), String(state.size), state.size + ' per page');
-  $('category').onchange = e => { state.category = e.target.value; state.page = 1; render(); };
-  $('class').onchange = e => { state.cls = e.target.value; state.page = 1; render(); };
-  $('size').onchange = e => { state.size = parseInt(e.target.value, 10); state.page = 1; render(); };
-  $('prev').onclick = () => { state.page -= 1; render(); };
-  $('next').onclick = () => { state.page += 1; render(); };
-  window.addEventListener('hashchange', () => { readHash(); render(); });
-  render();
-})();
-"""
-
 _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="generator" content="memscan"><title>{title}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -342,7 +297,7 @@ window.addEventListener('error', e => {{ window.memscanErrors.push(String(e.mess
 {header}
 {warning}
 <nav><a href="#gallery-section">gallery</a> · <a href="#plots">plots</a> · <a href="#classes">classes</a> ·
-<a href="#config">config</a>{reference_nav}</nav>
+<a href="#health">health</a> · <a href="#config">config</a>{reference_nav}</nav>
 <h2 id="gallery-section">Flagged samples</h2>
 <div class="controls">
 <label>category <select id="category"></select></label>
@@ -350,12 +305,17 @@ window.addEventListener('error', e => {{ window.memscanErrors.push(String(e.mess
 <select id="size"></select>
 <button id="prev">◀ previous</button><button id="next">next ▶</button><span id="range"></span>
 </div>
+<div class="controls review"><span id="decided">no decisions yet</span>
+<button id="download">download decisions.csv</button><button id="clear">clear decisions</button>
+<span class="keys">review: j/k or ←/→ move · a keep · s relabel to the suggestion · r relabel to… · x remove ·
+u undo · n note; decisions stay in this browser until cleared; then <code>memscan apply RUN decisions.csv
+--out cleaned.csv</code></span></div>
 <div id="gallery"></div>
 <h2 id="plots">Training signals</h2>
 <div class="plots">
 {plots}
 </div>
-{reference}<h2 id="classes">Per-class summary</h2>
+{reference}{health}<h2 id="classes">Per-class summary</h2>
 {summary}
 <h2 id="config">Run</h2>
 <pre>{config}</pre>

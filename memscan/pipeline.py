@@ -26,13 +26,14 @@ from .data import load_index
 from .data.cache import default_cache_dir, memory_budget
 from .dataset_guard import DatasetGuard
 from .errors import ConfigError, Interrupted, OutputError, TrainingError
+from .explain import prediction_agreement, reasons, suggestion
 from .prepare import Prepared, prepare
 from .report import DatasetInfo, ReportMeta, StopInfo, build_table
 from .run_folder import RunFolder, default_run_path
 from .scores import CATEGORIES, accumulate, compute_scores, trust_warnings
 from .signals import Recorder
 from .train import fit, predict_probs, resolve_device
-from .trajectories import read_epochs, write_epoch
+from .trajectories import read_epochs, read_predictions, write_epoch
 
 
 @dataclass
@@ -258,11 +259,20 @@ def score(prep: Prepared, folder: RunFolder, cfg: RunConfig, result, epochs: int
                          window_start=epochs // 2)
         scores = compute_scores(sig, probs, prep.labels, annealed=result.anneal is not None)
         del probs, buf
+    scores.update(explain(sig, scores, prep, folder, window_start=epochs // 2, late_epochs=epochs - epochs // 2))
     bad = [k for k in ("mislabel_score", "memorization_score", "atypicality_score") if not _all_finite(scores[k])]
     if bad:
         raise TrainingError(f"scores {', '.join(bad)} are not finite after {epochs} epochs; no report was written: "
                             f"lower --lr (now {cfg.lr}) or check the images")
     return sig, scores
+
+
+def explain(sig, scores: dict, prep: Prepared, folder: RunFolder, *, window_start: int, late_epochs: int) -> dict:
+    """The suggested label, the late window's agreement with it, and a reason for every flagged sample."""
+    sugg, p_sugg = suggestion(scores)
+    agree = prediction_agreement(read_predictions(folder.trajectories), sugg, window_start=window_start)
+    why = reasons(sig, scores, prep.labels, prep.table.class_names, agreement=agree, late_epochs=late_epochs)
+    return {"suggested_label": sugg, "p_suggested": p_sugg, "suggestion_agreement": agree, "reason": why}
 
 
 def _all_finite(a, rows: int = 1 << 16) -> bool:

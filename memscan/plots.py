@@ -19,7 +19,7 @@ from .errors import ConfigError
 from .files import check_output_file, write_atomic_with
 from .memorization import pearson
 from .run_folder import PLOT_NAMES, REFERENCE_PLOT  # noqa: F401  (re-exported: the names figures() builds)
-from .scores import percentile, upper_fence
+from .scores import percentile
 from .text import printable
 
 CATEGORY_COLORS = {"mislabeled": "#d62728", "atypical": "#ff7f0e", "memorized": "#9467bd", "ok": "#7f7f7f"}
@@ -103,9 +103,6 @@ def figures(meta, df, reference: Reference | None = None) -> dict:
         cats = [c for c in CATEGORY_COLORS if ((df["category"] == c) & (df["csg"] > 0)).any()]
         ax.hist([np.log10(df.loc[(df["category"] == c) & (df["csg"] > 0), "csg"].to_numpy(float)) for c in cats],
                 bins=bins, stacked=True, color=[CATEGORY_COLORS[c] for c in cats], label=cats)
-        fence = upper_fence(csg)
-        ax.axvline(np.log10(fence), color="black", ls="--", lw=1.2,
-                   label=f"memorized/atypical threshold\n(Tukey fence, csg > {fence:.3g})")
         ax.set_yscale("log")
     ax.set(title="CSG distribution by category", xlabel="log10 CSG", ylabel="samples")
     ax.legend(fontsize=8)
@@ -126,6 +123,7 @@ def figures(meta, df, reference: Reference | None = None) -> dict:
     ax.legend(fontsize=8)
     figs["classes"] = fig
     figs["learning_time"] = learning_time_figure(df)
+    figs["noise_matrix"] = noise_matrix_figure(df, meta.dataset.classes)
     if reference is not None:
         figs[REFERENCE_PLOT] = reference_figure(df, reference)
     return figs
@@ -182,6 +180,36 @@ def quantile_edges(x, bins: int = 10) -> np.ndarray:
         return np.array([0.0, 1.0])
     edges = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)))
     return edges if len(edges) > 1 else np.array([edges[0] - 0.5, edges[0] + 0.5])
+
+
+def noise_matrix_figure(df, classes):
+    """The estimated noise matrix P(given label | true label) as a heatmap (``health.dataset_health``)."""
+    from .health import report_health
+    k = len(classes)
+    fig, ax = _figure(w=max(5.0, 0.45 * k + 2.5), h=max(4.2, 0.45 * k + 1.8))
+    ax.set(title="Estimated noise matrix: P(given label | true label)")
+    if "confident_class" not in df or "label" not in df or k > 60:   # beyond 60 classes a table reads better
+        ax.text(0.5, 0.5, "not drawn: " + ("over 60 classes (see 'memscan rank --summary --json')" if k > 60 else
+                "this report lacks the label/confident_class columns"), ha="center", va="center",
+                transform=ax.transAxes)
+        return fig
+    h = report_health(df, classes)
+    m = np.array(h["noise_matrix"], dtype=float)
+    im = ax.imshow(np.nan_to_num(m), cmap="Blues", vmin=0, vmax=1)
+    shown = [printable(c).replace("$", r"\$") for c in classes]
+    ax.set_xticks(range(k), shown, rotation=45 if k > 6 else 0, ha="right" if k > 6 else "center", fontsize=8)
+    ax.set_yticks(range(k), shown, fontsize=8)
+    ax.set(xlabel="true label (estimated)", ylabel="given label")
+    if k <= 15:
+        for i in range(k):
+            for j in range(k):
+                if np.isfinite(m[i, j]) and m[i, j] >= 0.005:
+                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if m[i, j] > 0.6 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(f"Estimated noise matrix P(given | true): label health {h['label_health']:.1%}\n"
+                 f"(about {h['estimated_errors']} of {h['samples']} labels wrong)", fontsize=10)
+    return fig
 
 
 def learning_time_figure(df):

@@ -30,6 +30,7 @@ BY = {
 }
 RECORD_COLUMNS = ("rank", "sample_id", "path", "label_name", "pred_name", "p_pred", "p_given", "score",
                   "category")
+EXPLAIN_COLUMNS = ("suggested_label_name", "suggestion_agreement", "reason")   # absent from older reports
 
 
 def rank_indices(values, /, *, descending: bool = True) -> np.ndarray:
@@ -71,8 +72,9 @@ def select(df, /, *, by: str = "mislabel", top: int | None = None, category: str
 def ranked_records(path, /, *, by: str = "mislabel", top: int | None = 500, category: str | None = None,
                    class_name: str | None = None) -> list[dict]:
     """The ranking as plain dicts (the ``--format json`` output)."""
-    df = select(read_frame(path, needed_columns(by)), by=by, top=top, category=category, class_name=class_name)
-    return records(df, RECORD_COLUMNS)
+    df = select(read_frame(path, needed_columns(by), EXPLAIN_COLUMNS), by=by, top=top, category=category,
+                class_name=class_name)
+    return records(df, RECORD_COLUMNS + tuple(c for c in EXPLAIN_COLUMNS if c in df))
 
 
 def sample_files(path, /, *, by: str = "mislabel", top: int | None = 500, category: str | None = None,
@@ -105,3 +107,15 @@ def class_summary(df, /) -> list[dict]:
             "mean_memorization_score": float(g["memorization_score"].mean()),
         })
     return rows
+
+
+SUMMARY_COLUMNS = ["label", "label_name", "pred_name", "category", "mislabel_score", "memorization_score",
+                   "confident_class"]
+
+
+def dataset_summary(path, /) -> dict:
+    """``rank --summary --json``: ``per_class`` rows (``class_summary``) and the dataset's health
+    (``health.dataset_health``: label health, joint and noise matrix, overlapping class pairs)."""
+    from .health import report_health
+    df = read_frame(path, SUMMARY_COLUMNS)
+    return {"per_class": class_summary(df), **report_health(df, read_metadata(path).dataset.classes)}

@@ -50,6 +50,12 @@ COLUMNS = {
     "atypicality_rank": "1 = most atypical",
     "confident_class": "class predicted above its confident-learning threshold, -1 if none",
     "category": "mislabeled | atypical | memorized | ok (rules in README: 'Categories')",
+    "suggested_label": "suggested class index: the stop point's most probable class (equal to label: keep it)",
+    "suggested_label_name": "suggested class name",
+    "p_suggested": "probability of the suggested class at the stop point",
+    "suggestion_agreement": "fraction of the late-window epochs whose training step predicted the suggested class; "
+                            "higher = a steadier verdict (NaN: predictions not recorded)",
+    "reason": "why the sample is in its category, from its own training history (empty when 'ok')",
 }
 
 
@@ -149,6 +155,12 @@ def build_table(table, labels, sig, scores: dict, meta: ReportMeta) -> pa.Table:
         cols[f"{k}_rank"] = scores[f"{k}_rank"].astype(np.int64)
     cols["confident_class"] = scores["confident_class"].astype(np.int32)
     cols["category"] = scores["category"].tolist()
+    if "suggested_label" in scores:
+        cols["suggested_label"] = scores["suggested_label"].astype(np.int32)
+        cols["suggested_label_name"] = names[scores["suggested_label"]].tolist()
+        cols["p_suggested"] = scores["p_suggested"].astype(np.float32)
+        cols["suggestion_agreement"] = scores["suggestion_agreement"].astype(np.float32)
+        cols["reason"] = pa.array(scores["reason"].tolist(), pa.string())
     t = pa.table(cols)
     fields = [t.schema.field(c).with_metadata({"description": COLUMNS[c]}) for c in t.column_names]
     full = {"format_version": FORMAT_VERSION, "columns": COLUMNS, **meta.to_dict()}
@@ -190,15 +202,17 @@ def read_metadata(path) -> ReportMeta:
     return ReportMeta.from_dict(raw, source=str(p))
 
 
-def read_frame(report, columns=None):
+def read_frame(report, columns=None, optional=()):
     """The report as a DataFrame; ``columns`` reads only those (a 1.28 M-row report reads in a
-    fraction of the time when a ranking needs 8 of its 25 columns)."""
+    fraction of the time when a ranking needs 8 of its 25 columns), plus those of ``optional`` the
+    report has (columns added after older reports were written)."""
     p = resolve_report_path(report)
     read_metadata(p)
     if columns is None:
         return read_report(p).to_pandas()
-    columns = list(dict.fromkeys(columns))
-    missing = [c for c in columns if c not in pq.read_schema(p).names]
+    names = pq.read_schema(p).names
+    columns = list(dict.fromkeys([*columns, *(c for c in optional if c in names)]))
+    missing = [c for c in columns if c not in names]
     if missing:
         raise ReportError(f"'{p}' lacks the report column(s) {', '.join(missing)}; re-run 'memscan run' to write a "
                           "complete report")

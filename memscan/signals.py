@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-SAMPLE_FIELDS = ("grad_sq", "loss", "margin", "correct")
+SAMPLE_FIELDS = ("grad_sq", "loss", "margin", "correct", "pred")
 
 
 def input_grad_sq(x_grad: torch.Tensor, *, batch_size: int, reduction: str = "mean",
@@ -33,16 +33,17 @@ def input_grad_sq(x_grad: torch.Tensor, *, batch_size: int, reduction: str = "me
 
 
 def margin_and_correct(logits: torch.Tensor, y: torch.Tensor):
-    """(margin_i, correct_i): given-label logit minus the best other logit (AUM's margin), and
-    whether the argmax is the given label. The training step already has the per-sample loss."""
+    """(margin_i, correct_i, pred_i): given-label logit minus the best other logit (AUM's margin),
+    whether the argmax is the given label, and the argmax. The training step already has the loss."""
     logits = logits.detach().float()
     given = logits.gather(1, y[:, None])[:, 0]
     other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
-    return given - other, logits.argmax(1) == y
+    pred = logits.argmax(1)
+    return given - other, pred == y, pred
 
 
 def per_sample_stats(logits: torch.Tensor, y: torch.Tensor, *, label_smoothing: float = 0.0):
-    """(loss_i, margin_i, correct_i) in fp32, for callers that have only the logits."""
+    """(loss_i, margin_i, correct_i, pred_i) in fp32 (pred: int64), for callers that have only the logits."""
     loss = nn.functional.cross_entropy(logits.detach().float(), y, reduction="none",
                                        label_smoothing=label_smoothing)
     return (loss, *margin_and_correct(logits, y))
@@ -63,13 +64,13 @@ class StepSignals:
     label_smoothing: float = 0.0
 
     def per_sample(self) -> dict:
-        """{grad_sq, loss, margin, correct}: the values ``Recorder.record`` stores."""
-        loss, margin, correct = per_sample_stats(self.logits, self.labels, label_smoothing=self.label_smoothing)
+        """{grad_sq, loss, margin, correct, pred}: the values ``Recorder.record`` stores."""
+        loss, margin, correct, pred = per_sample_stats(self.logits, self.labels, label_smoothing=self.label_smoothing)
         gsq = (self.grad_norm * self.grad_factor).square()
         # fp16 under a GradScaler: a step whose scaled gradients overflowed is skipped by the scaler and
         # its input gradients mean nothing; recorded as missing (NaN: no CSG term), never as inf
         gsq = torch.where(torch.isfinite(gsq), gsq, torch.full_like(gsq, float("nan")))
-        return {"grad_sq": gsq, "loss": loss, "margin": margin, "correct": correct}
+        return {"grad_sq": gsq, "loss": loss, "margin": margin, "correct": correct, "pred": pred}
 
 
 @dataclass
@@ -80,6 +81,7 @@ class EpochRecord:
     margin: np.ndarray
     correct: np.ndarray
     summary: dict = field(default_factory=dict)
+    pred: np.ndarray | None = None   # class predicted in the training step, int16, -1 where not seen (None: not recorded)
 
 
 class Recorder:
@@ -106,6 +108,7 @@ class Recorder:
         self.loss = torch.full((self.n,), nan, device=self.device)
         self.margin = torch.full((self.n,), nan, device=self.device)
         self.correct = torch.zeros(self.n, dtype=torch.bool, device=self.device)
+        self.pred = torch.full((self.n,), -1, dtype=torch.int16, device=self.device)   # 2 bytes a sample
 
     def start_epoch(self, epoch: int):
         self.epoch = epoch
@@ -137,7 +140,7 @@ class Recorder:
         idx = torch.cat([torch.as_tensor(i).to(block.labels.device) for i, _ in pending])
         self.record(idx, **block.per_sample())
 
-    def record(self, idx, *, grad_sq=None, loss=None, margin=None, correct=None):
+    def record(self, idx, *, grad_sq=None, loss=None, margin=None, correct=None, pred=None):
         """Store values for samples ``idx``; any field left None keeps its earlier value."""
         idx = idx.to(self.device)
         for name, v in (("grad_sq", grad_sq), ("loss", loss), ("margin", margin)):
@@ -145,16 +148,20 @@ class Recorder:
                 getattr(self, name)[idx] = v.detach().float().to(self.device)
         if correct is not None:
             self.correct[idx] = correct.detach().to(self.device)
+        if pred is not None:
+            self.pred[idx] = pred.detach().to(self.device, torch.int16)
 
     def all_reduce(self, group=None):
         """Combine the processes' records of one epoch (torch.distributed): each sample was seen by
         exactly one process, so a sum over processes of (value where seen, else 0) is its value.
-        One collective of 5 x N floats per epoch, whatever the number of steps."""
+        One collective of 6 x N floats per epoch, whatever the number of steps (a class index is exact
+        in fp32 up to 2^24)."""
         import torch.distributed as dist
         self.flush()
         seen = ~torch.isnan(self.loss)
         packed = torch.stack([torch.nan_to_num(self.grad_sq), torch.nan_to_num(self.loss),
-                              torch.nan_to_num(self.margin), self.correct.float(), seen.float()])
+                              torch.nan_to_num(self.margin), self.correct.float(), seen.float(),
+                              (self.pred + 1).float()])
         dist.all_reduce(packed, group=group)
         count = packed[4]
         if bool((count > 1).any()):
@@ -164,11 +171,12 @@ class Recorder:
         self.loss = torch.where(count > 0, packed[1], nan)
         self.margin = torch.where(count > 0, packed[2], nan)
         self.correct = packed[3] > 0.5
+        self.pred = (packed[5].round() - 1).to(torch.int16)
 
     def end_epoch(self) -> EpochRecord:
         self.flush()
         rec = EpochRecord(self.epoch, self.grad_sq.cpu().numpy(), self.loss.cpu().numpy(),
-                          self.margin.cpu().numpy(), self.correct.cpu().numpy())
+                          self.margin.cpu().numpy(), self.correct.cpu().numpy(), pred=self.pred.cpu().numpy())
         seen = ~np.isnan(rec.loss)
         rec.summary = {
             "epoch": self.epoch,

@@ -19,3 +19,12 @@ def printable(s, /, *, keep: str = "") -> str:
             return ch
         return _SHORT.get(ch) or (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
     return _UNPRINTABLE.sub(esc, str(s))
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")   # OWASP "CSV injection": what a spreadsheet evaluates
+
+
+def spreadsheet_safe(v, /):
+    """A CSV cell a spreadsheet shows instead of running: a text cell starting like a formula gets a leading
+    ``'``. Only text comes from data (paths, class names); numbers stay numbers, -0.5 included."""
+    return "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v

@@ -1,8 +1,9 @@
 """Per-sample per-epoch trajectories on disk, written an epoch at a time.
 
 ``trajectories/epoch-NNNN.parquet`` (one file per finished epoch, written then renamed, so a crash
-never leaves a half-written epoch): epoch, sample_id, grad_sq, loss, margin, correct. The folder
-reads as one table (``pandas.read_parquet(dir)``, ``duckdb 'trajectories/*.parquet'``). Memory stays
+never leaves a half-written epoch): epoch, sample_id, grad_sq, loss, margin, correct, pred (the
+class the training step predicted, -1 where the sample was not seen; absent from runs recorded
+before it was). The folder reads as one table (``pandas.read_parquet(dir)``, ``duckdb 'trajectories/*.parquet'``). Memory stays
 O(N) whatever the number of epochs; scores stream the epochs back with ``read_epochs``.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .signals import EpochRecord
 
 SCHEMA = pa.schema([
     ("epoch", pa.int32()), ("sample_id", pa.int64()), ("grad_sq", pa.float32()),
-    ("loss", pa.float32()), ("margin", pa.float32()), ("correct", pa.bool_()),
+    ("loss", pa.float32()), ("margin", pa.float32()), ("correct", pa.bool_()), ("pred", pa.int16()),
 ])
 
 
@@ -35,6 +36,7 @@ def write_epoch(folder: Path, rec: EpochRecord) -> Path:
         pa.array(np.full(n, rec.epoch, np.int32)), pa.array(np.arange(n, dtype=np.int64)),
         pa.array(rec.grad_sq.astype(np.float32)), pa.array(rec.loss.astype(np.float32)),
         pa.array(rec.margin.astype(np.float32)), pa.array(rec.correct.astype(bool)),
+        pa.array(np.full(n, -1, np.int16) if rec.pred is None else rec.pred.astype(np.int16)),
     ], schema=SCHEMA)
     return write_atomic_with(epoch_file(folder, rec.epoch),
                              lambda tmp: pq.write_table(table, tmp, compression="zstd"))
@@ -49,4 +51,37 @@ def read_epochs(folder: Path, *, upto: int | None = None):
             break
         order = np.argsort(t.column("sample_id").to_numpy())
         col = lambda name: t.column(name).to_numpy(zero_copy_only=False)[order]
-        yield EpochRecord(epoch, col("grad_sq"), col("loss"), col("margin"), col("correct"))
+        pred = col("pred") if "pred" in t.column_names else None
+        yield EpochRecord(epoch, col("grad_sq"), col("loss"), col("margin"), col("correct"), pred=pred)
+
+
+def read_predictions(folder: Path):
+    """Yield (epoch, pred) per epoch in order, reading only the predicted-class column (pred None in runs
+    recorded before it was); the late-window agreement behind a suggestion streams these."""
+    for f in sorted(p for p in Path(folder).iterdir() if EPOCH_FILE.fullmatch(p.name)):
+        names = pq.read_schema(f).names
+        t = pq.read_table(f, columns=["epoch", "sample_id"] + (["pred"] if "pred" in names else []))
+        epoch = int(t.column("epoch")[0].as_py())
+        if "pred" not in names:
+            yield epoch, None
+            continue
+        order = np.argsort(t.column("sample_id").to_numpy())
+        yield epoch, t.column("pred").to_numpy()[order]
+
+
+def sample_history(folder: Path, ids, column: str = "margin") -> np.ndarray:
+    """[len(ids), epochs] of one per-epoch value for a few samples (NaN where not seen): the gallery's
+    sparklines. Reads one column of each epoch file."""
+    ids = np.asarray(ids, np.int64)
+    files = sorted(p for p in Path(folder).iterdir() if EPOCH_FILE.fullmatch(p.name))
+    out = np.full((len(ids), len(files)), np.nan, np.float32)
+    for j, f in enumerate(files):
+        t = pq.read_table(f, columns=["sample_id", column])
+        sid = t.column("sample_id").to_numpy()
+        vals = t.column(column).to_numpy(zero_copy_only=False)
+        pos = np.full(int(sid.max()) + 1 if len(sid) else 0, -1, np.int64)
+        pos[sid] = np.arange(len(sid))
+        ok = ids < len(pos)
+        where = np.where(ok, pos[np.minimum(ids, max(len(pos) - 1, 0))], -1)
+        out[where >= 0, j] = vals[where[where >= 0]]
+    return out

@@ -76,11 +76,12 @@ def test_recorder_all_reduce_refuses_double_counting():
         r = Recorder(4)
         r.start_epoch(0)
         r.record(torch.tensor([0, 2]), grad_sq=torch.tensor([1.0, 2.0]), loss=torch.tensor([0.5, 0.7]),
-                 margin=torch.tensor([1.0, -1.0]), correct=torch.tensor([True, False]))
+                 margin=torch.tensor([1.0, -1.0]), correct=torch.tensor([True, False]), pred=torch.tensor([0, 7]))
         r.all_reduce()
         rec = r.end_epoch()
         assert rec.grad_sq[[0, 2]].tolist() == [1.0, 2.0] and np.isnan(rec.grad_sq[[1, 3]]).all()
         assert rec.correct.tolist() == [True, False, False, False] and rec.summary["seen"] == 2
+        assert rec.pred.tolist() == [0, -1, 7, -1]
     finally:
         dist.destroy_process_group()
 

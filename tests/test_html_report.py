@@ -6,6 +6,7 @@ import subprocess
 from urllib.parse import quote
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -154,6 +155,30 @@ def test_gallery_renders_in_chromium(page):
     assert len(re.findall(r'<img class="thumb"', dom)) == min(60, want)
 
 
+def test_cards_carry_the_reason_and_margin_history(page):
+    run_dir, res = page
+    data = json.loads(re.search(r'<script type="application/json" id="memscan-data">(.*?)</script>',
+                                res.path.read_text(), re.S).group(1))
+    df = read_report(run_dir).to_pandas().set_index("sample_id")
+    traj = pd.read_parquet(run_dir / "trajectories")
+    epochs = traj["epoch"].nunique()
+    for c in data["cards"]:
+        assert c["reason"] == df.loc[c["sample_id"], "reason"] != ""
+        want = traj[traj["sample_id"] == c["sample_id"]].sort_values("epoch")["margin"].round(2).tolist()
+        assert len(c["margins"]) == epochs and c["margins"] == pytest.approx(want, abs=0.006)
+
+
+@needs_browser
+def test_reason_and_sparkline_render_in_chromium(page):
+    _, res = page
+    dom, console = render(res.path, "#category=all&size=30")
+    assert console == []
+    shown = attr(dom, "data-shown")
+    assert shown == min(30, res.images) > 0
+    assert dom.count('<div class="reason">') == shown and dom.count('<svg class="spark"') == shown
+    assert "<title>margin per epoch: " in dom
+
+
 @needs_browser
 def test_thousand_cards_are_paged(digits_run, tmp_path):
     """1,200 flagged samples: the page renders one page of cards at a time (here page 20 of 20)."""
@@ -220,3 +245,66 @@ def test_hostile_names_render_as_text_in_chromium(hostile_page):
     cls = classes[0]
     dom, console = render(res.path, f"#category=all&class={quote(cls)}")     # a hostile class as a link filter
     assert console == [] and attr(dom, "data-matching") == int((df["label_name"] == cls).sum())
+
+
+def _playwright():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install -e '.[test]')")
+    return sync_playwright
+
+
+@needs_browser
+def test_review_with_clicks_and_keys_survives_a_reload_and_downloads(page, tmp_path):
+    """Review three cards (a click, two keys, a note), reload: the decisions are kept; decisions.csv has them."""
+    import csv as csv_mod
+    run_dir, res = page
+    sync_playwright = _playwright()
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--disable-quic", "--no-first-run"])
+        try:
+            ctx = browser.new_context(accept_downloads=True)
+            pg = ctx.new_page()
+            pg.on("pageerror", lambda e: errors.append(str(e)))
+            pg.on("console", lambda m: errors.append(m.text) if m.type in ("error", "warning") else None)
+            pg.on("dialog", lambda d: d.accept("looks blurry"))
+            pg.goto(res.path.resolve().as_uri() + "#category=all&size=30")
+            cards = pg.locator("#gallery .card")
+            assert cards.count() >= 3
+            data = json.loads(pg.locator("#memscan-data").text_content())
+            shown = data["cards"][:3]
+            cards.nth(0).locator("button.keep").click()                  # a click: keep card 1
+            pg.keyboard.press("j")                                        # to card 2
+            pg.keyboard.press("x")                                        # remove it (moves on to card 3)
+            third = shown[2]
+            target = next(c for c in data["all_classes"] if c != third["label_name"])
+            cards.nth(2).locator("select.relabel").select_option(target)  # relabel card 3 from its menu
+            pg.keyboard.press("k")                                        # back to card 2
+            pg.keyboard.press("n")                                        # a note on it (the dialog answers)
+            assert pg.locator("body").get_attribute("data-decisions") == "3"
+            pg.reload()
+            assert pg.locator("body").get_attribute("data-decisions") == "3"
+            badges = [cards.nth(i).locator(".decision").text_content() for i in range(3)]
+            assert badges == ["kept", "removed", "→ " + target]
+            with pg.expect_download() as dl:
+                pg.locator("#download").click()
+            assert dl.value.suggested_filename == "decisions.csv"
+            saved = tmp_path / "decisions.csv"
+            dl.value.save_as(saved)
+        finally:
+            browser.close()
+    assert errors == []
+    rows = list(csv_mod.DictReader(saved.open(encoding="utf-8", newline="")))
+    want = sorted([{"path": shown[0]["path"], "given": shown[0]["label_name"], "decision": "keep", "new_label": "",
+                    "note": ""},
+                   {"path": shown[1]["path"], "given": shown[1]["label_name"], "decision": "remove", "new_label": "",
+                    "note": "looks blurry"},
+                   {"path": third["path"], "given": third["label_name"], "decision": "relabel", "new_label": target,
+                    "note": ""}], key=lambda r: r["path"])
+    assert rows == want
+    from memscan.decisions import read_decisions
+    assert {p: d.decision for p, d in read_decisions(saved).items()} == {r["path"]: r["decision"] for r in want}

@@ -39,6 +39,13 @@ def test_run_writes_complete_report(result, dataset):
         assert df[f"{k}_score"].between(0, 1).all()
         assert sorted(df[f"{k}_rank"]) == list(range(1, 121))
     assert set(df["category"]) <= {"mislabeled", "atypical", "memorized", "ok"}
+    # the suggestion is the stop point's class; its agreement counts the late window's (epochs 2-3) predictions
+    assert (df["suggested_label"] == df["pred"]).all() and (df["p_suggested"] == df["p_pred"]).all()
+    traj = pq.read_table(out / "trajectories").to_pandas()
+    late = traj[traj["epoch"] >= 1].merge(df[["sample_id", "suggested_label"]], on="sample_id")
+    expect = (late["pred"] == late["suggested_label"]).groupby(late["sample_id"]).mean()
+    np.testing.assert_allclose(df["suggestion_agreement"], expect.sort_index().to_numpy(), rtol=1e-6)
+    assert ((df["reason"] == "") == (df["category"] == "ok")).all()
     np.testing.assert_allclose(df["p_given"], np.exp(-0.0) * df["p_given"])  # finite
     assert (df["csg"] > 0).all()
     meta = read_metadata(out)

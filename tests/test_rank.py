@@ -71,7 +71,17 @@ def test_summary(run_dir, capsys):
     assert [r["class"] for r in rows] == ["c0", "c1", "c2"]
     assert sum(r["samples"] for r in rows) == len(load_frame(run_dir))
     assert main(["rank", str(run_dir), "--summary", "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out) == rows
+    out = json.loads(capsys.readouterr().out)
+    assert out["per_class"] == rows
+    df = load_frame(run_dir)
+    assert out["classes"] == ["c0", "c1", "c2"] and out["samples"] == len(df)
+    joint = np.array(out["joint"])
+    assert joint.shape == (3, 3) and joint.sum() == pytest.approx(1.0)
+    assert out["label_health"] == pytest.approx(np.trace(joint))
+    # the joint's rows are calibrated to the given labels' counts
+    np.testing.assert_allclose(joint.sum(1) * len(df), df["label"].value_counts().sort_index().to_numpy())
+    assert main(["rank", str(run_dir), "--summary"]) == 0
+    assert "label health" in capsys.readouterr().out
 
 
 def test_latest_run_and_errors(run_dir, tmp_path, monkeypatch, capsys):
@@ -99,3 +109,33 @@ def test_unknown_format_version(run_dir, tmp_path, capsys):
     pq.write_table(t.replace_schema_metadata({b"memscan": json.dumps(meta).encode()}), tmp_path / "old.parquet")
     assert main(["rank", str(tmp_path / "old.parquet")]) == 2
     assert "format version 99" in " ".join(capsys.readouterr().err.split())
+
+
+def test_records_carry_the_suggestion_and_reason(run_dir, capsys):
+    df = load_frame(run_dir)
+    rows = ranked_records(run_dir, top=5)
+    for r in rows:
+        want = df[df["sample_id"] == r["sample_id"]].iloc[0]
+        assert r["suggested_label_name"] == want["suggested_label_name"] == want["pred_name"]
+        assert r["reason"] == want["reason"] and (r["reason"] == "") == (r["category"] == "ok")
+    flagged = [r for r in rows if r["reason"]]
+    assert flagged, "the top of a run with flipped labels has flagged samples"
+    assert main(["rank", str(run_dir), "--top", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "why (rank: reason" in out and " ".join(flagged[0]["reason"].split()[:4]) in " ".join(out.split())
+    assert main(["rank", str(run_dir), "--top", "5", "--no-why"]) == 0
+    assert "why (rank" not in capsys.readouterr().out
+
+
+def test_older_reports_without_the_reason_still_rank(run_dir, tmp_path):
+    import shutil
+    import pyarrow.parquet as pq
+    copy = tmp_path / "old"
+    shutil.copytree(run_dir, copy)
+    t = pq.read_table(copy / "report.parquet")
+    keep = [c for c in t.column_names if c not in ("suggested_label", "suggested_label_name", "p_suggested",
+                                                   "suggestion_agreement", "reason")]
+    pq.write_table(t.select(keep), copy / "report.parquet")
+    rows = ranked_records(copy, top=3)
+    assert len(rows) == 3 and "reason" not in rows[0]
+    assert main(["rank", str(copy), "--top", "3"]) == 0

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from memscan.scores import (Signals, accumulate, compute_scores, confident_alternative, percentile, rank_of,
                             upper_fence)
@@ -67,9 +68,20 @@ def test_confident_alternative_thresholds():
 def test_upper_fence_flags_outliers_only():
     rng = np.random.default_rng(0)
     x = np.exp(rng.normal(0, 1, 10000))
-    frac = (x > upper_fence(x)).mean()
+    frac = (x > upper_fence(x, log=True)).mean()
     assert 0.0 < frac < 0.02
-    assert upper_fence(np.append(x, 1e6)) < 1e6
+    assert upper_fence(np.append(x, 1e6), log=True) < 1e6
+    q1, q3 = np.percentile(x, [25, 75])
+    assert upper_fence(x) == pytest.approx(q3 + 1.5 * (q3 - q1))
+
+
+def test_raw_fence_finds_the_tail_a_log_fence_misses():
+    # SGAL-like: a broad bulk of loss sums and a thin far tail; the log of the bulk is left-skewed, so a fence
+    # on log values lies above every value (28) while the raw fence (about 14.5) finds the tail
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(1.0, 10.0, 950), rng.uniform(20.0, 22.0, 50)])
+    assert (x > upper_fence(x, log=True)).sum() == 0
+    assert set(np.flatnonzero(x > upper_fence(x))) == set(range(950, 1000))
 
 
 def test_compute_scores_ranges_and_categories():
@@ -87,7 +99,8 @@ def test_compute_scores_ranges_and_categories():
     csg[10] = 500.0                         # huge CSG, still predicted as given: memorized
     probs[11] = [1 / 3] * 3
     csg[11] = 400.0                         # huge CSG, no confident class: atypical
-    sig = Signals(csg=csg, sgal=csg, csl=csg, aum=-csg, forgetting=np.zeros(n, int),
+    sgal = csg.copy()
+    sig = Signals(csg=np.ones(n), sgal=sgal, csl=csg, aum=-csg, forgetting=np.zeros(n, int),
                   learning_time=np.zeros(n, int), epochs=5, peak_epochs=5)
     s = compute_scores(sig, probs, labels)
     for key in ("mislabel_score", "memorization_score", "atypicality_score"):

@@ -71,6 +71,9 @@ def test_record_step_blocks_equal_step_by_step_records():
     for f in ("grad_sq", "loss", "margin"):
         np.testing.assert_allclose(getattr(a, f), getattr(b, f), rtol=1e-6)
     assert a.correct.tolist() == b.correct.tolist()
+    assert a.pred.dtype == np.int16 and a.pred.tolist() == b.pred.tolist()
+    all_logits = torch.cat([s.logits for _, s in steps])
+    assert a.pred[torch.cat([i for i, _ in steps]).numpy()].tolist() == all_logits.argmax(1).tolist()
     assert a.summary["seen"] == n
     idx, sig = steps[0]
     np.testing.assert_allclose(a.grad_sq[idx.numpy()], ((sig.grad_norm * 5) ** 2).numpy(), rtol=1e-6)
@@ -133,9 +136,10 @@ def test_train_mode_batchnorm_couples_samples_but_stays_close():
 def test_per_sample_stats_margin_and_correct():
     logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
     y = torch.tensor([0, 2])
-    loss, margin, correct = per_sample_stats(logits, y)
+    loss, margin, correct, pred = per_sample_stats(logits, y)
     np.testing.assert_allclose(margin.numpy(), [1.0, -2.0])
     assert correct.tolist() == [True, False]
+    assert pred.tolist() == [0, 1]
     np.testing.assert_allclose(loss.numpy(), F.cross_entropy(logits, y, reduction="none").numpy())
 
 
@@ -150,7 +154,7 @@ def test_recorder_with_fake_values():
     assert rec.epoch == 3
     np.testing.assert_allclose(rec.grad_sq, [2, 1, 1, 1, 1])
     assert rec.correct.tolist() == [True, True, True, False, False]
-    assert rec.summary["seen"] == 5
+    assert rec.pred.tolist() == [-1] * 5           # not recorded: no class
     assert rec.summary["grad_mean"] == pytest.approx(6 / 5)
     assert rec.summary["train_acc"] == pytest.approx(3 / 5)
     r.start_epoch(4)

@@ -39,7 +39,7 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 def _register():
     # each module adds its command to ``app``; import order is the order in --help
-    from . import run, rank, eval_noise, memorization, check, diff, report  # noqa: F401
+    from . import run, rank, eval_noise, memorization, check, diff, report, apply, export  # noqa: F401
 
 
 def _terminate(signum, frame):

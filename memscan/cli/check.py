@@ -21,6 +21,9 @@ def check_cmd(
                                                   "fraction; repeat for several classes."),
     baseline: Optional[Path] = typer.Option(None, help="Earlier report of the same dataset (matched by path)."),
     max_new: Optional[int] = typer.Option(None, help="With --baseline: fail when more than this many new suspects."),
+    accepted: Optional[Path] = typer.Option(None, help="A reviewer's decisions.csv (from report.html): samples "
+                                            "marked keep are not counted; relabel/remove decisions not yet "
+                                            "applied are listed."),
     junit: Optional[Path] = typer.Option(None, help="Write a JUnit XML file (one test case per gate)."),
     summary_md: Optional[Path] = typer.Option(None, help="Write a Markdown summary (also appended to "
                                               "$GITHUB_STEP_SUMMARY when set)."),
@@ -35,7 +38,7 @@ def check_cmd(
         raise ConfigError(f"--top {top} must be 0 or more")
     check_ci_paths(report, junit=junit, summary_md=summary_md)
     res = check_report(report, max_mislabeled=max_mislabeled, max_count=max_count, class_max=class_max or None,
-                       baseline=baseline, max_new=max_new, top=top)
+                       baseline=baseline, max_new=max_new, accepted=accepted, top=top)
     write_ci_files(res, junit=junit, summary_md=summary_md)
     if as_json:
         typer.echo(json.dumps(res.to_dict(), indent=1))

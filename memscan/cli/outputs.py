@@ -60,6 +60,17 @@ def print_check(result) -> int:
                 t.add_row(safe(o["path"]), safe(str(o["label_name"])), safe(str(o["pred_name"])),
                           f"{o['p_pred']:.2f}", f"{o['mislabel_score']:.3f}")
             console.print(t)
+    a = result.accepted
+    if a is not None:
+        console.print(f"accepted: {a['excused']} flagged samples kept by a reviewer are not counted "
+                      f"({safe(a['file'])}, {a['decisions']} decisions, {a['unmatched']} matching no sample)",
+                      highlight=False)
+        for kind in ("relabel", "remove"):
+            waiting = a[f"pending_{kind}"]
+            if waiting:
+                shown = ", ".join(safe(p) for p in waiting[:5]) + (" ..." if len(waiting) > 5 else "")
+                console.print(f"[yellow]not applied yet[/]: {len(waiting)} {kind} decision(s): {shown} "
+                              f"(memscan apply RUN {safe(a['file'])} --out cleaned.csv)", highlight=False)
     if result.passed:
         console.print(f"[bold green]data check passed[/] ({len(result.gates)} gates, {result.samples} samples)")
     else:

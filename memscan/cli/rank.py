@@ -13,9 +13,9 @@ from rich.table import Table
 from . import app
 from .console import console, safe
 from ..errors import ConfigError, check_choice
+from ..text import spreadsheet_safe
 
 FORMATS = ("table", "csv", "json", "paths", "paths0")
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")   # OWASP "CSV injection": what a spreadsheet evaluates
 
 
 @app.command("rank")
@@ -34,23 +34,25 @@ def rank_cmd(
                                  "cell starting with = + - @ tab or CR gets a leading ' so a spreadsheet shows it "
                                  "instead of running it as a formula."),
     summary: bool = typer.Option(False, "--summary", help="Per-class health summary instead of the ranking."),
+    why: bool = typer.Option(True, "--why/--no-why", help="In the table, each flagged sample's reason under its "
+                             "path (csv and json always carry the reason and the suggested label)."),
 ):
     """Rank the samples of a report, most suspicious first."""
-    from ..rank import class_summary, ranked_records, sample_files
-    from ..report import read_frame
+    from ..files import dumps
+    from ..rank import dataset_summary, ranked_records, sample_files
     from ..run_folder import latest_run
     fmt = "paths0" if nul else fmt
     check_choice("--format", fmt, FORMATS)
     path = report if report is not None else latest_run()
     if summary:
-        rows = class_summary(read_frame(path, ["label_name", "pred_name", "category", "mislabel_score",
-                                               "memorization_score"]))
+        s = dataset_summary(path)
         if fmt == "json":
-            typer.echo(json.dumps(rows, indent=1))
+            typer.echo(dumps(s))
         elif fmt == "csv":
-            _csv(rows, raw=raw_csv)
+            _csv(s["per_class"], raw=raw_csv)
         else:
-            _summary_table(rows, path)
+            _summary_table(s["per_class"], path)
+            _health(s)
         return
     query = dict(by=by, top=top, category=category, class_name=class_name)
     if fmt in ("paths", "paths0"):
@@ -62,10 +64,10 @@ def rank_cmd(
     elif fmt == "csv":
         _csv(rows, raw=raw_csv)
     else:
-        _ranking_table(rows, by, path)
+        _ranking_table(rows, by, path, why=why)
 
 
-def _ranking_table(rows, by, path):
+def _ranking_table(rows, by, path, *, why: bool = True):
     t = Table(title=f"{len(rows)} samples by {by} — {safe(path)}", title_justify="left", expand=False)
     for c, kw in (("rank", {"justify": "right"}), ("path", {"overflow": "fold", "ratio": 3}), ("given", {}),
                   ("predicted", {}), ("p", {"justify": "right"}), (by, {"justify": "right"}), ("category", {})):
@@ -74,17 +76,40 @@ def _ranking_table(rows, by, path):
         t.add_row(str(r["rank"]), safe(r["path"]), safe(r["label_name"]), safe(r["pred_name"]),
                   f"{r['p_pred']:.2f}", f"{r['score']:.4g}", safe(r["category"]))
     console.print(t)
+    reasons = [(r["rank"], r["reason"]) for r in rows if why and r.get("reason")]
+    if reasons:     # full-width lines under the table: a reason squeezed into a column is unreadable at 80
+        g = Table.grid(padding=(0, 1))
+        g.add_column(justify="right", style="bold")
+        g.add_column(overflow="fold")
+        for rank, text in reasons:
+            g.add_row(str(rank), safe(text))
+        console.print("[bold]why[/] (rank: reason; --no-why hides this)")
+        console.print(g)
 
 
 def _summary_table(rows, path):
     t = Table(title=f"per-class summary — {safe(path)}", title_justify="left")
-    for c in ("class", "samples", "mislabeled", "atypical", "memorized", "accuracy", "most predicted instead",
-              "mean mislabel score"):
-        t.add_column(c)
+    # short headers: the table fits 80 columns with class names of a dozen characters
+    for c in ("class", "samples", "mislab.", "atyp.", "memo.", "accuracy", "confused with", "mislabel score"):
+        t.add_column(c, overflow="fold", justify="left" if c in ("class", "confused with") else "right")
     for r in rows:
         t.add_row(safe(r["class"]), str(r["samples"]), str(r["mislabeled"]), str(r["atypical"]), str(r["memorized"]),
                   f"{r['accuracy']:.3f}", safe(r["most_predicted_instead"] or "-"), f"{r['mean_mislabel_score']:.3f}")
     console.print(t)
+
+
+def _health(s):
+    console.print(f"label health [bold]{s['label_health']:.1%}[/]: about {s['estimated_errors']} of {s['samples']} "
+                  "labels estimated wrong (confident learning's joint; --json for the noise matrix)", highlight=False)
+    pairs = [p for p in s["overlapping_pairs"] if p["samples"] > 0][:5]
+    if pairs:
+        t = Table(title="class pairs that overlap most", title_justify="left")
+        for c in ("classes", "samples", "a labelled, b true", "b labelled, a true"):
+            t.add_column(c, justify="left" if c == "classes" else "right")
+        for p in pairs:
+            a, b = p["classes"]
+            t.add_row(f"{safe(a)} / {safe(b)}", str(p["samples"]), str(p["given_a_true_b"]), str(p["given_b_true_a"]))
+        console.print(t)
 
 
 def _paths(files, *, nul: bool):
@@ -99,14 +124,9 @@ def _paths(files, *, nul: bool):
     sys.stdout.flush()
 
 
-def _csv_cell(v):
-    # only text cells come from data (path, class names, category); numbers stay numbers, -0.5 included
-    return "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v
-
-
 def _csv(rows, *, raw: bool = False):
     if not rows:
         return
     w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
     w.writeheader()
-    w.writerows(rows if raw else ({k: _csv_cell(v) for k, v in r.items()} for r in rows))
+    w.writerows(rows if raw else ({k: spreadsheet_safe(v) for k, v in r.items()} for r in rows))
