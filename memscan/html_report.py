@@ -214,7 +214,7 @@ def _table(cols, rows) -> str:
 
 AGREEMENT_COLUMNS = ("column", "spearman", "pearson", "cosine", "samples", "spearman_of_reliability",
                      "spearman_of_ceiling")
-CATEGORY_COLUMNS = ("category", "level", "flagged", "above_level", "precision", "recall")
+CATEGORY_COLUMNS = ("category", "level", "flagged", "above_level", "precision", "recall", "split_half_precision")
 
 
 def _reference_section(ref, plot_uri: str) -> str:

@@ -136,3 +136,21 @@ def flag_precision(flagged: np.ndarray, reference: np.ndarray, level: float) -> 
     return {"level": level, "flagged": int(flagged.sum()), "above_level": int(truth.sum()),
             "precision": tp / flagged.sum() if flagged.any() else None,
             "recall": tp / truth.sum() if truth.any() else None}
+
+
+def split_half_precision(in_mask: np.ndarray, p_given: np.ndarray, flagged: int, level: float) -> float | None:
+    """What a flag of ``flagged`` samples can reach against this reference: the precision of one half of the
+    models' ``flagged`` highest estimates against the other half's estimate above ``level``, averaged over
+    both directions (even/odd models). A proxy's precision near this figure is at the reference's own noise
+    floor; None when no sample is flagged or no half has such samples."""
+    if flagged <= 0:
+        return None
+    halves = [estimate(in_mask[h::2], p_given[h::2])["memorization"] for h in (0, 1)]
+    out = []
+    for a, b in (halves, halves[::-1]):
+        ok = np.isfinite(a) & np.isfinite(b)
+        a, b = a[ok], b[ok]
+        top = np.argsort(-a, kind="stable")[:min(flagged, len(a))]
+        if len(top):
+            out.append(float((b[top] > level).mean()))
+    return float(np.mean(out)) if out else None

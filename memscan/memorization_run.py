@@ -254,11 +254,29 @@ def read_memorization(path) -> tuple:
     return t.to_pandas(), meta
 
 
+def _model_outputs(reference, paths):
+    """(in_mask [K, N], p_given [K, N]) in the order of ``paths`` from a memorization folder's model files,
+    or None (a bare memorization.parquet, or files that do not match it)."""
+    folder = Path(reference)
+    files = sorted((folder / "models").glob("model-*.parquet")) if folder.is_dir() else []
+    if not files:
+        return None
+    try:
+        tables = [pq.read_table(f, columns=["path", "in_subset", "p_given"]) for f in files]
+        if any(t.column("path").to_pylist() != list(paths) for t in tables):
+            return None
+        return (np.stack([t.column("in_subset").to_numpy(zero_copy_only=False) for t in tables]),
+                np.stack([t.column("p_given").to_numpy() for t in tables]))
+    except Exception:
+        return None
+
+
 def compare(run, reference, *, level: float = 0.5) -> dict:
     """A run's columns against a reference estimate, matched by path: the agreement table
     (``memorization.agreement``) and the ``memorized``/``atypical`` categories' precision and recall
-    against reference memorization above ``level``."""
-    from .memorization import COMPARED, agreement, flag_precision
+    against reference memorization above ``level``, each beside ``split_half_precision``: what the same number
+    of flags reaches when taken from half the reference models (when the folder holds the model files)."""
+    from .memorization import COMPARED, agreement, flag_precision, split_half_precision
     from .report import frame_and_name
     ref, meta = read_memorization(reference)
     df, name = frame_and_name(run, ["path", "category", "memorization_score", "csg", "sgal", "csl", "learning_time",
@@ -270,5 +288,8 @@ def compare(run, reference, *, level: float = 0.5) -> dict:
     mem = joined["memorization"].to_numpy()
     rows = agreement(mem, {k: f(joined) for k, f in COMPARED.items()}, meta.get("split_half"))
     cats = {c: flag_precision(joined["category"].to_numpy() == c, mem, level) for c in ("memorized", "atypical")}
+    halves = _model_outputs(reference, ref["path"])
+    for c in cats.values():   # the same number of flags taken from half the reference models, against the other
+        c["split_half_precision"] = None if halves is None else split_half_precision(*halves, c["flagged"], level)
     return {"run": name, "reference": str(reference), "matched": len(joined), "of_run": len(df), "of_reference": len(ref),
             "split_half": meta.get("split_half"), "agreement": rows, "categories": cats}

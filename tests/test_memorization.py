@@ -197,3 +197,17 @@ def test_resume_refuses_a_folder_of_the_other_kind(estimated, tmp_path):
     (run_dir / "memscan-run.json").write_text(json.dumps({"tool": "memscan", "kind": "run"}))
     with pytest.raises(RunFolderError, match="'run' folder.*memscan resume"):
         memorization(root, CFG, Plan(models=8, subset=0.5), out=run_dir, resume=True)
+
+
+def test_split_half_precision_is_the_references_own_ceiling():
+    from memscan.memorization import split_half_precision, subset_masks
+    n, k = 400, 16
+    masks = subset_masks(n, k, 0.5, seed=0)
+    memorized = np.arange(n) < 40               # fitted only when trained on: memorization 1
+    p = np.where(masks, 0.9, np.where(memorized[None, :], 0.0, 0.9))
+    # 0.975: a memorized sample that one half never held out has no estimate there, and a plain one takes its place
+    assert split_half_precision(masks, p, 40, 0.5) == pytest.approx(1.0, abs=0.05)
+    assert split_half_precision(masks, p, 0, 0.5) is None
+    rng = np.random.default_rng(0)              # a noisy reference: its halves disagree, the ceiling drops
+    noisy = np.clip(p + rng.normal(0, 0.6, p.shape), 0, 1)
+    assert 0.2 < split_half_precision(masks, noisy, 40, 0.5) < 0.9

@@ -206,3 +206,21 @@ def test_mislabel_score_weight_of_the_stop_verdict_follows_annealing():
     doubted = int(np.argmin(mislabel_statistic(sig) - (1 - probs[np.arange(n), labels])))
     assert compute_scores(sig, probs, labels)["mislabel_rank"][doubted] <= \
         compute_scores(sig, probs, labels, annealed=False)["mislabel_rank"][doubted]
+
+
+def test_memorized_needs_a_mean_loss_above_one_nat():
+    """Where nearly all samples are learned at once the fence sits at a tiny loss: a sample above it that was
+    still fitted most of the time (mean loss under 1 nat) is not memorized; one that was not, is."""
+    n, k, epochs = 300, 3, 4
+    labels = np.arange(n) % k
+    probs = np.full((n, k), 0.01)
+    probs[np.arange(n), labels] = 0.98
+    sgal = np.full(n, 0.05 * epochs)
+    sgal[:10] = np.linspace(0.02, 0.08, 10) * epochs    # spread the bulk a little: a non-degenerate fence
+    sgal[20] = 0.5 * epochs                             # far above the fence, mean loss 0.5: fitted early
+    sgal[21] = 1.5 * epochs                             # mean loss 1.5 nats: fitted late
+    sig = Signals(csg=np.ones(n), sgal=sgal, csl=sgal, aum=np.ones(n), forgetting=np.zeros(n, int),
+                  learning_time=np.zeros(n, int), epochs=epochs, peak_epochs=epochs)
+    cat = compute_scores(sig, probs, labels)["category"]
+    assert cat[21] == "memorized" and cat[20] == "ok"
+    assert (cat == "memorized").sum() == 1

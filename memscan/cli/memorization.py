@@ -97,5 +97,8 @@ def print_compare(res: dict) -> None:
     for cat, v in res["categories"].items():
         p = "-" if v["precision"] is None else f"{v['precision']:.2f}"
         rc = "-" if v["recall"] is None else f"{v['recall']:.2f}"
+        ceiling = v.get("split_half_precision")
         console.print(f"'{cat}': {v['flagged']} flagged, precision {p}, recall {rc} against reference "
-                      f"memorization > {v['level']} ({v['above_level']} samples)")
+                      f"memorization > {v['level']} ({v['above_level']} samples)"
+                      + ("" if ceiling is None else f"; half the reference's models, flagging as many, reach "
+                                                    f"{ceiling:.2f} against the other half"))
