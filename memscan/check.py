@@ -107,6 +107,8 @@ def parse_spec(spec) -> dict:
             elif key in ("max-count", "max-new"):
                 kw[key.replace("-", "_")] = _count(f"--check {key}", val)
             elif key == "accepted":
+                from .decisions import read_decisions
+                read_decisions(val)          # a missing or malformed file fails before any training
                 kw["accepted"] = val
             else:
                 kw["baseline"] = val

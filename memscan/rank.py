@@ -109,13 +109,17 @@ def class_summary(df, /) -> list[dict]:
     return rows
 
 
-SUMMARY_COLUMNS = ["label", "label_name", "pred_name", "category", "mislabel_score", "memorization_score",
-                   "confident_class"]
+SUMMARY_COLUMNS = ["label_name", "pred_name", "category", "mislabel_score", "memorization_score"]
+HEALTH_COLUMNS = ("label", "confident_class")
 
 
 def dataset_summary(path, /) -> dict:
-    """``rank --summary --json``: ``per_class`` rows (``class_summary``) and the dataset's health
-    (``health.dataset_health``: label health, joint and noise matrix, overlapping class pairs)."""
+    """``rank --summary --json``: ``per_class`` rows (``class_summary``) and, when the report has the label
+    indices and confident classes, the dataset's health (``health.dataset_health``: label health, joint and
+    noise matrix, overlapping class pairs)."""
     from .health import report_health
-    df = read_frame(path, SUMMARY_COLUMNS)
-    return {"per_class": class_summary(df), **report_health(df, read_metadata(path).dataset.classes)}
+    df = read_frame(path, SUMMARY_COLUMNS, HEALTH_COLUMNS)
+    out = {"per_class": class_summary(df)}
+    if all(c in df for c in HEALTH_COLUMNS):
+        out.update(report_health(df, read_metadata(path).dataset.classes))
+    return out

@@ -52,7 +52,8 @@ def rank_cmd(
             _csv(s["per_class"], raw=raw_csv)
         else:
             _summary_table(s["per_class"], path)
-            _health(s)
+            if "label_health" in s:
+                _health(s)
         return
     query = dict(by=by, top=top, category=category, class_name=class_name)
     if fmt in ("paths", "paths0"):
