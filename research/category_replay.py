@@ -13,7 +13,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 
 from memscan.report import read_metadata
