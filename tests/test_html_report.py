@@ -308,3 +308,37 @@ def test_review_with_clicks_and_keys_survives_a_reload_and_downloads(page, tmp_p
     assert rows == want
     from memscan.decisions import read_decisions
     assert {p: d.decision for p, d in read_decisions(saved).items()} == {r["path"]: r["decision"] for r in want}
+
+
+@needs_browser
+def test_decisions_round_trip_hostile_paths(tmp_path):
+    """Paths that are CSV or JavaScript trouble (quotes, commas, line breaks, "__proto__") survive the page's
+    decisions.csv exactly, and memscan reads the file back."""
+    import csv as csv_mod
+    from memscan.decisions import read_decisions
+    paths = ["__proto__", 'a,"b"\nc.png', "=cmd.png", " lead.png", "x/ü.png"]
+    df = frame(paths, ["cat", "dog", "cat", "dog", "cat"])
+    rep = write_report(tmp_path / "run" / "report.parquet", df)
+    res = write_html(rep)
+    sync_playwright = _playwright()
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
+                                                                     "--disable-background-networking"])
+        try:
+            pg = browser.new_context(accept_downloads=True).new_page()
+            pg.on("pageerror", lambda e: errors.append(str(e)))
+            pg.goto(res.path.resolve().as_uri() + "#category=all&size=30")
+            for _ in range(len(paths)):
+                pg.keyboard.press("a")                  # keep, and on to the next card
+            assert pg.locator("body").get_attribute("data-decisions") == str(len(paths))
+            with pg.expect_download() as dl:
+                pg.locator("#download").click()
+            saved = tmp_path / "decisions.csv"
+            dl.value.save_as(saved)
+        finally:
+            browser.close()
+    assert errors == []
+    rows = list(csv_mod.DictReader(saved.open(encoding="utf-8", newline="")))
+    assert sorted(r["path"] for r in rows) == sorted(paths)
+    assert set(read_decisions(saved)) == set(paths)

@@ -4,8 +4,9 @@
   const state = {category: 'all', cls: 'all', page: 1, size: 60, current: 0};
   // review decisions: kept in this browser (localStorage, one key per run) until downloaded as decisions.csv
   const storeKey = 'memscan-decisions:' + data.run_key;
-  let decisions = {};
-  try { decisions = JSON.parse(localStorage.getItem(storeKey) || '{}') || {}; } catch (e) { decisions = {}; }
+  // keyed by path, which comes from data: a prototype-free object, so a file named "__proto__" is just a key
+  let decisions = Object.create(null);
+  try { Object.assign(decisions, JSON.parse(localStorage.getItem(storeKey) || '{}') || {}); } catch (e) { /* none */ }
   const cardEls = new Map();
   let shownCards = [];
   function readHash() {
@@ -192,7 +193,7 @@
   $('download').onclick = download;
   $('clear').onclick = () => {
     if (!confirm(`Forget all ${Object.keys(decisions).length} decisions of this run?`)) return;
-    decisions = {}; try { localStorage.removeItem(storeKey); } catch (e) { /* nothing stored */ }
+    decisions = Object.create(null); try { localStorage.removeItem(storeKey); } catch (e) { /* nothing stored */ }
     shownCards.forEach(refreshCard); summary();
   };
   window.addEventListener('hashchange', () => { readHash(); render(); });
