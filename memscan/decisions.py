@@ -3,9 +3,10 @@ that stops counting what a person already accepted.
 
 ``decisions.csv`` (downloaded from ``report.html``, or written by hand): one row per reviewed sample,
 columns ``path`` (as in the report), ``given`` (the label the reviewer saw), ``decision`` (keep | relabel |
-remove), ``new_label`` (the class, for relabel) and ``note``. Rows are matched to a report by path, so a
-file stays valid while samples are added to or removed from the dataset; a ``keep`` counts only while the
-sample still carries the label it was kept with.
+remove), ``new_label`` (the class, for relabel) and ``note``. Rows are matched to a report by path (``match``:
+exactly, or as the tail of a longer path, as in a manifest ``apply`` wrote), so a file stays valid while
+samples are added to or removed from the dataset; a ``keep`` counts only while the sample still carries the
+label it was kept with.
 
 ``apply_decisions`` never touches the dataset: it writes a new manifest (CSV with paths, or Parquet with
 the image bytes for a dataset that keeps them inside a Parquet file) that ``memscan run`` reads directly.
@@ -79,20 +80,41 @@ def read_decisions(file, classes=None) -> dict[str, Decision]:
     return out
 
 
+def match(decisions: dict[str, Decision], paths) -> dict[str, Decision]:
+    """Report path -> its decision. A path matches a decision's path exactly or, failing that, ends with it
+    after a "/" (a manifest written by ``apply`` outside the dataset lists the same files by longer paths);
+    a tail that ends more than one path matches none of them."""
+    out, tails = {}, {}
+    for p in paths:
+        p = str(p)
+        if p in decisions:
+            out[p] = decisions[p]
+            continue
+        parts = p.split("/")
+        for i in range(1, len(parts)):
+            tails.setdefault("/".join(parts[i:]), []).append(p)
+    exact = {d.path for d in out.values()}
+    for key, d in decisions.items():
+        if key not in exact and len(hits := tails.get(key, ())) == 1:
+            out[hits[0]] = d
+    return out
+
+
 def accepted_paths(decisions: dict[str, Decision], paths, labels) -> set[str]:
-    """The paths a reviewer kept while they carry the label they were kept with."""
+    """The report paths a reviewer kept while they carry the label they were kept with."""
+    m = match(decisions, paths)
     return {p for p, lab in zip(paths, labels)
-            if (d := decisions.get(p)) is not None and d.decision == "keep" and d.given in (None, lab)}
+            if (d := m.get(p)) is not None and d.decision == "keep" and d.given in (None, lab)}
 
 
 def pending(decisions: dict[str, Decision], paths, labels) -> dict:
     """Decisions the dataset behind a report does not reflect yet: relabels whose sample still has its old
-    label, removals whose sample is still there; and how many decisions match no sample."""
+    label, removals whose sample is still there (report paths); and how many decisions match no sample."""
     here = dict(zip(paths, labels))
-    relabel = sorted(p for p, d in decisions.items()
-                     if d.decision == "relabel" and p in here and here[p] != d.new_label)
-    remove = sorted(p for p, d in decisions.items() if d.decision == "remove" and p in here)
-    return {"relabel": relabel, "remove": remove, "unmatched": sum(p not in here for p in decisions)}
+    m = match(decisions, paths)
+    relabel = sorted(p for p, d in m.items() if d.decision == "relabel" and here[p] != d.new_label)
+    remove = sorted(p for p, d in m.items() if d.decision == "remove")
+    return {"relabel": relabel, "remove": remove, "unmatched": len(decisions) - len({d.path for d in m.values()})}
 
 
 @dataclass
@@ -156,10 +178,11 @@ def apply_decisions(report, decisions_file, out) -> ApplyResult:
     except DatasetError as e:
         raise DatasetError(f"the dataset of '{rpath}' cannot be read ({e}); apply needs it where the run saw it: "
                            f"'{ds.location}'") from None
+    matched = match(decisions, table.paths)
     paths, names, marks, keep_rows, changes = [], [], [], [], {}
     for i, path in enumerate(table.paths):
         given = table.class_names[table.labels[i]]
-        d = decisions.get(path)
+        d = matched.get(path)
         if d is not None and d.decision == "remove":
             continue
         new = d.new_label if d is not None and d.decision == "relabel" else given
@@ -169,8 +192,8 @@ def apply_decisions(report, decisions_file, out) -> ApplyResult:
         names.append(new)
         marks.append(d.decision if d is not None else "")
         keep_rows.append(i)
-    here = set(table.paths)
-    unmatched = sorted(p for p in decisions if p not in here)
+    used = {d.path for d in matched.values()}
+    unmatched = sorted(p for p in decisions if p not in used)
     cols = {"path": [_rel(table.root / p, out.parent) for p in paths] if ds.source != "parquet-bytes" else paths,
             "label_name": names, MARK_COLUMN: marks}
     if ds.source == "parquet-bytes":
@@ -183,7 +206,7 @@ def apply_decisions(report, decisions_file, out) -> ApplyResult:
         w.writerow(["path", "label_name", MARK_COLUMN])
         w.writerows(zip(cols["path"], names, marks))
         write_atomic_with(out, lambda tmp: Path(tmp).write_text(buf.getvalue(), encoding="utf-8", newline=""))
-    count = lambda kind: sum(d.decision == kind and p in here for p, d in decisions.items())
+    count = lambda kind: sum(d.decision == kind for d in matched.values())
     return ApplyResult(out, len(paths), count("keep"), count("relabel"), count("remove"), unmatched, changes)
 
 

@@ -161,3 +161,31 @@ def test_check_lists_decisions_not_applied_yet(digits_run, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["accepted"]["pending_relabel"] == [relabel["path"]]
     assert out["diff"] is None
+
+
+def test_match_by_exact_path_or_unique_tail():
+    from memscan.decisions import Decision, match
+    d = {p: Decision(p, None, "keep", None) for p in ("cat/1.png", "dog/2.png", "3.png", "gone.png")}
+    paths = ["/data/cifar/cat/1.png", "dog/2.png", "/a/3.png", "/b/3.png", "cat/10.png"]
+    m = match(d, paths)
+    assert set(m) == {"/data/cifar/cat/1.png", "dog/2.png"}      # "3.png" ends two paths: neither
+    assert m["/data/cifar/cat/1.png"].path == "cat/1.png"
+
+
+def test_the_whole_loop_apply_run_check(digits_run, tmp_path):
+    """Decisions made on run 1, applied, run again on the cleaned manifest (whose paths are longer): the gate
+    on run 2 still finds the kept sample, and nothing is pending."""
+    from memscan.config import RunConfig
+    from memscan.pipeline import run
+    _, run_dir = digits_run
+    f, relabel, remove, keep, other = decisions_for(run_dir, tmp_path)
+    out = apply_decisions(run_dir, f, tmp_path / "elsewhere" / "cleaned.csv").out
+    cfg = RunConfig(max_epochs=2, batch_size=32, image_size=8, augment="crop", min_epochs=1)
+    run2 = run(out, cfg, out=tmp_path / "run2", cache_dir=tmp_path / "cache").out_dir
+    df2 = read_frame(run2)
+    assert not df2["path"].str.endswith("/" + remove["path"]).any()
+    res = check_report(run2, max_mislabeled=1.0, accepted=f)
+    assert res.accepted["pending_relabel"] == [] and res.accepted["pending_remove"] == []
+    assert res.accepted["unmatched"] == 2                           # the removed sample and no/such.png
+    kept = df2[df2["path"].str.endswith("/" + keep["path"])]
+    assert len(kept) == 1 and kept.iloc[0]["label_name"] == keep["label_name"]
