@@ -40,11 +40,13 @@ COLUMNS = {
     "forgetting": "forgetting events: epochs where the sample went from correct to wrong; higher = more",
     "learning_time": "epoch after which the sample stays correctly classified (epochs trained if never); "
                      "higher = learned later",
-    "mislabel_score": "[0,1] percentile of 0.8 x the mislabel statistic (mean percentile of the negated margin and "
-                      "of the loss, both over the second half of the epochs trained) + 0.2 x the percentile of "
-                      "1 - p_given at the stop point; higher = more likely mislabeled",
+    "mislabel_score": "[0,1] percentile of a weighted mean of the mislabel statistic (mean percentile of the negated "
+                      "margin and of the loss, both over the second half of the epochs trained) and the percentile "
+                      "of 1 - p_given at the stop point (0.5/0.5 after the annealing epoch, else 0.8/0.2); higher = "
+                      "more likely mislabeled",
     "mislabel_rank": "1 = most likely mislabeled",
-    "memorization_score": "[0,1] percentile of sgal (loss summed to the peak); higher = more memorized",
+    "memorization_score": "[0,1] percentile of the mean of the percentiles of sgal (loss summed to the peak) and of "
+                          "1-p_given at the stop point; higher = more memorized",
     "memorization_rank": "1 = most memorized",
     "atypicality_score": "[0,1] percentile of the mean percentile of csg and 1-p_pred; higher = more atypical",
     "atypicality_rank": "1 = most atypical",
