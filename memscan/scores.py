@@ -233,7 +233,7 @@ def compute_scores(sig: Signals, probs: np.ndarray, labels: np.ndarray, *, annea
     # SGAL (the loss summed to the peak, or over every epoch when none came: the best of the paper's cheap
     # proxies here, §12) averaged with 1 - p(given) at the stop: against Feldman & Zhang's estimator the blend
     # beat SGAL alone on all four sets measured (5,000 CIFAR-10 images: Spearman 0.773 = 0.95 of the reference's
-    # reliability, Pearson 0.726, against SGAL's 0.711 / 0.674; BENCHMARKS.md §15). In a short run memorization
+    # reliability, Pearson 0.728, against SGAL's 0.711 / 0.674; BENCHMARKS.md §15). In a short run memorization
     # and label errors rank alike (0.98 with mislabel_score); the categories tell them apart. CSG stays as `csg`
     mem = percentile((percentile(sig.sgal) + percentile(1.0 - p_given)) / 2)
     aty = percentile((percentile(sig.csg) + percentile(1 - p_max)) / 2)
