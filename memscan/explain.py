@@ -44,7 +44,7 @@ def _late_count(share: float, late_epochs: int) -> str:
 def reasons(sig: Signals, scores: dict, labels: np.ndarray, class_names, *, agreement: np.ndarray,
             late_epochs: int) -> np.ndarray:
     """A short explanation for every sample whose category is not "ok" ("" for the others), e.g.
-    "given label never predicted; predicted ship in 4 of 4 late epochs (p 0.93 at the stop);
+    "given label never predicted in training; predicted ship in 4 of 4 late epochs (p 0.93 at the stop);
     margin -3.1 over the late window; learned: never". Parts: the given label's history (never predicted,
     or the last epoch it was), the suggestion when it differs from the given label, the late-window
     margin (AUM, negative: another class wins on average), when it was learned and how often forgotten,
@@ -60,9 +60,9 @@ def reasons(sig: Signals, scores: dict, labels: np.ndarray, class_names, *, agre
         parts = []
         last = None if sig.last_correct is None else int(sig.last_correct[i])
         if last is not None and last < 0:
-            parts.append("given label never predicted")
+            parts.append("given label never predicted in training")
         elif last is not None and last + 1 < epochs:
-            parts.append(f"given label last predicted at epoch {last + 1} of {epochs}")
+            parts.append(f"given label last predicted in training at epoch {last + 1} of {epochs}")
         if sugg[i] != labels[i]:
             parts.append(f"predicted {class_names[sugg[i]]} in {_late_count(agreement[i], late_epochs)} of "
                          f"{late_epochs} late epochs (p {p_sugg[i]:.2f} at the stop)")

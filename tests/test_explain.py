@@ -42,12 +42,13 @@ def test_reasons_from_hand_made_trajectories():
     sugg, p = suggestion(scores)
     agree = prediction_agreement(((r.epoch, r.pred) for r in recs), sugg, window_start=2)
     why = reasons(sig, scores, labels, CLASSES, agreement=agree, late_epochs=2)
-    assert why[0].startswith("given label never predicted; predicted ship in 2 of 2 late epochs (p 0.93 at the "
-                             "stop); margin -2.0 over the late window; learned: never")
+    assert why[0].startswith("given label never predicted in training; predicted ship in 2 of 2 late epochs "
+                             "(p 0.93 at the stop); margin -2.0 over the late window; learned: never")
     assert why[1] == ("the stop point predicts the given label (p 0.80); margin +1.0 over the late window; "
                       "learned: at epoch 3 of 4, after 1 forgetting event")
     assert why[2] == ""
-    assert why[3].startswith("given label last predicted at epoch 1 of 4; predicted dog in 2 of 2 late epochs")
+    assert why[3].startswith("given label last predicted in training at epoch 1 of 4; predicted dog in 2 of 2 "
+                             "late epochs")
     assert "learned: never, after 1 forgetting event" in why[3]
 
 
