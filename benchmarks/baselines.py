@@ -62,8 +62,11 @@ def main():
                                       "recipe; cleanlab's fold models start from it too)")
     ap.add_argument("--manifest", type=Path, help="audit this Parquet manifest instead of the first --per-class "
                                                   "images of the dataset's training split")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="the results JSON (its runs go in the folder of the "
+                                                               "same name without .json)")
     a = ap.parse_args()
+    if a.out.suffix != ".json":   # checked first: a folder here failed only at the end, after every run
+        ap.error(f"--out {a.out} must name the results .json file, e.g. {a.out}.json")
     work = a.out.with_suffix("")
     work.mkdir(parents=True, exist_ok=True)
     (work / "data").mkdir(exist_ok=True)
