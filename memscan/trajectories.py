@@ -28,6 +28,11 @@ def epoch_file(folder: Path, epoch: int) -> Path:
     return Path(folder) / f"epoch-{epoch:04d}.parquet"
 
 
+def epoch_files(folder: Path) -> list[Path]:
+    """The folder's epoch files, in epoch order (other files are not ours and are left out)."""
+    return sorted(p for p in Path(folder).iterdir() if EPOCH_FILE.fullmatch(p.name))
+
+
 def write_epoch(folder: Path, rec: EpochRecord) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -44,7 +49,7 @@ def write_epoch(folder: Path, rec: EpochRecord) -> Path:
 
 def read_epochs(folder: Path, *, upto: int | None = None):
     """Yield ``EpochRecord`` per epoch in order; epochs < ``upto`` when given."""
-    for f in sorted(p for p in Path(folder).iterdir() if EPOCH_FILE.fullmatch(p.name)):
+    for f in epoch_files(folder):
         t = pq.read_table(f)
         epoch = int(t.column("epoch")[0].as_py())
         if upto is not None and epoch >= upto:
@@ -58,7 +63,7 @@ def read_epochs(folder: Path, *, upto: int | None = None):
 def read_predictions(folder: Path):
     """Yield (epoch, pred) per epoch in order, reading only the predicted-class column (pred None in runs
     recorded before it was); the late-window agreement behind a suggestion streams these."""
-    for f in sorted(p for p in Path(folder).iterdir() if EPOCH_FILE.fullmatch(p.name)):
+    for f in epoch_files(folder):
         names = pq.read_schema(f).names
         t = pq.read_table(f, columns=["epoch", "sample_id"] + (["pred"] if "pred" in names else []))
         epoch = int(t.column("epoch")[0].as_py())
@@ -73,7 +78,7 @@ def sample_history(folder: Path, ids, column: str = "margin") -> np.ndarray:
     """[len(ids), epochs] of one per-epoch value for a few samples (NaN where not seen): the gallery's
     sparklines. Reads one column of each epoch file."""
     ids = np.asarray(ids, np.int64)
-    files = sorted(p for p in Path(folder).iterdir() if EPOCH_FILE.fullmatch(p.name))
+    files = epoch_files(folder)
     out = np.full((len(ids), len(files)), np.nan, np.float32)
     for j, f in enumerate(files):
         t = pq.read_table(f, columns=["sample_id", column])

@@ -255,6 +255,23 @@ def _playwright():
     return sync_playwright
 
 
+def _launch(p):
+    """Debian's chromium under Playwright, with the flags this closed network needs (no background traffic)."""
+    return p.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--disable-quic", "--no-first-run"])
+
+
+def _download_decisions(pg, folder):
+    """Click the page's download button; the saved decisions.csv."""
+    with pg.expect_download() as dl:
+        pg.locator("#download").click()
+    assert dl.value.suggested_filename == "decisions.csv"
+    saved = folder / "decisions.csv"
+    dl.value.save_as(saved)
+    return saved
+
+
 @needs_browser
 def test_review_with_clicks_and_keys_survives_a_reload_and_downloads(page, tmp_path):
     """Review three cards (a click, two keys, a note), reload: the decisions are kept; decisions.csv has them."""
@@ -263,9 +280,7 @@ def test_review_with_clicks_and_keys_survives_a_reload_and_downloads(page, tmp_p
     sync_playwright = _playwright()
     errors = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--disable-quic", "--no-first-run"])
+        browser = _launch(p)
         try:
             ctx = browser.new_context(accept_downloads=True)
             pg = ctx.new_page()
@@ -290,11 +305,7 @@ def test_review_with_clicks_and_keys_survives_a_reload_and_downloads(page, tmp_p
             assert pg.locator("body").get_attribute("data-decisions") == "3"
             badges = [cards.nth(i).locator(".decision").text_content() for i in range(3)]
             assert badges == ["kept", "removed", "→ " + target]
-            with pg.expect_download() as dl:
-                pg.locator("#download").click()
-            assert dl.value.suggested_filename == "decisions.csv"
-            saved = tmp_path / "decisions.csv"
-            dl.value.save_as(saved)
+            saved = _download_decisions(pg, tmp_path)
         finally:
             browser.close()
     assert errors == []
@@ -323,8 +334,7 @@ def test_decisions_round_trip_hostile_paths(tmp_path):
     sync_playwright = _playwright()
     errors = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
-                                                                     "--disable-background-networking"])
+        browser = _launch(p)
         try:
             pg = browser.new_context(accept_downloads=True).new_page()
             pg.on("pageerror", lambda e: errors.append(str(e)))
@@ -332,10 +342,7 @@ def test_decisions_round_trip_hostile_paths(tmp_path):
             for _ in range(len(paths)):
                 pg.keyboard.press("a")                  # keep, and on to the next card
             assert pg.locator("body").get_attribute("data-decisions") == str(len(paths))
-            with pg.expect_download() as dl:
-                pg.locator("#download").click()
-            saved = tmp_path / "decisions.csv"
-            dl.value.save_as(saved)
+            saved = _download_decisions(pg, tmp_path)
         finally:
             browser.close()
     assert errors == []
