@@ -5,7 +5,10 @@ A gate compares one number from a report with a limit: the fraction of samples f
 class (``class_max``), and, against a baseline report of the same dataset, the number of new
 suspects (``max_new``). With a reviewer's ``accepted`` decisions file (``memscan.decisions``), samples
 marked keep (while they carry the label they were kept with) count in no gate, and relabel/remove
-decisions the dataset does not reflect yet are listed. ``check_report`` returns every gate's value, limit, verdict and the top
+decisions the dataset does not reflect yet are listed. Beyond labels (``data_audit``): redundant
+duplicates (``max_duplicates``: images beyond the first of each duplicate group), test images that
+duplicate training images (``max_leaks``, a run with ``--test``) and images with an image issue
+(``max_image_issues``). ``check_report`` returns every gate's value, limit, verdict and the top
 offending samples; it never exits or prints: the CLI maps ``CheckResult.passed`` to exit 0 or 1.
 """
 from __future__ import annotations
@@ -20,7 +23,10 @@ from .errors import ConfigError, ReportError
 from .files import records
 from .report import frame_and_name
 
-SPEC_KEYS = ("max-mislabeled", "max-count", "class-max", "baseline", "max-new", "accepted")
+SPEC_KEYS = ("max-mislabeled", "max-count", "class-max", "baseline", "max-new", "accepted", "max-duplicates",
+             "max-leaks", "max-image-issues")
+AUDIT_GATES = ("max_duplicates", "max_leaks", "max_image_issues")
+AUDIT_CHECK_COLUMNS = ("duplicate_group", "duplicate_of", "duplicate_kind", "duplicate_similarity", "image_issue")
 OFFENDER_FIELDS = ("path", "label_name", "pred_name", "p_pred", "mislabel_score", "category")
 CHECK_COLUMNS = tuple(dict.fromkeys(OFFENDER_FIELDS + SAMPLE_FIELDS))
 
@@ -104,7 +110,7 @@ def parse_spec(spec) -> dict:
                 kw.setdefault("class_max", {}).update(parse_class_max(val.replace(":", "=", 1)))
             elif key == "max-mislabeled":
                 kw["max_mislabeled"] = _fraction("--check max-mislabeled", val)
-            elif key in ("max-count", "max-new"):
+            elif key in ("max-count", "max-new", "max-duplicates", "max-leaks", "max-image-issues"):
                 kw[key.replace("-", "_")] = _count(f"--check {key}", val)
             elif key == "accepted":
                 from .decisions import read_decisions
@@ -132,23 +138,26 @@ def _pct(x: float) -> str:
 
 
 def check_report(report, /, *, max_mislabeled=None, max_count=None, class_max=None, baseline=None,
-                 max_new=None, accepted=None, top: int = 10) -> CheckResult:
+                 max_new=None, accepted=None, top: int = 10, max_duplicates=None, max_leaks=None,
+                 max_image_issues=None) -> CheckResult:
     """Gate a report (run folder, report.parquet or DataFrame). Give at least one limit.
 
     Flagged = ``category == "mislabeled"``, less the samples ``accepted`` (a decisions CSV) marks keep.
     ``class_max``: ``{class_name: fraction}``. ``max_new`` needs ``baseline`` (an earlier report of the
-    same dataset, matched by path).
+    same dataset, matched by path). ``max_duplicates``, ``max_leaks``, ``max_image_issues``: counts.
     """
-    if all(v is None for v in (max_mislabeled, max_count, max_new)) and not class_max:
-        raise ConfigError("no threshold given; pass at least one of --max-mislabeled, --max-count, --class-max "
-                          "or --baseline with --max-new")
+    audit_limits = {"max_duplicates": max_duplicates, "max_leaks": max_leaks, "max_image_issues": max_image_issues}
+    if all(v is None for v in (max_mislabeled, max_count, max_new, *audit_limits.values())) and not class_max:
+        raise ConfigError("no threshold given; pass at least one of --max-mislabeled, --max-count, --class-max, "
+                          "--max-duplicates, --max-leaks, --max-image-issues or --baseline with --max-new")
+    audit_limits = {k: _count("--" + k.replace("_", "-"), v) for k, v in audit_limits.items() if v is not None}
     if max_new is not None and baseline is None:
         raise ConfigError("--max-new needs --baseline (an earlier report of the same dataset)")
     max_mislabeled = None if max_mislabeled is None else _fraction("--max-mislabeled", max_mislabeled)
     max_count = None if max_count is None else _count("--max-count", max_count)
     max_new = None if max_new is None else _count("--max-new", max_new)
     class_max = parse_class_max(class_max) if isinstance(class_max, (str, list, tuple)) else dict(class_max or {})
-    df, name = frame_and_name(report, CHECK_COLUMNS)
+    df, name = frame_and_name(report, CHECK_COLUMNS, AUDIT_CHECK_COLUMNS)
     if len(df) == 0:
         raise ReportError(f"'{name}' has no samples; nothing to check")
     if not np.isfinite(df["mislabel_score"].to_numpy(np.float64)).all():
@@ -207,5 +216,53 @@ def check_report(report, /, *, max_mislabeled=None, max_count=None, class_max=No
                                                         f"> limit {max_new}: over by {m - max_new}"))
             gates.append(GateResult("max-new", ok, m, max_new, "count", msg,
                                     [] if ok else [{k: r[k] for k in OFFENDER_FIELDS} for r in d.new_suspects[:top]]))
+    gates += audit_gates(report, df, name, audit_limits, top)
     return CheckResult(report=name, samples=n, flagged=k, passed=all(g.passed for g in gates), gates=gates,
                        diff=diff, accepted=accepted_info)
+
+
+def audit_gates(report, df, name: str, limits: dict, top: int) -> list[GateResult]:
+    """The gates beyond labels: duplicates, leaks into the test set, image issues (counts)."""
+    gates = []
+    if ("max_duplicates" in limits or "max_image_issues" in limits) and "duplicate_group" not in df:
+        raise ReportError(f"'{name}' has no duplicate or image-issue columns (written by an older memscan): re-run "
+                          "'memscan run' to gate them")
+    if "max_duplicates" in limits:
+        lim, grouped = limits["max_duplicates"], df[df["duplicate_group"] >= 0]
+        m = len(grouped) - grouped["duplicate_group"].nunique()
+        ok = m <= lim
+        msg = (f"{m} redundant duplicates ({len(grouped)} images in {grouped['duplicate_group'].nunique()} groups) "
+               + (f"<= limit {lim}" if ok else f"> limit {lim}: over by {m - lim}"))
+        rows = grouped.sort_values(["duplicate_similarity", "path"], ascending=[False, True]).head(top)
+        gates.append(GateResult("max-duplicates", ok, m, lim, "count", msg, [] if ok else
+                                records(rows, ("path", "label_name", "duplicate_of", "duplicate_kind",
+                                               "duplicate_similarity"))))
+    if "max_image_issues" in limits:
+        lim, hit = limits["max_image_issues"], df[df["image_issue"] != ""]
+        ok = len(hit) <= lim
+        msg = f"{len(hit)} images with an image issue " + (f"<= limit {lim}" if ok else
+                                                          f"> limit {lim}: over by {len(hit) - lim}")
+        gates.append(GateResult("max-image-issues", ok, len(hit), lim, "count", msg, [] if ok else
+                                records(hit.head(top), ("path", "label_name", "image_issue"))))
+    if "max_leaks" in limits:
+        gates.append(_leak_gate(report, name, limits["max_leaks"], top))
+    return gates
+
+
+def _leak_gate(report, name: str, lim: int, top: int) -> GateResult:
+    from .report import read_metadata, resolve_report_path
+    test = read_metadata(report).audit.get("test") if not hasattr(report, "columns") else None
+    if not test:
+        raise ReportError(f"'{name}' was not run with --test: no leak figures to gate; re-run 'memscan run DATASET "
+                          "--test TEST_SET'")
+    m = int(test["leaked"])
+    ok = m <= lim
+    msg = (f"{m} of {test['n']} test images duplicate training images ({test['label_differs']} with another label) "
+           + (f"<= limit {lim}" if ok else f"> limit {lim}: over by {m - lim}"))
+    offenders = []
+    leaks_file = resolve_report_path(report).parent / "leaks.parquet"
+    if not ok and leaks_file.is_file():
+        import pyarrow.parquet as pq
+        offenders = records(pq.read_table(leaks_file).to_pandas().head(top),
+                            ("test_path", "train_path", "test_label", "train_label", "kind", "similarity"))
+    return GateResult("max-leaks", ok, m, lim, "count", msg, offenders)

@@ -23,8 +23,14 @@ MARKDOWN_SIGNATURE = b"## memscan"
 
 def _offender_line(o: dict) -> str:
     # names shown escaped: a line break in a file name must not split one offender over two lines
+    if "mislabel_score" not in o:   # the gates beyond labels (duplicates, leaks, image issues)
+        return "  ".join(f"{k}={_cell(v)}" for k, v in o.items())
     return (f"{printable(o['path'])}  given={printable(o['label_name'])}  predicted={printable(o['pred_name'])} "
             f"(p={o['p_pred']:.2f})  mislabel_score={o['mislabel_score']:.3f}")
+
+
+def _cell(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else printable(str(v))
 
 
 def _x(s) -> str:
@@ -87,8 +93,14 @@ def markdown_summary(result: CheckResult, *, title: str = "memscan data check") 
     for g in result.failed:
         if not g.offenders:
             continue
-        lines += ["", f"### Top offenders: {_md_code(g.name, cell=False)}", "",
-                  "| path | given | predicted | p | mislabel_score |", "| --- | --- | --- | ---: | ---: |"]
+        lines += ["", f"### Top offenders: {_md_code(g.name, cell=False)}", ""]
+        if "mislabel_score" not in g.offenders[0]:
+            keys = list(g.offenders[0])
+            lines += ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
+            lines += ["| " + " | ".join(_md_code(o[k]) if k.endswith("path") or k == "duplicate_of"
+                                        else _md_escape(_cell(o[k])) for k in keys) + " |" for o in g.offenders]
+            continue
+        lines += ["| path | given | predicted | p | mislabel_score |", "| --- | --- | --- | ---: | ---: |"]
         lines += [f"| {_md_code(o['path'])} | {_md_escape(o['label_name'])} | {_md_escape(o['pred_name'])} | "
                   f"{o['p_pred']:.2f} | {o['mislabel_score']:.3f} |" for o in g.offenders]
     return "\n".join(lines) + "\n"

@@ -27,6 +27,9 @@ SIGNATURE = b'<meta name="generator" content="memscan">'   # in the page's first
 CARD_FIELDS = ("sample_id", "path", "label_name", "pred_name", "p_pred", "p_given", "mislabel_score",
                "memorization_score", "atypicality_score", "csg", "aum", "category")
 EXPLAIN_FIELDS = ("suggested_label_name", "suggestion_agreement", "reason")   # reports before these lack them
+AUDIT_FIELDS = ("image_issue", "duplicate_of", "duplicate_kind", "duplicate_conflict", "duplicate_suspect")
+VIEWS = ("image issues", "duplicates")   # gallery filters beyond the categories (data_audit's columns)
+DUPLICATE_GROUPS_SHOWN = 60
 
 
 @dataclass
@@ -67,13 +70,26 @@ def thumbnail_uri(data: bytes, size: int) -> str:
 
 
 def gallery_rows(df, /, *, per_category: int):
-    """Rows shown in the gallery: each flagged category's top ``per_category``, by its own score."""
-    parts = []
-    for cat, col in GALLERY.items():
-        sub = df[df["category"] == cat].sort_values(col, ascending=False, kind="stable").head(per_category)
-        parts.append(sub)
+    """Rows shown in the gallery: each flagged category's top ``per_category``, by its own score; then the
+    images with an image issue (least sharp first) and the duplicates (label conflicts first), each once,
+    with a ``views`` column naming the extra filters a row belongs to."""
     import pandas as pd
-    return pd.concat(parts) if parts else df.head(0)
+    parts = [df[df["category"] == cat].sort_values(col, ascending=False, kind="stable").head(per_category)
+             for cat, col in GALLERY.items()]
+    views, extra = {}, []
+    if "image_issue" in df:
+        hit = df[df["image_issue"] != ""].sort_values("sharpness", kind="stable").head(per_category)
+        dup = df[df["duplicate_group"] >= 0].sort_values(["duplicate_suspect", "duplicate_conflict", "duplicate_group"],
+                                                         ascending=[False, False, True], kind="stable")
+        for view, sub in zip(VIEWS, (hit, dup.head(per_category))):
+            for sid in sub["sample_id"].tolist():
+                views.setdefault(sid, []).append(view)
+            extra.append(sub)
+    rows = pd.concat(parts)
+    if extra:   # a flagged sample already has its card: the views only add a filter to it
+        more = pd.concat(extra).drop_duplicates("sample_id")
+        rows = pd.concat([rows, more[~more["sample_id"].isin(rows["sample_id"])]])
+    return rows.assign(views=[views.get(s, []) for s in rows["sample_id"].tolist()])
 
 
 # What must not appear raw inside <script>: "<!--<script>" in a name switches the HTML parser into a
@@ -129,7 +145,7 @@ def write_html(report, dest=None, *, per_category: int = 300, thumb_size: int = 
     read, warning = _image_reader(dataset.location)
     margins = _margins(rpath, rows["sample_id"].to_numpy())
     cards, missing = [], []
-    fields = list(CARD_FIELDS) + [f for f in EXPLAIN_FIELDS if f in rows]
+    fields = list(CARD_FIELDS) + [f for f in (*EXPLAIN_FIELDS, *AUDIT_FIELDS, "views") if f in rows]
     for i, r in enumerate(rows[fields].to_dict("records")):
         try:
             data = read(r["path"])
@@ -138,7 +154,7 @@ def write_html(report, dest=None, *, per_category: int = 300, thumb_size: int = 
             uri = None
         if uri is None:
             missing.append(r["path"])
-        card = {k: _py(v) for k, v in r.items()} | {"img": uri}
+        card = {k: (v if k == "views" else _py(v)) for k, v in r.items()} | {"img": uri}
         if margins is not None:
             card["margins"] = [None if not np.isfinite(m) else round(float(m), 2) for m in margins[i]]
         cards.append(card)
@@ -151,6 +167,9 @@ def write_html(report, dest=None, *, per_category: int = 300, thumb_size: int = 
     payload = {"cards": cards, "classes": sorted(set(df["label_name"])), "all_classes": list(dataset.classes),
                "run_key": run_key(meta),
                "counts": {c: int((df["category"] == c).sum()) for c in GALLERY}}
+    if "image_issue" in df:
+        payload["counts"].update({"image issues": int((df["image_issue"] != "").sum()),
+                                  "duplicates": int((df["duplicate_group"] >= 0).sum())})
     page = _PAGE.format(
         title=html.escape(f"memscan report — {Path(dataset.location).name}"),
         header=_header(meta, df),
@@ -159,7 +178,7 @@ def write_html(report, dest=None, *, per_category: int = 300, thumb_size: int = 
         reference=_reference_section(ref, ref_uri) if ref is not None else "",
         reference_nav=' · <a href="#reference">reference</a>' if ref is not None else "",
         summary=_summary_table(class_summary(df)),
-        health=_health_section(df, dataset.classes),
+        health=_health_section(df, dataset.classes) + _duplicates_section(df, meta, rpath, read, thumb_size),
         config=html.escape(json.dumps(_run_facts(meta), indent=1, default=str)),
         data=script_json(payload),
         script=_asset("report.js"), style=_asset("report.css"))
@@ -252,6 +271,65 @@ def _health_section(df, classes) -> str:
             "Class pairs that overlap most:</p>" + table)
 
 
+def _thumb(read, path: str, size: int) -> str:
+    try:
+        data = read(path)
+        uri = thumbnail_uri(data, size) if data is not None else None
+    except Exception:
+        uri = None
+    alt = html.escape(path, quote=True)
+    return f'<img class="thumb" alt="{alt}" src="{uri}">' if uri else '<div class="noimg">image not found</div>'
+
+
+def _figure(img: str, path: str, label: str, note: str = "") -> str:
+    return (f'<figure class="pair-member">{img}<figcaption><code>{html.escape(path)}</code><br>'
+            f'<b>{html.escape(label)}</b>{html.escape(note)}</figcaption></figure>')
+
+
+def _duplicates_section(df, meta, rpath: Path, read, size: int) -> str:
+    """Duplicate groups side by side (label conflicts first) and the test images that leak from training."""
+    if "duplicate_group" not in df:
+        return ""
+    a = meta.audit or {}
+    g = df[df["duplicate_group"] >= 0]
+    order = (g.groupby("duplicate_group")["duplicate_conflict"].any().sort_values(ascending=False, kind="stable")
+             .index[:DUPLICATE_GROUPS_SHOWN])
+    rows = []
+    for gid in order:
+        members = g[g["duplicate_group"] == gid].sort_values("duplicate_suspect", kind="stable")
+        figs = "".join(_figure(_thumb(read, r.path, size), r.path, r.label_name,
+                               " (likely wrong)" if r.duplicate_suspect else "") for r in members.itertuples())
+        conflict = " conflict" if members["duplicate_conflict"].any() else ""
+        rows.append(f'<div class="pair{conflict}">{figs}</div>')
+    issues = a.get("image_issues", {})
+    text = (f'<h2 id="duplicates">Duplicates, leaks and image issues</h2><p><b>{a.get("duplicate_groups", 0)}</b> '
+            f'duplicate groups ({a.get("duplicate_images", 0)} images, {a.get("exact_duplicates", 0)} with exactly the '
+            f'same pixels), <b>{a.get("conflicting_groups", 0)}</b> with conflicting labels. Image issues: '
+            + (", ".join(f"{v} {k.replace('_', ' ')}" for k, v in issues.items() if v) or "none") + ".</p>")
+    if len(order) < g["duplicate_group"].nunique():
+        text += f"<p>The first {len(order)} groups, label conflicts first (all in the report's duplicate_group).</p>"
+    return text + f'<div class="pairs">{"".join(rows)}</div>' + _leaks_part(a.get("test"), rpath, read, size)
+
+
+def _leaks_part(test, rpath: Path, read, size: int) -> str:
+    if not test:
+        return "<p>No test set was compared (<code>memscan run DATASET --test TEST_SET</code>).</p>"
+    head = (f"<h3>Leaks into the test set</h3><p><b>{test['leaked']}</b> of {test['n']} test images in "
+            f"<code>{html.escape(test['location'])}</code> duplicate a training image ({test['exact']} exactly, "
+            f"{test['label_differs']} under another label).</p>")
+    leaks_file = rpath.parent / "leaks.parquet"
+    if not test["leaked"] or not leaks_file.is_file():
+        return head
+    import pyarrow.parquet as pq
+    pairs = pq.read_table(leaks_file).to_pandas().head(DUPLICATE_GROUPS_SHOWN)
+    read_test, _ = _image_reader(test["location"])
+    rows = [f'<div class="pair{"" if r.same_label else " conflict"}">'
+            + _figure(_thumb(read_test, r.test_path, size), r.test_path, r.test_label, " (test)")
+            + _figure(_thumb(read, r.train_path, size), r.train_path, r.train_label, f" (train, {r.similarity:.3f})")
+            + "</div>" for r in pairs.itertuples()]
+    return head + f'<div class="pairs">{"".join(rows)}</div>'
+
+
 def _run_facts(meta) -> dict:
     d = meta.to_dict()
     d["dataset"].pop("skipped")
@@ -297,7 +375,7 @@ window.addEventListener('error', e => {{ window.memscanErrors.push(String(e.mess
 {header}
 {warning}
 <nav><a href="#gallery-section">gallery</a> · <a href="#plots">plots</a> · <a href="#classes">classes</a> ·
-<a href="#health">health</a> · <a href="#config">config</a>{reference_nav}</nav>
+<a href="#health">health</a> · <a href="#duplicates">duplicates</a> · <a href="#config">config</a>{reference_nav}</nav>
 <h2 id="gallery-section">Flagged samples</h2>
 <div class="controls">
 <label>category <select id="category"></select></label>

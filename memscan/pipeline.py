@@ -23,7 +23,8 @@ import torch
 from . import __version__, distributed
 from .config import RunConfig
 from .data import load_index
-from .data.cache import default_cache_dir, memory_budget
+from .data.cache import default_cache_dir, load_images, memory_budget
+from .data_audit import audit_images, audit_leaks
 from .dataset_guard import DatasetGuard
 from .errors import ConfigError, Interrupted, OutputError, TrainingError
 from .explain import prediction_agreement, reasons, suggestion
@@ -46,12 +47,14 @@ class RunResult:
 
 def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = False, cache_dir=None,
         val_dataset=None, relabel=None, progress=None, path_column: str | None = None,
-        label_column: str | None = None, encoding: str | None = None, resume: bool = False) -> RunResult:
+        label_column: str | None = None, encoding: str | None = None, resume: bool = False,
+        test_dataset=None) -> RunResult:
     """Train on ``dataset`` (folder or manifest), record signals, and write the run folder ``out``.
 
     ``relabel(table) -> labels`` replaces the labels in memory (eval-noise); the dataset on disk is
     never touched. ``resume=True`` continues the interrupted run in ``out`` from its last epoch
-    checkpoint (same report as an uninterrupted run on the CPU). Returns a ``RunResult`` whose
+    checkpoint (same report as an uninterrupted run on the CPU). ``test_dataset``: a test split whose
+    duplicates of training images are written as ``leaks.parquet``. Returns a ``RunResult`` whose
     ``summary`` is what ``--json`` prints.
     """
     cfg = cfg or RunConfig()
@@ -62,6 +65,10 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
     emit = (progress or (lambda event, **info: None)) if dist.is_main else (lambda event, **info: None)
 
     table = load_index(dataset, path_column=path_column, label_column=label_column, encoding=encoding)
+    test_table = load_index(test_dataset) if test_dataset is not None else None   # a bad path fails before training
+    if test_table is not None:   # the test set is a dataset too: nothing is written inside it
+        DatasetGuard.for_table(test_table).check_folder(out if out is not None else default_run_path(table.location),
+                                                        what="--out (inside the --test set)")
     guard = DatasetGuard.for_table(table)
     guard.check_folder(cache_dir if cache_dir is not None else default_cache_dir(), what="the decode cache",
                       may_hold=True)
@@ -77,7 +84,8 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
              from_cache=prep.from_cache, mapped=prep.mapped, notes=prep.notes)
         if dist.is_main:
             begin_run(folder, ck, cfg, resume=resume, dataset=dataset, cache_dir=cache_dir, val_dataset=val_dataset,
-                      path_column=path_column, label_column=label_column, encoding=encoding, relabel=relabel)
+                      path_column=path_column, label_column=label_column, encoding=encoding, relabel=relabel,
+                      test_dataset=test_dataset)
         dist.barrier()
 
         t = time.perf_counter()
@@ -92,9 +100,14 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
         with _interrupt_message(folder, "scoring"):
             sig, scores = score(prep, folder, cfg, result, len(curves))
         timings["score_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        with _interrupt_message(folder, "auditing the images"):
+            audit, leaks = audit_data(prep, scores, test_table, cfg, cache_dir)
+        timings["audit_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t_all
         meta = report_metadata(prep, cfg, result, sig, scores, curves, timings)
-        write_results(folder, prep, cfg, meta, sig, scores, epochs=len(curves))
+        meta.audit = audit
+        write_results(folder, prep, cfg, meta, sig, scores, epochs=len(curves), leaks=leaks)
     dist.barrier()
     dist.teardown()
     return RunResult(folder.path, folder.report, run_summary(folder, prep, result, scores, meta, curves), scores)
@@ -141,7 +154,7 @@ def checked_checkpoint(folder: RunFolder, cfg: RunConfig, fingerprint: str) -> d
 
 
 def begin_run(folder: RunFolder, ck, cfg: RunConfig, *, resume: bool, dataset, cache_dir, val_dataset, path_column,
-              label_column, encoding, relabel) -> None:
+              label_column, encoding, relabel, test_dataset=None) -> None:
     """Only now, with data and model proven good, replace an earlier run's files (``--overwrite``),
     or drop the epochs after the checkpoint (``--resume``)."""
     folder.begun = True
@@ -157,7 +170,8 @@ def begin_run(folder: RunFolder, ck, cfg: RunConfig, *, resume: bool, dataset, c
     absolute = lambda p: None if p is None else str(Path(p).resolve())
     folder.save_args({"dataset": absolute(dataset), "config": cfg.to_dict(), "path_column": path_column,
                       "label_column": label_column, "encoding": encoding, "cache_dir": absolute(cache_dir),
-                      "val_dataset": absolute(val_dataset), "relabelled": relabel is not None})
+                      "val_dataset": absolute(val_dataset), "relabelled": relabel is not None,
+                      "test_dataset": absolute(test_dataset)})
 
 
 def train(prep: Prepared, cfg: RunConfig, folder: RunFolder, ck, emit):
@@ -275,6 +289,26 @@ def explain(sig, scores: dict, prep: Prepared, folder: RunFolder, *, window_star
     return {"suggested_label": sugg, "p_suggested": p_sugg, "suggestion_agreement": agree, "reason": why}
 
 
+def audit_data(prep: Prepared, scores: dict, test_table, cfg: RunConfig, cache_dir):
+    """Image issues and duplicates into ``scores`` (report columns); (summary, leak pairs or None)."""
+    cols, summary, thumbs = audit_images(prep.images, prep.sizes, prep.labels, prep.table.paths,
+                                         scores["mislabel_score"])
+    leaks = None
+    if test_table is not None:
+        decoded = load_images(test_table, image_size=prep.image_size, strict=cfg.strict, workers=cfg.workers,
+                              cache_dir=cache_dir, max_pixels=cfg.max_image_pixels,
+                              memory_bytes=memory_budget(cfg.cache_memory))
+        leaks, cols["test_duplicates"] = audit_leaks(decoded.table, decoded.images, prep.table.paths,
+                                                     prep.table.class_names, prep.labels, prep.images, thumbs,
+                                                     summary["near_threshold"])
+        summary["test"] = {"location": str(Path(test_table.location).resolve()), "n": len(decoded.table),
+                           "leaked": leaks.num_rows, "exact": int(sum(k == "exact" for k in leaks["kind"].to_pylist())),
+                           "label_differs": int(leaks.num_rows - sum(leaks["same_label"].to_pylist())),
+                           "training_images_leaked": int((cols["test_duplicates"] > 0).sum())}
+    scores.update(cols)
+    return summary, leaks
+
+
 def _all_finite(a, rows: int = 1 << 16) -> bool:
     return all(np.isfinite(a[s:s + rows]).all() for s in range(0, len(a), rows))
 
@@ -300,14 +334,16 @@ def report_metadata(prep: Prepared, cfg: RunConfig, result, sig, scores, curves,
 
 
 def write_results(folder: RunFolder, prep: Prepared, cfg: RunConfig, meta: ReportMeta, sig, scores, *,
-                  epochs: int):
-    """Report, model weights and run.json, each atomically; then the checkpoint goes."""
+                  epochs: int, leaks: pa.Table | None = None):
+    """Report, leak pairs, model weights and run.json, each atomically; then the checkpoint goes."""
     try:
         folder.write_table(build_table(prep.table, prep.labels, sig, scores, meta), folder.report)
     except (OSError, OutputError) as e:
         why = getattr(e, "strerror", None) or e
         raise OutputError(f"cannot write '{folder.report}' ({why}); no partial report was left and the training "
                           f"checkpoint is kept: free disk space, then 'memscan resume {folder.path}'") from None
+    if leaks is not None:
+        folder.write_table(leaks, folder.leaks)
     folder.write_model({"model": cfg.model, "num_classes": prep.table.num_classes,
                         "class_names": prep.table.class_names, "state_dict": prep.model.state_dict(),
                         "mean": [float(v) for v in prep.mean], "std": [float(v) for v in prep.std],
@@ -332,7 +368,7 @@ def run_summary(folder: RunFolder, prep: Prepared, result, scores, meta: ReportM
                  "pred": names[scores["pred"][i]], "p_pred": float(scores["p_pred"][i]),
                  "mislabel_score": float(scores["mislabel_score"][i]), "category": str(scores["category"][i])}
                 for i in top],
-        "timings": meta.timings, "nan": result.nan_epoch is not None,
+        "timings": meta.timings, "nan": result.nan_epoch is not None, "audit": meta.audit,
     }
 
 

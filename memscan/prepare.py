@@ -44,6 +44,7 @@ class Prepared:
     mapped: bool = False             # images memory-mapped from the on-disk cache
     val_source: InMemorySource | None = None
     notes: list = field(default_factory=list)       # one-line notes for the user (e.g. a rebuilt cache)
+    sizes: np.ndarray | None = None                 # int32 [N, 2]: each image's own (width, height)
 
     def subset(self, idx) -> InMemorySource:
         """The samples ``idx`` as a source with the same normalisation, device and layout (a fold of
@@ -122,7 +123,7 @@ def prepare(table: SampleTable, cfg: RunConfig, *, dist: distributed.Dist | None
                     source=source, device=device, dtype=dtype, dist=dist, channels_last=channels_last, mean=mean,
                     std=std, image_size=int(decoded.images.shape[-1]), skipped=table.unreadable + decoded.skipped,
                     from_cache=decoded.from_cache, mapped=isinstance(decoded.images, np.memmap),
-                    notes=list(decoded.notes))
+                    notes=list(decoded.notes), sizes=decoded.sizes)
     if val_dataset is not None:
         prep.val_source = _validation_source(val_dataset, prep, cfg, cache_dir)
     return prep

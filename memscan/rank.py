@@ -27,6 +27,13 @@ BY = {
     "p_given": ("p_given", False),      # low probability of the given label = suspicious
     "forgetting": ("forgetting", True),
     "learning_time": ("learning_time", True),
+    # beyond labels (data_audit): image properties and duplicates
+    "blur": ("sharpness", False),       # least sharp first
+    "dark": ("brightness", False),
+    "bright": ("brightness", True),
+    "contrast": ("contrast", False),    # flattest first
+    "information": ("entropy", False),  # nearly blank first
+    "duplicate": ("duplicate_similarity", True),   # closest duplicates first; images without one last
 }
 RECORD_COLUMNS = ("rank", "sample_id", "path", "label_name", "pred_name", "p_pred", "p_given", "score",
                   "category")

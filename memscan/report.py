@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .data_audit import COLUMNS as AUDIT_COLUMNS
 from .errors import ReportError
 from .files import to_jsonable
 
@@ -58,6 +59,7 @@ COLUMNS = {
     "suggestion_agreement": "fraction of the late-window epochs whose training step predicted the suggested class; "
                             "higher = a steadier verdict (NaN: predictions not recorded)",
     "reason": "why the sample is in its category, from its own training history (empty when 'ok')",
+    **AUDIT_COLUMNS,
 }
 
 
@@ -106,6 +108,7 @@ class ReportMeta:
     categories: dict = field(default_factory=dict)   # samples per category
     stop_accuracy: float | None = None              # accuracy on the given labels at the stop (eval mode)
     warnings: list = field(default_factory=list)     # how far the categories can be trusted (scores.trust_warnings)
+    audit: dict = field(default_factory=dict)        # image issues, duplicates, leaks (data_audit.audit_images)
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict:
@@ -163,6 +166,10 @@ def build_table(table, labels, sig, scores: dict, meta: ReportMeta) -> pa.Table:
         cols["p_suggested"] = scores["p_suggested"].astype(np.float32)
         cols["suggestion_agreement"] = scores["suggestion_agreement"].astype(np.float32)
         cols["reason"] = pa.array(scores["reason"].tolist(), pa.string())
+    for c in AUDIT_COLUMNS:
+        if c in scores:
+            v = scores[c]
+            cols[c] = pa.array(v.tolist(), pa.string()) if v.dtype == object else v
     t = pa.table(cols)
     fields = [t.schema.field(c).with_metadata({"description": COLUMNS[c]}) for c in t.column_names]
     full = {"format_version": FORMAT_VERSION, "columns": COLUMNS, **meta.to_dict()}
@@ -221,11 +228,11 @@ def read_frame(report, columns=None, optional=()):
     return pq.read_table(p, columns=columns).to_pandas()
 
 
-def frame_and_name(report, columns=None):
+def frame_and_name(report, columns=None, optional=()):
     """(DataFrame, name for messages) of a report path, a run folder or an already loaded DataFrame."""
     if hasattr(report, "columns"):
         return report, "<DataFrame>"
-    return read_frame(report, columns), str(resolve_report_path(report))
+    return read_frame(report, columns, optional), str(resolve_report_path(report))
 
 
 def read_report(path):

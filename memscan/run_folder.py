@@ -36,6 +36,7 @@ TRAJECTORIES = "trajectories"
 EVAL = "eval.json"
 TRUTH = "truth.csv"
 REFERENCE = "reference.parquet"
+LEAKS = "leaks.parquet"                            # run --test: test images that duplicate training images
 HTML = "report.html"
 PLOTS = "plots"
 PLOT_NAMES = ("norms", "gradient", "accuracy", "csg", "classes", "learning_time", "noise_matrix")   # always drawn
@@ -46,7 +47,7 @@ EPOCH_FILE = re.compile(r"epoch-\d{4,}\.parquet")   # in trajectories/ (trajecto
 MEMORIZATION = "memorization.parquet"              # memscan memorization: the reference estimate
 MODELS = "models"                                  # ... and one file per trained model in models/
 MODEL_FILE = re.compile(r"model-\d{4,}\.parquet")
-OWN_FILES = (MARKER, REPORT, RUN_ARGS, RUN_INFO, CHECKPOINT, MODEL, CURVES, EVAL, TRUTH, REFERENCE, HTML,
+OWN_FILES = (MARKER, REPORT, RUN_ARGS, RUN_INFO, CHECKPOINT, MODEL, CURVES, EVAL, TRUTH, REFERENCE, LEAKS, HTML,
              MEMORIZATION, *CHECK_FILES)
 DEFAULT_BASE = Path("memscan-runs")
 RUN_ARGS_KEYS = ("dataset", "config", "path_column", "label_column", "cache_dir", "val_dataset", "relabelled")
@@ -82,6 +83,7 @@ class RunFolder:
     eval_json = property(lambda self: self.path / EVAL)
     truth = property(lambda self: self.path / TRUTH)
     reference = property(lambda self: self.path / REFERENCE)   # eval-noise: the instance-noise reference
+    leaks = property(lambda self: self.path / LEAKS)
     html = property(lambda self: self.path / HTML)
     plots = property(lambda self: self.path / PLOTS)
     marker = property(lambda self: self.path / MARKER)

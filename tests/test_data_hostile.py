@@ -195,7 +195,7 @@ INTERRUPTED = textwrap.dedent("""
     signal.signal(signal.SIGTERM, _terminate)   # what the CLI does: SIGTERM becomes KeyboardInterrupt
     def slow(data, size, **kw):
         time.sleep(120)   # a decode stuck on a slow file system
-    cache.decode = slow
+    cache.decode_sized = slow
     try:
         cache.load_images(load_index(sys.argv[1]), cache_dir=sys.argv[2], workers=2, image_size=6, memory_bytes=0)
     except KeyboardInterrupt:

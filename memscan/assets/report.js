@@ -24,7 +24,8 @@
     const o = document.createElement('option'); o.value = value; o.textContent = label; sel.appendChild(o);
   }
   function filtered() {
-    return data.cards.filter(c => (state.category === 'all' || c.category === state.category) &&
+    return data.cards.filter(c => (state.category === 'all' || c.category === state.category ||
+                                   (c.views || []).includes(state.category)) &&
                                   (state.cls === 'all' || c.label_name === state.cls));
   }
   function card(c) {
@@ -46,6 +47,10 @@
       lines.push(['suggest', 'suggested: ', ['pred', c.suggested_label_name],
                   c.suggestion_agreement == null ? '' : ' (' + Math.round(100 * c.suggestion_agreement) + '% of late epochs)']);
     if (c.reason) lines.push(['reason', c.reason]);
+    if (c.image_issue) lines.push(['issue', 'image: ' + c.image_issue.replaceAll(',', ', ')]);
+    if (c.duplicate_of) lines.push(['issue', (c.duplicate_kind === 'exact' ? 'exact' : 'near') + ' duplicate of ' +
+                                    c.duplicate_of + (c.duplicate_suspect ? ' (label conflict: this label looks wrong)' :
+                                    c.duplicate_conflict ? ' (label conflict)' : '')]);
     for (const [cls, ...parts] of lines) {
       const p = document.createElement('div'); if (cls) p.className = cls;
       for (const part of parts) {

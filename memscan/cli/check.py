@@ -24,6 +24,12 @@ def check_cmd(
     accepted: Optional[Path] = typer.Option(None, help="A reviewer's decisions.csv (from report.html): samples "
                                             "marked keep are not counted; relabel/remove decisions not yet "
                                             "applied are listed."),
+    max_duplicates: Optional[int] = typer.Option(None, help="Fail when more than this many images are redundant "
+                                                 "duplicates (beyond the first of each group)."),
+    max_leaks: Optional[int] = typer.Option(None, help="Fail when more than this many test images duplicate "
+                                            "training images (a run with --test)."),
+    max_image_issues: Optional[int] = typer.Option(None, help="Fail when more than this many images are dark, blurry, "
+                                                   "blank, ... (column image_issue)."),
     junit: Optional[Path] = typer.Option(None, help="Write a JUnit XML file (one test case per gate)."),
     summary_md: Optional[Path] = typer.Option(None, help="Write a Markdown summary (also appended to "
                                               "$GITHUB_STEP_SUMMARY when set)."),
@@ -38,7 +44,8 @@ def check_cmd(
         raise ConfigError(f"--top {top} must be 0 or more")
     check_ci_paths(report, junit=junit, summary_md=summary_md)
     res = check_report(report, max_mislabeled=max_mislabeled, max_count=max_count, class_max=class_max or None,
-                       baseline=baseline, max_new=max_new, accepted=accepted, top=top)
+                       baseline=baseline, max_new=max_new, accepted=accepted, top=top,
+                       max_duplicates=max_duplicates, max_leaks=max_leaks, max_image_issues=max_image_issues)
     write_ci_files(res, junit=junit, summary_md=summary_md)
     if as_json:
         typer.echo(json.dumps(res.to_dict(), indent=1))

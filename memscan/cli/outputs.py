@@ -52,7 +52,14 @@ def print_check(result) -> int:
         mark = "[green]PASS[/]" if g.passed else "[bold red]FAIL[/]"
         console.print(f"{mark} {safe(g.name)}: {safe(g.message)}", highlight=False)
     for g in result.failed:
-        if g.offenders:
+        if g.offenders and "mislabel_score" not in g.offenders[0]:   # duplicates, leaks, image issues
+            t = Table(title=f"top offenders — {safe(g.name)}", title_justify="left")
+            for c in g.offenders[0]:
+                t.add_column(c, overflow="fold")
+            for o in g.offenders:
+                t.add_row(*(f"{v:.3f}" if isinstance(v, float) else safe(str(v)) for v in o.values()))
+            console.print(t)
+        elif g.offenders:
             t = Table(title=f"top offenders — {safe(g.name)}", title_justify="left")
             for c in ("path", "given", "predicted", "p", "mislabel_score"):
                 t.add_column(c, overflow="fold")
@@ -75,8 +82,22 @@ def print_check(result) -> int:
         console.print(f"[bold green]data check passed[/] ({len(result.gates)} gates, {result.samples} samples)")
     else:
         console.print(f"[bold red]data check failed[/]: {safe(', '.join(g.name for g in result.failed))} "
-                      f"(see: memscan rank {safe(result.report)} --category mislabeled)", highlight=False)
+                      f"(see: {'; '.join(_where_to_look(result))})", highlight=False)
     return 0 if result.passed else EXIT_FAILED
+
+
+def _where_to_look(result) -> list[str]:
+    report, names = safe(result.report), {g.name.split("[")[0] for g in result.failed}
+    out = []
+    if names & {"max-mislabeled", "max-count", "class-max", "max-new"}:
+        out.append(f"memscan rank {report} --category mislabeled")
+    if "max-duplicates" in names:
+        out.append(f"memscan rank {report} --by duplicate")
+    if "max-image-issues" in names:
+        out.append(f"the image_issue column, or memscan rank {report} --by blur")
+    if "max-leaks" in names:
+        out.append("leaks.parquet in the run folder")
+    return out
 
 
 def write_report_html(run_dir, out=None, *, per_category: int = 300, quiet: bool = False, reference=None):

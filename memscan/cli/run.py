@@ -53,6 +53,8 @@ def run_cmd(
                                 "epoch checkpoint (its saved options apply; same report as an uninterrupted run)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Decode cache (default: ~/.cache/memscan)."),
     val: Optional[Path] = typer.Option(None, help="Held-out labelled set: adds validation loss/accuracy per epoch."),
+    test: Optional[Path] = typer.Option(None, "--test", help="Test split (folder or manifest) to check for leakage: "
+                                        "its images that duplicate training images go to leaks.parquet."),
     path_column: Optional[str] = typer.Option(None, help="Manifest column holding image paths (default: path)."),
     encoding: Optional[str] = typer.Option(None, help="Text encoding of a CSV/TSV manifest (default: UTF-8), "
                                            "e.g. latin-1."),
@@ -94,7 +96,8 @@ def run_cmd(
             read_metadata(gate["baseline"])
     with RunProgress(quiet=quiet or as_json) as prog:
         res = run(dataset, cfg, out=out, overwrite=overwrite, cache_dir=cache_dir, val_dataset=val, progress=prog,
-                  path_column=path_column, label_column=label_column, encoding=encoding, resume=resume)
+                  path_column=path_column, label_column=label_column, encoding=encoding, resume=resume,
+                  test_dataset=test if test is not None else _saved_test(out) if resume else None)
     if res.summary.get("rank", 0) != 0:   # torchrun: rank 0 reports
         return
     if truth is not None:
@@ -139,6 +142,11 @@ def _resumed_config(ctx, opts: dict, out):
     return RunConfig.from_dict({**saved, **given})
 
 
+def _saved_test(out):
+    from ..run_folder import RunFolder
+    return RunFolder(out).load_args().get("test_dataset") if out is not None else None
+
+
 def _gate_run(res, gate: dict):
     """``run --check``: the gate's result, written as check.json/.xml/.md in the run folder."""
     from ..check import check_report
@@ -175,7 +183,8 @@ def resume_cmd(
     with RunProgress(quiet=quiet or as_json) as prog:
         res = run(a["dataset"], RunConfig.from_dict(a["config"]), out=run_dir, cache_dir=a["cache_dir"],
                   val_dataset=a["val_dataset"], progress=prog, path_column=a["path_column"],
-                  label_column=a["label_column"], encoding=a.get("encoding"), resume=True)
+                  label_column=a["label_column"], encoding=a.get("encoding"), resume=True,
+                  test_dataset=a.get("test_dataset"))
     if res.summary.get("rank", 0) != 0:
         return
     if as_json:

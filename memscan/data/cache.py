@@ -25,12 +25,12 @@ import numpy as np
 
 from ..errors import DatasetError, OutputError
 from ..files import write_atomic_with, write_text_atomic
-from .decode import DEFAULT_MAX_PIXELS, decode, probe_size
+from .decode import DEFAULT_MAX_PIXELS, decode_sized, probe_size
 from .index import SampleTable, open_regular
 
 # bump whenever decode output or the entry format changes (2: colour-key transparency; 3: JPEG draft,
-# checksums, key on the dataset's absolute folder)
-CACHE_VERSION = 3
+# checksums, key on the dataset's absolute folder; 4: each image's own width and height)
+CACHE_VERSION = 4
 CHECK_BLOCK_BYTES = 16 * 2 ** 20
 
 
@@ -60,6 +60,7 @@ class DecodedImages:
     cache_file: Path | None
     from_cache: bool
     notes: list[str] = field(default_factory=list)   # one line each, for the user (a rebuilt cache entry)
+    sizes: np.ndarray | None = None   # int32 [N, 2]: each image's own (width, height) before resizing
 
 
 def cache_key(table: SampleTable, size: int, max_pixels: int | None = None) -> str:
@@ -110,8 +111,9 @@ def _error_text(e: Exception) -> str:
 
 
 def _decode_one(table: SampleTable, i: int, size: int, max_pixels: int | None):
+    """((array, (width, height)), None) or (None, error text)."""
     try:
-        return decode(table.read_bytes(i), size, max_pixels=max_pixels), None
+        return decode_sized(table.read_bytes(i), size, max_pixels=max_pixels), None
     except Exception as e:  # Pillow raises many types for bad files; all mean "unreadable"
         return None, _error_text(e)
 
@@ -190,9 +192,9 @@ def _checksums(images: np.ndarray, workers: int = 1) -> list[int]:
         return list(ex.map(crc, blocks))
 
 
-def _entry_meta(images: np.ndarray, kept, skipped, workers: int) -> str:
+def _entry_meta(images: np.ndarray, kept, skipped, sizes: np.ndarray, workers: int) -> str:
     return json.dumps({"shape": list(images.shape), "kept": kept.tolist(), "skipped": skipped,
-                       "crc32": _checksums(images, workers)})
+                       "sizes": sizes.reshape(-1).tolist(), "crc32": _checksums(images, workers)})
 
 
 class _Damaged(Exception):
@@ -208,6 +210,7 @@ def _read_entry(npy: Path, meta_file: Path, n: int, size: int, mapped: bool, wor
         meta = json.loads(meta_file.read_text())
         kept, skipped, sums = np.asarray(meta["kept"], dtype=np.int64), meta["skipped"], meta["crc32"]
         shape = tuple(meta["shape"])
+        sizes = np.asarray(meta["sizes"], dtype=np.int32).reshape(-1, 2)
     except FileNotFoundError:
         raise _Damaged("its JSON side file is missing") from None
     except (OSError, ValueError, KeyError, TypeError):   # ValueError: bad JSON, bad UTF-8, bad numbers
@@ -220,14 +223,14 @@ def _read_entry(npy: Path, meta_file: Path, n: int, size: int, mapped: bool, wor
         raise _Damaged("its .npy file is empty, truncated or garbled") from None
     if images.shape != (len(kept), 3, size, size) or images.shape != shape or images.dtype != np.uint8:
         raise _Damaged("wrong shape")
-    if len(kept) and (kept[0] < 0 or kept[-1] >= n or (np.diff(kept) <= 0).any()):
+    if len(kept) and (kept[0] < 0 or kept[-1] >= n or (np.diff(kept) <= 0).any()) or len(sizes) != len(kept):
         raise _Damaged("its JSON side file does not fit the dataset")
     if not mapped:
         images = np.array(images)   # the in-memory copy is what is checked, and used
     # every byte is checked before training, memory-mapped or not: one streamed pass, like one epoch
     if _checksums(images, workers) != sums:
         raise _Damaged("checksum mismatch")
-    return images, kept, skipped
+    return images, kept, skipped, sizes
 
 
 def _from_cache(npy: Path, meta_file: Path, table: SampleTable, size: int, *, mapped: bool, strict: bool,
@@ -236,13 +239,13 @@ def _from_cache(npy: Path, meta_file: Path, table: SampleTable, size: int, *, ma
     if not npy.exists() and not meta_file.exists():
         return None, None
     try:
-        images, kept, skipped = _read_entry(npy, meta_file, len(table), size, mapped, workers)
+        images, kept, skipped, sizes = _read_entry(npy, meta_file, len(table), size, mapped, workers)
     except Exception as e:  # whatever else is wrong with a cache entry, rebuilding it is the fix
         why = str(e) if isinstance(e, _Damaged) else f"unreadable: {type(e).__name__}"
         return None, f"decode cache entry '{npy}' was damaged ({why}); rebuilt it"
     if strict and skipped:
         return None, None   # decoding again raises, naming the unreadable file
-    return DecodedImages(images, table.subset(kept), skipped, npy, True), None
+    return DecodedImages(images, table.subset(kept), skipped, npy, True, sizes=sizes), None
 
 
 def _check_kept(table: SampleTable, kept: np.ndarray, skipped: list[dict]) -> SampleTable:
@@ -257,18 +260,19 @@ def _check_kept(table: SampleTable, kept: np.ndarray, skipped: list[dict]) -> Sa
 
 
 def _decode_into(images: np.ndarray, table: SampleTable, size: int, *, strict: bool, workers: int,
-                 max_pixels: int | None, progress) -> tuple[np.ndarray, list[dict]]:
-    """Decode every image into ``images``; (indices decoded, skipped images)."""
+                 max_pixels: int | None, progress) -> tuple[np.ndarray, list[dict], np.ndarray]:
+    """Decode every image into ``images``; (indices decoded, skipped images, [n, 2] own sizes)."""
     n = len(table)
     ok = np.zeros(n, dtype=bool)
+    sizes = np.zeros((n, 2), dtype=np.int32)
     skipped = []
     pool = _DaemonPool(workers)
     try:
         for start in range(0, n, 256):
             idx = range(start, min(n, start + 256))
-            for i, (arr, err) in zip(idx, pool.map(lambda j: _decode_one(table, j, size, max_pixels), idx)):
+            for i, (got, err) in zip(idx, pool.map(lambda j: _decode_one(table, j, size, max_pixels), idx)):
                 if err is None:
-                    images[i] = arr
+                    images[i], sizes[i] = got
                     ok[i] = True
                 elif strict:
                     raise DatasetError(f"cannot read image '{table.file(i)}' ({err}); fix or remove it, "
@@ -279,7 +283,7 @@ def _decode_into(images: np.ndarray, table: SampleTable, size: int, *, strict: b
                 progress(idx.stop, n)
     finally:
         pool.close()   # on an interrupt: what has not started never will
-    return np.flatnonzero(ok), skipped
+    return np.flatnonzero(ok), skipped, sizes
 
 
 def load_images(table: SampleTable, *, image_size: int | None = None, strict: bool = False,
@@ -319,18 +323,18 @@ def load_images(table: SampleTable, *, image_size: int | None = None, strict: bo
             images = _open_temp(cache_dir, temps[0], (n, 3, size, size))
         else:
             images = np.empty((n, 3, size, size), dtype=np.uint8)
-        kept, skipped = _decode_into(images, table, size, strict=strict, workers=workers, max_pixels=max_pixels,
-                                     progress=progress)
-        sub = _check_kept(table, kept, skipped)
+        kept, skipped, sizes = _decode_into(images, table, size, strict=strict, workers=workers,
+                                            max_pixels=max_pixels, progress=progress)
+        sub, sizes = _check_kept(table, kept, skipped), sizes[kept]
         if mapped:
-            images = _finish_mapped(images, temps, npy, meta_file, kept, skipped, workers)
+            images = _finish_mapped(images, temps, npy, meta_file, kept, skipped, sizes, workers)
         else:
             images = images[kept] if len(kept) < n else images
             if use_cache:
-                _write_cache(cache_dir, npy, meta_file, images, kept, skipped, workers)
+                _write_cache(cache_dir, npy, meta_file, images, kept, skipped, sizes, workers)
     finally:
         _remove(temps)
-    return DecodedImages(images, sub, skipped, npy if use_cache else None, False, notes)
+    return DecodedImages(images, sub, skipped, npy if use_cache else None, False, notes, sizes=sizes)
 
 
 def _no_room(npy: Path, e: OSError) -> OutputError:
@@ -346,7 +350,8 @@ def _open_temp(cache_dir: Path, tmp: Path, shape) -> np.memmap:
         raise _no_room(tmp, e) from None
 
 
-def _finish_mapped(images, temps: list[Path], npy: Path, meta_file: Path, kept, skipped, workers) -> np.memmap:
+def _finish_mapped(images, temps: list[Path], npy: Path, meta_file: Path, kept, skipped, sizes,
+                   workers) -> np.memmap:
     """Compact the kept rows (chunk by chunk: never the whole array in RAM), publish the cache
     entry atomically, and map it read-only."""
     tmp_npy, tmp2, _ = temps
@@ -360,7 +365,7 @@ def _finish_mapped(images, temps: list[Path], npy: Path, meta_file: Path, kept, 
             tmp_npy.unlink()
             images, tmp_npy = out, tmp2
         images.flush()
-        meta = _entry_meta(images, kept, skipped, workers)
+        meta = _entry_meta(images, kept, skipped, sizes, workers)
         del images
         os.replace(tmp_npy, npy)           # filled in place above, published whole here
         write_text_atomic(meta_file, meta)
@@ -369,13 +374,13 @@ def _finish_mapped(images, temps: list[Path], npy: Path, meta_file: Path, kept, 
     return np.load(npy, mmap_mode="r")
 
 
-def _write_cache(cache_dir: Path, npy: Path, meta_file: Path, images, kept, skipped, workers):
+def _write_cache(cache_dir: Path, npy: Path, meta_file: Path, images, kept, skipped, sizes, workers):
     def save(tmp):
         with open(tmp, "wb") as f:
             np.save(f, images)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         write_atomic_with(npy, save)       # the array first: a side file never describes a missing array
-        write_text_atomic(meta_file, _entry_meta(images, kept, skipped, workers))
+        write_text_atomic(meta_file, _entry_meta(images, kept, skipped, sizes, workers))
     except (OSError, OutputError):
         pass  # a cache we cannot write only costs a re-decode next time

@@ -34,6 +34,7 @@ def open_image(data: bytes, *, size: int | None = None, max_pixels: int | None =
         warnings.simplefilter("ignore")
         img = Image.open(io.BytesIO(data))
         img.seek(0)  # GIF/TIFF: first frame
+        img.memscan_size = img.size   # before ``draft`` shrinks a JPEG: the file's own size (image_issues)
         if size is not None:
             img.draft(None, (2 * size, 2 * size))   # a no-op for formats other than JPEG
         w, h = img.size
@@ -103,5 +104,14 @@ def resize_center(img: Image.Image, size: int) -> Image.Image:
 
 def decode(data: bytes, size: int, *, max_pixels: int | None = None) -> np.ndarray:
     """Bytes of one image -> uint8 array [3, size, size]. Over ``max_pixels``: ``DatasetError``."""
-    img = resize_center(to_rgb(open_image(data, size=size, max_pixels=max_pixels)), size)
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+    return decode_sized(data, size, max_pixels=max_pixels)[0]
+
+
+def decode_sized(data: bytes, size: int, *, max_pixels: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """``decode`` and the image's own (width, height) as displayed (after EXIF rotation)."""
+    img = open_image(data, size=size, max_pixels=max_pixels)
+    w, h = img.memscan_size
+    rgb = to_rgb(img)
+    if rgb.size != img.size:   # EXIF turned it by 90 degrees
+        w, h = h, w
+    return np.asarray(resize_center(rgb, size), dtype=np.uint8).transpose(2, 0, 1), (w, h)
