@@ -33,7 +33,7 @@ def evaluate(planted: Path, run: Path) -> dict:
     meta = read_metadata(run)
     group = df["duplicate_group"]
     dup = defaultdict(lambda: [0, 0])
-    conflict = [0, 0]
+    conflict, conflict_grouped = [0, 0], 0
     planted_paths = set()
     for r in truth["duplicates"]:
         planted_paths |= {r["original"], r["copy"]}
@@ -41,6 +41,7 @@ def evaluate(planted: Path, run: Path) -> dict:
         dup[r["transform"]][0] += int(g0 >= 0 and g0 == g1)
         dup[r["transform"]][1] += 1
         if r["conflict"]:
+            conflict_grouped += int(g0 >= 0 and g0 == g1)
             conflict[0] += int(g0 >= 0 and g0 == g1 and bool(df.at[r["copy"], "duplicate_suspect"])
                                and not bool(df.at[r["original"], "duplicate_suspect"]))
             conflict[1] += 1
@@ -53,22 +54,28 @@ def evaluate(planted: Path, run: Path) -> dict:
         leak[r["transform"]][1] += 1
     planted_tests = {r["test"] for r in truth["leaks"]}
     other_leaks = 0 if leaks is None else int((~leaks["test_path"].isin(planted_tests)).sum())
-    issue = {}
+    issue, precision = {}, {}
     degraded = {r["path"]: r["kind"] for r in truth["degraded"]}
     for kind, name in EXPECTED.items():
         paths = [p for p, k in degraded.items() if k == kind]
         issue[kind] = [int(sum(name in df.at[p, "image_issue"].split(",") for p in paths)), len(paths)]
+        flagged = int(df["image_issue"].str.split(",").apply(lambda s, n=name: n in s).sum())
+        precision[kind] = round(issue[kind][0] / flagged, 3) if flagged else None
     clean = df[~df.index.isin(set(degraded) | planted_paths)]
     ratio = lambda v: {"found": v[0], "planted": v[1], "recall": round(v[0] / v[1], 3) if v[1] else None}
     return {
         "duplicates": {k: ratio(v) for k, v in sorted(dup.items())},
         "duplicates_all": ratio([sum(v[0] for v in dup.values()), sum(v[1] for v in dup.values())]),
         "conflicting_copies_singled_out": ratio(conflict),
+        "conflicting_copies_grouped": conflict_grouped,
+        "duplicates_precision_lower_bound": round(2 * sum(v[0] for v in dup.values())
+                                                  / max(1, 2 * sum(v[0] for v in dup.values()) + others), 4),
         "other_grouped_images": others, "images": len(df),
         "leaks": {k: ratio(v) for k, v in sorted(leak.items())},
         "leaks_all": ratio([sum(v[0] for v in leak.values()), sum(v[1] for v in leak.values())]),
         "other_leaks": other_leaks, "test_images": None if leaks is None else meta.audit.get("test", {}).get("n"),
         "image_issues": {k: ratio(v) for k, v in issue.items()},
+        "image_issue_precision": precision,   # unplanted images with the issue count as false alarms
         "unplanted_flagged": {"share": round(float((clean["image_issue"] != "").mean()), 4),
                               "by_issue": {k: int(clean["image_issue"].str.contains(k).sum()) for k in
                                            sorted({i for s in clean["image_issue"] for i in s.split(",") if i})}},

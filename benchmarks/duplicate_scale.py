@@ -1,9 +1,10 @@
-"""Nearest-neighbour search for duplicates at scale: exact blocked search against faiss HNSW.
+"""Nearest-neighbour search for duplicates at scale: exact search (faiss flat, numpy) against faiss HNSW.
 
 Descriptors are the 16x16 thumbnails ``memscan.duplicates`` uses, of CIFAR-10 train (50,000 real
 images); larger sizes stack noisy copies of them (timing only: their recall is not a property of real
 data). For each size: seconds to find every image's 5 nearest neighbours, exactly and with HNSW (build +
 search), and HNSW's recall of the exact neighbours and of the pairs above the duplicate threshold.
+Threads: as OMP_NUM_THREADS says (faiss and numpy's BLAS both follow it).
 
     OMP_NUM_THREADS=2 python benchmarks/duplicate_scale.py ../shared/data/cifar10/train.parquet \\
         --sizes 50000 200000 --out benchmarks/results/duplicate-scale-machineA.json
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from memscan.data import load_images, load_index
-from memscan.duplicates import _nearest_hnsw, near_threshold, nearest, thumbnails
+from memscan.duplicates import _nearest_faiss, near_threshold, nearest, thumbnails
 
 
 def descriptors(dataset: Path, n: int) -> np.ndarray:
@@ -34,15 +35,24 @@ def descriptors(dataset: Path, n: int) -> np.ndarray:
     return np.concatenate(parts)[:n]
 
 
+def _numpy_exact(v, k):
+    from unittest import mock
+    with mock.patch("memscan.duplicates._faiss", return_value=None):
+        return nearest(v, v, k, same=True)
+
+
 def measure(v: np.ndarray, *, exact: bool, k: int = 5) -> dict:
     row = {"n": len(v)}
     t = time.perf_counter()
-    hi, hs = _nearest_hnsw(v, v, k, same=True)
+    hi, hs = _nearest_faiss(v, v, k, same=True, approximate=True)
     row["hnsw_s"] = round(time.perf_counter() - t, 2)
     if exact:
         t = time.perf_counter()
-        ei, es = nearest(v, v, k, same=True)
+        ei, es = _nearest_faiss(v, v, k, same=True, approximate=False)
         row["exact_s"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
+        _numpy_exact(v, k)
+        row["exact_numpy_s"] = round(time.perf_counter() - t, 2)
         row["hnsw_recall_at_5"] = round(float(np.mean([len(set(a) & set(b)) / k for a, b in
                                                        zip(hi.tolist(), ei.tolist())])), 4)
         pairs = lambda i, s: {(a, b) for a, row_i, row_s in zip(range(len(i)), i.tolist(), s.tolist())

@@ -102,3 +102,15 @@ def test_find_leaks_pairs_each_test_image_with_its_training_twin():
 def test_thumbnails_of_images_smaller_than_the_thumbnail():
     t = thumbnails(_photos(2, size=8))
     assert t.shape == (2, 64) and np.isfinite(t).all()
+
+
+def test_numpy_fallback_equals_faiss(monkeypatch):
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(2)
+    v = rng.normal(size=(500, 16)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    fi, fs = nearest(v, v, 4, same=True)
+    monkeypatch.setattr(dup, "_faiss", lambda: None)
+    ni, ns = nearest(v, v, 4, same=True, block=100)
+    assert (fi == ni).all()
+    np.testing.assert_allclose(fs, ns, rtol=1e-5, atol=1e-6)
