@@ -34,7 +34,7 @@ def main(argv=None):
     table = load_index(a.train)
     d = load_images(table, image_size=a.image_size)
     t0 = time.perf_counter()
-    cols, summary, thumbs = audit_images(d.images, d.sizes, d.table.labels, d.table.paths,
+    cols, summary, index = audit_images(d.images, d.sizes, d.table.labels, d.table.paths,
                                          np.zeros(len(d.table)))
     summary["audit_s"] = round(time.perf_counter() - t0, 2)
     summary["n"] = len(d.table)
@@ -47,7 +47,7 @@ def main(argv=None):
         td = load_images(tt, image_size=d.images.shape[-1])
         t0 = time.perf_counter()
         pairs, per_train = audit_leaks(td.table, td.images, d.table.paths, d.table.class_names, d.table.labels,
-                                       d.images, thumbs, summary["near_threshold"])
+                                       d.images, index)
         summary["test"] = {"n": len(td.table), "leaked": pairs.num_rows,
                            "exact": int(sum(k == "exact" for k in pairs["kind"].to_pylist())),
                            "label_differs": int(pairs.num_rows - sum(pairs["same_label"].to_pylist())),

@@ -216,20 +216,23 @@ def check_report(report, /, *, max_mislabeled=None, max_count=None, class_max=No
                                                         f"> limit {max_new}: over by {m - max_new}"))
             gates.append(GateResult("max-new", ok, m, max_new, "count", msg,
                                     [] if ok else [{k: r[k] for k in OFFENDER_FIELDS} for r in d.new_suspects[:top]]))
-    gates += audit_gates(report, df, name, audit_limits, top)
+    gates += audit_gates(report, df, name, audit_limits, top, excused)
     return CheckResult(report=name, samples=n, flagged=k, passed=all(g.passed for g in gates), gates=gates,
                        diff=diff, accepted=accepted_info)
 
 
-def audit_gates(report, df, name: str, limits: dict, top: int) -> list[GateResult]:
-    """The gates beyond labels: duplicates, leaks into the test set, image issues (counts)."""
+def audit_gates(report, df, name: str, limits: dict, top: int, excused=frozenset()) -> list[GateResult]:
+    """The gates beyond labels: duplicates, leaks into the test set, image issues (counts). Images a
+    reviewer kept (``excused``) count in none: a kept image with an issue is fine as it is, and kept
+    members of a duplicate group are wanted."""
     gates = []
-    if ("max_duplicates" in limits or "max_image_issues" in limits) and "duplicate_group" not in df:
+    if ("max_duplicates" in limits or "max_image_issues" in limits) and not set(AUDIT_CHECK_COLUMNS) <= set(df):
         raise ReportError(f"'{name}' has no duplicate or image-issue columns (written by an older memscan): re-run "
                           "'memscan run' to gate them")
+    kept = df["path"].isin(excused)
     if "max_duplicates" in limits:
         lim, grouped = limits["max_duplicates"], df[df["duplicate_group"] >= 0]
-        m = len(grouped) - grouped["duplicate_group"].nunique()
+        m = redundant(grouped["duplicate_group"].to_numpy(), kept[df["duplicate_group"] >= 0].to_numpy())
         ok = m <= lim
         msg = (f"{m} redundant duplicates ({len(grouped)} images in {grouped['duplicate_group'].nunique()} groups) "
                + (f"<= limit {lim}" if ok else f"> limit {lim}: over by {m - lim}"))
@@ -238,7 +241,7 @@ def audit_gates(report, df, name: str, limits: dict, top: int) -> list[GateResul
                                 records(rows, ("path", "label_name", "duplicate_of", "duplicate_kind",
                                                "duplicate_similarity"))))
     if "max_image_issues" in limits:
-        lim, hit = limits["max_image_issues"], df[df["image_issue"] != ""]
+        lim, hit = limits["max_image_issues"], df[(df["image_issue"] != "") & ~kept]
         ok = len(hit) <= lim
         msg = f"{len(hit)} images with an image issue " + (f"<= limit {lim}" if ok else
                                                           f"> limit {lim}: over by {len(hit) - lim}")
@@ -249,20 +252,35 @@ def audit_gates(report, df, name: str, limits: dict, top: int) -> list[GateResul
     return gates
 
 
+def redundant(group: np.ndarray, kept: np.ndarray) -> int:
+    """Images that could go: in each group, the members nobody kept, less one to keep when nobody kept any."""
+    out = 0
+    for g in np.unique(group):
+        k = kept[group == g]
+        out += int((~k).sum()) - (0 if k.any() else 1)
+    return out
+
+
 def _leak_gate(report, name: str, lim: int, top: int) -> GateResult:
+    from .data_audit import read_leaks
     from .report import read_metadata, resolve_report_path
-    test = read_metadata(report).audit.get("test") if not hasattr(report, "columns") else None
+    if hasattr(report, "columns"):
+        raise ConfigError("--max-leaks reads the run's leak figures: pass the run folder or its report.parquet, "
+                          "not a DataFrame")
+    test = read_metadata(report).audit.get("test")
     if not test:
         raise ReportError(f"'{name}' was not run with --test: no leak figures to gate; re-run 'memscan run DATASET "
                           "--test TEST_SET'")
-    m = int(test["leaked"])
+    try:
+        m, n, differs = int(test["leaked"]), int(test["n"]), int(test["label_differs"])
+    except (KeyError, TypeError, ValueError):
+        raise ReportError(f"'{name}' has damaged leak figures in its metadata; re-run 'memscan run --test'") from None
     ok = m <= lim
-    msg = (f"{m} of {test['n']} test images duplicate training images ({test['label_differs']} with another label) "
+    msg = (f"{m} of {n} test images duplicate training images ({differs} with another label) "
            + (f"<= limit {lim}" if ok else f"> limit {lim}: over by {m - lim}"))
     offenders = []
     leaks_file = resolve_report_path(report).parent / "leaks.parquet"
     if not ok and leaks_file.is_file():
-        import pyarrow.parquet as pq
-        offenders = records(pq.read_table(leaks_file).to_pandas().head(top),
+        offenders = records(read_leaks(leaks_file).head(top),
                             ("test_path", "train_path", "test_label", "train_label", "kind", "similarity"))
     return GateResult("max-leaks", ok, m, lim, "count", msg, offenders)

@@ -84,13 +84,45 @@ class DatasetGuard:
                               "there: choose a path outside it")
 
 
-def guard_for_report(report_path) -> DatasetGuard:
-    """The guard of the dataset a report was made from (its metadata and path column)."""
+class Guards:
+    """Several datasets' guards as one: an output must stay out of each (a run's data and its --test set)."""
+
+    def __init__(self, *guards: DatasetGuard):
+        self.guards = guards
+
+    def check_folder(self, folder, **kw) -> None:
+        for g in self.guards:
+            g.check_folder(folder, **kw)
+
+    def check_file(self, path, **kw) -> None:
+        for g in self.guards:
+            g.check_file(path, **kw)
+
+
+def guard_for_report(report_path) -> Guards:
+    """The guards of the datasets a report was made from: its data (metadata and path column) and, for a run
+    with ``--test``, the test set (indexed again when it is still there, else its location alone)."""
     import pyarrow.parquet as pq
     from .report import read_metadata, resolve_report_path
-    ds = read_metadata(report_path).dataset
+    meta = read_metadata(report_path)
+    ds = meta.dataset
     paths = []
     if ds.source != "parquet-bytes":
         paths = pq.read_table(resolve_report_path(report_path), columns=["path"]).column("path").to_pylist()
     loc = Path(ds.location)
-    return DatasetGuard.for_dataset(ds.source, loc, loc.parent if ds.source != "folder" else loc, paths)
+    guards = [DatasetGuard.for_dataset(ds.source, loc, loc.parent if ds.source != "folder" else loc, paths)]
+    test = (meta.audit or {}).get("test") if isinstance(meta.audit, dict) else None
+    if isinstance(test, dict) and isinstance(test.get("location"), str):
+        guards.append(_test_guard(test["location"]))
+    return Guards(*guards)
+
+
+def _test_guard(location: str) -> DatasetGuard:
+    from .data import load_index
+    from .errors import MemscanError
+    try:
+        return DatasetGuard.for_table(load_index(location))
+    except MemscanError:   # moved or changed since the run: guard what its location says
+        p = Path(location)
+        return (DatasetGuard.for_dataset("folder", p, p, []) if p.is_dir() or not p.suffix
+                else DatasetGuard.for_dataset("parquet-bytes", p, p.parent, []))

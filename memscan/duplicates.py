@@ -9,21 +9,22 @@ Pure numpy (faiss for the nearest-neighbour search of large sets), arrays in and
   descriptor is a 16x16 grayscale thumbnail with its mean removed and unit norm, so the cosine is the
   thumbnails' Pearson correlation: blind to brightness and contrast changes, to re-encoding and
   resizing; small crops (12-25% of the width) mostly escape it. Chosen over the trained network's
-  penultimate features by measurement (BENCHMARKS.md, "Duplicates and leaks"): those put same-class
+  penultimate features by measurement (BENCHMARKS.md §16): those put same-class
   images as close as copies. The threshold is relative to the set (``near_threshold``): a pair must
   be ``CLOSER`` times closer (in 1 - correlation) than the set's median nearest neighbour, and at least
-  ``NEAR_FLOOR``: CIFAR-10's photos give 0.961, MNIST's look-alike digits 0.987 (a fixed 0.95 put
-  15% of MNIST in "duplicate" groups). And a pair must stand out from the image's other neighbours
+  between ``NEAR_FLOOR`` and ``NEAR_CEILING``: CIFAR-10's photos give 0.961, MNIST's look-alike digits 0.987
+  (a fixed 0.95 put 15% of MNIST in "duplicate" groups); the ceiling keeps a set made mostly of copies
+  from raising the bar above its own copies. And a pair must stand out from the image's other neighbours
   (Lowe's ratio test): its distance ``RATIO`` times smaller than to the ``NEIGHBOURS``-th nearest image.
   Hundreds of MNIST "1"s from different writers lie within the threshold of each other, but none is
   much closer than the rest: the test took MNIST's test set from 107 flagged images to 4 and lost no
   planted copy. A group of more than ``NEIGHBOURS`` near copies of one picture fails it (exact copies
   are found by their hash whatever their number).
 
-The search is exact up to ``EXACT_SEARCH_MAX`` images (faiss's flat index: 11 s for 50,000 images on two
-cores, twice as fast as numpy's blocked products, the fallback without faiss) and approximate above
-(faiss HNSW: 98% of the exact neighbours and every pair above the threshold at 50,000; an exact search's
-N^2 cost would take ~8 hours at 1.28 M images on one core, HNSW ~25 minutes; BENCHMARKS.md).
+The search is exact up to ``EXACT_SEARCH_MAX`` images (faiss's flat index: 12.5 s for 50,000 images on two
+cores, 2.8x faster than numpy's blocked products, the fallback without faiss) and approximate above (faiss
+HNSW: 98% of the exact neighbours and every pair above the threshold at 50,000; at 1.28 M images an exact
+search's N^2 cost projects to ~2.3 hours on two cores, HNSW to ~13 minutes; BENCHMARKS.md §16).
 """
 from __future__ import annotations
 
@@ -32,8 +33,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .image_issues import chunk_rows
+
 THUMB_SIDE = 16
-NEAR_FLOOR = 0.95
+NEAR_FLOOR, NEAR_CEILING = 0.95, 0.99
 CLOSER = 8
 NEIGHBOURS = 5               # searched per image; the last one is the ratio test's reference
 RATIO = 4
@@ -41,9 +44,10 @@ EXACT_SEARCH_MAX = 100_000   # images; above it the search is faiss HNSW (approx
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def pixel_hashes(images: np.ndarray, *, chunk: int = 4096) -> np.ndarray:
+def pixel_hashes(images: np.ndarray, *, chunk: int | None = None) -> np.ndarray:
     """uint64 [N]: a 64-bit BLAKE2b of each image's pixels (equal pixels, equal hash)."""
     out = np.empty(len(images), dtype=np.uint64)
+    chunk = chunk or 4 * chunk_rows(images)   # uint8: the same 64 MiB
     for s in range(0, len(images), chunk):
         x = np.ascontiguousarray(images[s:s + chunk])
         for i, row in enumerate(x):
@@ -51,11 +55,11 @@ def pixel_hashes(images: np.ndarray, *, chunk: int = 4096) -> np.ndarray:
     return out
 
 
-def thumbnails(images: np.ndarray, *, side: int = THUMB_SIDE, chunk: int = 2048) -> np.ndarray:
+def thumbnails(images: np.ndarray, *, side: int = THUMB_SIDE, chunk: int | None = None) -> np.ndarray:
     """float32 [N, side*side]: grayscale area-averaged thumbnails, mean removed, unit norm (a flat image
     is all zeros: similar to nothing). Images smaller than ``side`` keep their own size."""
     n, s = len(images), images.shape[-1]
-    side = min(side, s)
+    side, chunk = min(side, s), chunk or chunk_rows(images)
     out = np.empty((n, side * side), dtype=np.float32)
     edges = np.linspace(0, s, side + 1).round().astype(int)
     for a in range(0, n, chunk):
@@ -121,20 +125,22 @@ def _nearest_faiss(query, base, k: int, *, same: bool, approximate: bool):
 
 
 def near_threshold(nn_similarity: np.ndarray) -> float:
-    """The near-duplicate threshold of a set whose images' nearest-neighbour cosines are ``nn_similarity``."""
+    """The near-duplicate threshold of a set whose images' nearest-neighbour cosines are ``nn_similarity``
+    (leave out images with an exact twin: their 1.0 says nothing about the set)."""
     s = np.asarray(nn_similarity, dtype=np.float64)
     s = s[np.isfinite(s)]
     if not len(s):
         return NEAR_FLOOR
-    return float(max(NEAR_FLOOR, 1 - (1 - np.median(s)) / CLOSER))
+    return float(np.clip(1 - (1 - np.median(s)) / CLOSER, NEAR_FLOOR, NEAR_CEILING))
 
 
 def stands_out(sim: np.ndarray, threshold: float) -> np.ndarray:
     """bool, like ``sim`` [N, k] (each row's neighbours, most similar first): a near duplicate is at least
-    ``threshold`` similar and ``RATIO`` times closer than the row's last (k-th) neighbour."""
-    if sim.shape[1] == 0:
-        return np.zeros(sim.shape, dtype=bool)
-    return (sim >= threshold) & ((1 - sim) * RATIO <= (1 - sim[:, -1:]))
+    ``threshold`` similar and ``RATIO`` times closer than the row's ``NEIGHBOURS``-th neighbour (a set too
+    small to have that many: the threshold alone)."""
+    if sim.shape[1] < NEIGHBOURS:
+        return sim >= threshold
+    return (sim >= threshold) & ((1 - sim) * RATIO <= (1 - sim[:, NEIGHBOURS - 1:NEIGHBOURS]))
 
 
 def group_ids(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -166,6 +172,7 @@ class Duplicates:
     similarity: np.ndarray   # float32 [N]: cosine to its most similar other image (1 for exact); NaN if none
     partner: np.ndarray      # int64 [N]: that image's sample id, -1 if none
     threshold: float = NEAR_FLOOR   # the near-duplicate cosine used (``near_threshold``)
+    hashes: np.ndarray | None = None   # uint64 [N] ``pixel_hashes`` (reused to find leaks)
 
     @property
     def groups(self) -> int:
@@ -188,20 +195,37 @@ def find_duplicates(images: np.ndarray, *, threshold: float | None = None, k: in
     desc = thumbnails(images) if descriptors is None else descriptors
     idx, sim = nearest(desc, desc, k, same=True)
     if threshold is None:
-        threshold = near_threshold(sim[:, 0]) if idx.shape[1] else NEAR_FLOOR
+        threshold = near_threshold(sim[~exact, 0]) if idx.shape[1] else NEAR_FLOOR
     rows = np.repeat(np.arange(n), idx.shape[1])
     keep = stands_out(sim, threshold).ravel()
     ei = np.flatnonzero(exact)
     pi = np.concatenate([rows[keep], ei])
     pj = np.concatenate([idx.ravel()[keep], first[inverse[ei]]])
     group = group_ids(n, pi, pj)
-    best = sim[:, 0] if idx.shape[1] else np.full(n, np.nan, np.float32)
-    partner = np.where(group >= 0, idx[:, 0] if idx.shape[1] else -1, -1)
-    exact_partner = _exact_partner(inverse, exact)
-    partner = np.where(exact, exact_partner, partner)
-    similarity = np.where(exact, 1.0, np.where(group >= 0, best, np.nan)).astype(np.float32)
+    partner, best = _closest_in_group(group, idx, sim, pi, pj)
+    partner = np.where(exact, _exact_partner(inverse, exact), partner)
+    similarity = np.where(exact, 1.0, best).astype(np.float32)
     kind = np.where(exact, "exact", np.where(group >= 0, "near", "")).astype(object)
-    return Duplicates(group, kind, similarity, partner.astype(np.int64), float(threshold))
+    return Duplicates(group, kind, similarity, partner.astype(np.int64), float(threshold), hashes)
+
+
+def _closest_in_group(group, idx, sim, pi, pj) -> tuple[np.ndarray, np.ndarray]:
+    """(partner, cosine) per image: its most similar searched neighbour in its own group; an image joined
+    only through another's neighbour list takes the first pair it is in (cosine NaN then)."""
+    n = len(group)
+    partner, best = np.full(n, -1, dtype=np.int64), np.full(n, np.nan, dtype=np.float32)
+    if idx.shape[1]:
+        same = (group[idx] == group[:, None]) & (group[:, None] >= 0)
+        has = same.any(1)
+        col = same.argmax(1)
+        rows = np.flatnonzero(has)
+        partner[rows], best[rows] = idx[rows, col[rows]], sim[rows, col[rows]]
+    for a, b in zip(pi.tolist(), pj.tolist()):   # the rare rest: a pair it is in
+        if partner[a] < 0:
+            partner[a] = b
+        if partner[b] < 0:
+            partner[b] = a
+    return partner, best
 
 
 def _exact_partner(inverse: np.ndarray, exact: np.ndarray) -> np.ndarray:
@@ -247,10 +271,11 @@ class Leaks:
 
 
 def find_leaks(query_images: np.ndarray, base_images: np.ndarray, *, threshold: float = NEAR_FLOOR,
-               base_descriptors: np.ndarray | None = None) -> Leaks:
+               base_descriptors: np.ndarray | None = None, base_hashes: np.ndarray | None = None) -> Leaks:
     """Each query image's most similar base image, where it is an exact or near duplicate (cosine at or
     above ``threshold``: give the base set's own, ``Duplicates.threshold``)."""
-    qh, bh = pixel_hashes(query_images), pixel_hashes(base_images)
+    qh = pixel_hashes(query_images)
+    bh = pixel_hashes(base_images) if base_hashes is None else base_hashes
     first_of = {}
     for i, h in enumerate(bh.tolist()):
         first_of.setdefault(h, i)

@@ -30,6 +30,7 @@ EXPLAIN_FIELDS = ("suggested_label_name", "suggestion_agreement", "reason")   # 
 AUDIT_FIELDS = ("image_issue", "duplicate_of", "duplicate_kind", "duplicate_conflict", "duplicate_suspect")
 VIEWS = ("image issues", "duplicates")   # gallery filters beyond the categories (data_audit's columns)
 DUPLICATE_GROUPS_SHOWN = 60
+MEMBERS_SHOWN = 8            # per duplicate group on the page (the report has them all)
 
 
 @dataclass
@@ -290,7 +291,7 @@ def _duplicates_section(df, meta, rpath: Path, read, size: int) -> str:
     """Duplicate groups side by side (label conflicts first) and the test images that leak from training."""
     if "duplicate_group" not in df:
         return ""
-    a = meta.audit or {}
+    a = meta.audit
     g = df[df["duplicate_group"] >= 0]
     order = (g.groupby("duplicate_group")["duplicate_conflict"].any().sort_values(ascending=False, kind="stable")
              .index[:DUPLICATE_GROUPS_SHOWN])
@@ -298,31 +299,42 @@ def _duplicates_section(df, meta, rpath: Path, read, size: int) -> str:
     for gid in order:
         members = g[g["duplicate_group"] == gid].sort_values("duplicate_suspect", kind="stable")
         figs = "".join(_figure(_thumb(read, r.path, size), r.path, r.label_name,
-                               " (likely wrong)" if r.duplicate_suspect else "") for r in members.itertuples())
+                               " (likely wrong)" if r.duplicate_suspect else "")
+                       for r in members.head(MEMBERS_SHOWN).itertuples())
+        if len(members) > MEMBERS_SHOWN:
+            figs += f'<p class="more">+{len(members) - MEMBERS_SHOWN} more</p>'
         conflict = " conflict" if members["duplicate_conflict"].any() else ""
         rows.append(f'<div class="pair{conflict}">{figs}</div>')
-    issues = a.get("image_issues", {})
-    text = (f'<h2 id="duplicates">Duplicates, leaks and image issues</h2><p><b>{a.get("duplicate_groups", 0)}</b> '
-            f'duplicate groups ({a.get("duplicate_images", 0)} images, {a.get("exact_duplicates", 0)} with exactly the '
-            f'same pixels), <b>{a.get("conflicting_groups", 0)}</b> with conflicting labels. Image issues: '
-            + (", ".join(f"{v} {k.replace('_', ' ')}" for k, v in issues.items() if v) or "none") + ".</p>")
+    issues = a.get("image_issues") if isinstance(a.get("image_issues"), dict) else {}
+    text = (f'<h2 id="duplicates">Duplicates, leaks and image issues</h2><p><b>{_esc(a.get("duplicate_groups", 0))}'
+            f'</b> duplicate groups ({_esc(a.get("duplicate_images", 0))} images, {_esc(a.get("exact_duplicates", 0))} '
+            f'with exactly the same pixels), <b>{_esc(a.get("conflicting_groups", 0))}</b> with conflicting labels. '
+            "Image issues: " + (", ".join(f"{_esc(v)} {_esc(str(k).replace('_', ' '))}" for k, v in issues.items()
+                                          if v) or "none") + ".</p>")
     if len(order) < g["duplicate_group"].nunique():
         text += f"<p>The first {len(order)} groups, label conflicts first (all in the report's duplicate_group).</p>"
     return text + f'<div class="pairs">{"".join(rows)}</div>' + _leaks_part(a.get("test"), rpath, read, size)
 
 
+def _esc(v) -> str:
+    return html.escape(str(v))
+
+
 def _leaks_part(test, rpath: Path, read, size: int) -> str:
-    if not test:
+    from .data_audit import read_leaks
+    if not isinstance(test, dict) or not test:
         return "<p>No test set was compared (<code>memscan run DATASET --test TEST_SET</code>).</p>"
-    head = (f"<h3>Leaks into the test set</h3><p><b>{test['leaked']}</b> of {test['n']} test images in "
-            f"<code>{html.escape(test['location'])}</code> duplicate a training image ({test['exact']} exactly, "
-            f"{test['label_differs']} under another label).</p>")
+    head = (f"<h3>Leaks into the test set</h3><p><b>{_esc(test.get('leaked'))}</b> of {_esc(test.get('n'))} test "
+            f"images in <code>{_esc(test.get('location'))}</code> duplicate a training image "
+            f"({_esc(test.get('exact'))} exactly, {_esc(test.get('label_differs'))} under another label).</p>")
     leaks_file = rpath.parent / "leaks.parquet"
-    if not test["leaked"] or not leaks_file.is_file():
+    if not test.get("leaked") or not leaks_file.is_file():
         return head
-    import pyarrow.parquet as pq
-    pairs = pq.read_table(leaks_file).to_pandas().head(DUPLICATE_GROUPS_SHOWN)
-    read_test, _ = _image_reader(test["location"])
+    try:
+        pairs = read_leaks(leaks_file).head(DUPLICATE_GROUPS_SHOWN)
+    except MemscanError as e:
+        return head + f'<p class="warn">{_esc(e)}</p>'
+    read_test, _ = _image_reader(str(test.get("location")))
     rows = [f'<div class="pair{"" if r.same_label else " conflict"}">'
             + _figure(_thumb(read_test, r.test_path, size), r.test_path, r.test_label, " (test)")
             + _figure(_thumb(read, r.train_path, size), r.train_path, r.train_label, f" (train, {r.similarity:.3f})")

@@ -19,7 +19,7 @@ image's own width and height recorded while decoding. ``find_issues`` names the 
 scaled to a normal's standard deviation (Iglewicz & Hoaglin's cut). Every rule pairs a fixed bound with
 one relative to the set, so that a tight distribution (a MAD near zero) does not flag tiny differences
 and a set that is dark (or small, or blurry) throughout is not flagged by an absolute bound alone. The thresholds
-were chosen on planted cases and CIFAR-10 / MNIST as shipped (BENCHMARKS.md, "Image issues").
+were chosen on planted cases and CIFAR-10 / MNIST as shipped (BENCHMARKS.md §16).
 """
 from __future__ import annotations
 
@@ -38,14 +38,15 @@ SIZE_FACTOR, ASPECT_FACTOR = 4.0, 2.0
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def properties(images: np.ndarray, sizes: np.ndarray | None = None, *, chunk: int = 2048) -> dict[str, np.ndarray]:
+def properties(images: np.ndarray, sizes: np.ndarray | None = None, *, chunk: int | None = None) -> dict[str, np.ndarray]:
     """Per image, all in [0, 1] unless said: ``brightness`` (mean luma), ``contrast`` (luma standard
     deviation), ``sharpness`` (variance of the luma's 4-neighbour Laplacian, in (1/255)^2 units; higher =
     sharper), ``entropy`` (bits of the 256-level luma histogram, 0-8; lower = less information),
     ``colourfulness`` (mean over pixels of max - min channel), ``width``/``height`` (the file's own
-    pixels; 0 when unknown). ``images``: uint8 [N, 3, S, S], read ``chunk`` rows at a time (a memory
-    map stays on disk)."""
+    pixels; 0 when unknown). ``images``: uint8 [N, 3, S, S], read ``chunk`` rows at a time (default: 64 MiB
+    as float32, so 224-px photos do not take gigabytes; a memory map stays on disk)."""
     n = len(images)
+    chunk = chunk or chunk_rows(images)
     out = {k: np.zeros(n, dtype=np.float32) for k in PROPERTY_COLUMNS[:5]}
     for s in range(0, n, chunk):
         x = np.asarray(images[s:s + chunk])
@@ -54,12 +55,18 @@ def properties(images: np.ndarray, sizes: np.ndarray | None = None, *, chunk: in
         out["brightness"][s:s + len(x)] = flat.mean(1) / 255
         out["contrast"][s:s + len(x)] = flat.std(1) / 255
         lap = (y[:, 1:-1, :-2] + y[:, 1:-1, 2:] + y[:, :-2, 1:-1] + y[:, 2:, 1:-1] - 4 * y[:, 1:-1, 1:-1])
-        out["sharpness"][s:s + len(x)] = lap.reshape(len(x), -1).var(1)
+        if lap.size:   # images of 2 px or less have no Laplacian: sharpness 0
+            out["sharpness"][s:s + len(x)] = lap.reshape(len(x), -1).var(1)
         out["entropy"][s:s + len(x)] = _entropy(np.clip(flat + 0.5, 0, 255).astype(np.int64))
         out["colourfulness"][s:s + len(x)] = (x.max(1).astype(np.int16) - x.min(1)).reshape(len(x), -1).mean(1) / 255
     sizes = np.zeros((n, 2), dtype=np.int32) if sizes is None else np.asarray(sizes, dtype=np.int32)
     out["width"], out["height"] = sizes[:, 0].copy(), sizes[:, 1].copy()
     return out
+
+
+def chunk_rows(images: np.ndarray, budget: int = 64 * 2 ** 20) -> int:
+    """Rows of ``images`` whose float32 copy fits in ``budget`` bytes."""
+    return max(1, budget // (4 * int(np.prod(images.shape[1:])) or 1))
 
 
 def _entropy(levels: np.ndarray) -> np.ndarray:

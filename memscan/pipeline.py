@@ -65,10 +65,12 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
     emit = (progress or (lambda event, **info: None)) if dist.is_main else (lambda event, **info: None)
 
     table = load_index(dataset, path_column=path_column, label_column=label_column, encoding=encoding)
-    test_table = load_index(test_dataset) if test_dataset is not None else None   # a bad path fails before training
+    test_table = load_test_index(test_dataset, path_column=path_column, label_column=label_column, encoding=encoding)
     if test_table is not None:   # the test set is a dataset too: nothing is written inside it
-        DatasetGuard.for_table(test_table).check_folder(out if out is not None else default_run_path(table.location),
-                                                        what="--out (inside the --test set)")
+        tguard = DatasetGuard.for_table(test_table)
+        tguard.check_folder(out if out is not None else default_run_path(table.location), what="--out (--test set)")
+        tguard.check_folder(cache_dir if cache_dir is not None else default_cache_dir(),
+                            what="the decode cache (--test set)", may_hold=True)
     guard = DatasetGuard.for_table(table)
     guard.check_folder(cache_dir if cache_dir is not None else default_cache_dir(), what="the decode cache",
                       may_hold=True)
@@ -114,6 +116,18 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
 
 
 # ---------------------------------------------------------------- the steps, in order
+
+def load_test_index(test_dataset, **manifest_options):
+    """The ``--test`` set's index (read with the training manifest's column options), or None; its errors
+    say that they are about ``--test``."""
+    if test_dataset is None:
+        return None
+    from .errors import MemscanError
+    try:
+        return load_index(test_dataset, **manifest_options)
+    except MemscanError as e:
+        raise type(e)(f"--test: {e}") from None
+
 
 def open_run_folder(out, table, guard: DatasetGuard, cfg: RunConfig, *, resume: bool, overwrite: bool,
                     main: bool):
@@ -291,17 +305,17 @@ def explain(sig, scores: dict, prep: Prepared, folder: RunFolder, *, window_star
 
 def audit_data(prep: Prepared, scores: dict, test_table, cfg: RunConfig, cache_dir):
     """Image issues and duplicates into ``scores`` (report columns); (summary, leak pairs or None)."""
-    cols, summary, thumbs = audit_images(prep.images, prep.sizes, prep.labels, prep.table.paths,
-                                         scores["mislabel_score"])
+    cols, summary, index = audit_images(prep.images, prep.sizes, prep.labels, prep.table.paths,
+                                        scores["mislabel_score"])
     leaks = None
     if test_table is not None:
         decoded = load_images(test_table, image_size=prep.image_size, strict=cfg.strict, workers=cfg.workers,
                               cache_dir=cache_dir, max_pixels=cfg.max_image_pixels,
                               memory_bytes=memory_budget(cfg.cache_memory))
         leaks, cols["test_duplicates"] = audit_leaks(decoded.table, decoded.images, prep.table.paths,
-                                                     prep.table.class_names, prep.labels, prep.images, thumbs,
-                                                     summary["near_threshold"])
+                                                     prep.table.class_names, prep.labels, prep.images, index)
         summary["test"] = {"location": str(Path(test_table.location).resolve()), "n": len(decoded.table),
+                           "skipped": len(test_table.unreadable) + len(decoded.skipped),
                            "leaked": leaks.num_rows, "exact": int(sum(k == "exact" for k in leaks["kind"].to_pylist())),
                            "label_differs": int(leaks.num_rows - sum(leaks["same_label"].to_pylist())),
                            "training_images_leaked": int((cols["test_duplicates"] > 0).sum())}

@@ -125,8 +125,8 @@ class ReportMeta:
         except (TypeError, KeyError, AttributeError) as e:
             raise ReportError(f"'{source}' lacks report metadata ({e}); it was not written by 'memscan run' or "
                               "was edited: re-run 'memscan run'") from None
-        if not isinstance(meta.config, dict) or not isinstance(meta.curves, dict):
-            raise ReportError(f"'{source}' has damaged report metadata (config/curves); re-run 'memscan run'")
+        if not isinstance(meta.config, dict) or not isinstance(meta.curves, dict) or not isinstance(meta.audit, dict):
+            raise ReportError(f"'{source}' has damaged report metadata (config/curves/audit); re-run 'memscan run'")
         return meta
 
 

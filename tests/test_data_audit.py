@@ -122,3 +122,70 @@ def test_a_missing_test_set_fails_before_training(tmp_path):
         run(data, RunConfig(max_epochs=1, image_size=8), out=tmp_path / "r", cache_dir=tmp_path / "c",
             test_dataset=tmp_path / "nope")
     assert not (tmp_path / "r").exists()
+
+
+def test_nothing_is_written_inside_the_test_set(audited, tmp_path):
+    data, test_dir, res = audited
+    before = snapshot(test_dir)
+    cfg = RunConfig(max_epochs=1, batch_size=32, image_size=8, min_epochs=1)
+    with pytest.raises(ConfigError, match="--test set"):
+        run(data, cfg, out=tmp_path / "r", cache_dir=test_dir / "cache", test_dataset=test_dir)
+    with pytest.raises(ConfigError, match="--test set"):
+        run(data, cfg, out=test_dir / "runs", cache_dir=tmp_path / "c", test_dataset=test_dir)
+    from memscan.html_report import write_html
+    with pytest.raises(ConfigError, match="part of the dataset"):
+        write_html(res.out_dir, test_dir / "c0" / "page.html")
+    assert snapshot(test_dir) == before
+
+
+def test_test_set_errors_say_so(tmp_path):
+    data = digits_folder(tmp_path / "d", per_class=5, classes=2)
+    with pytest.raises(Exception, match="^--test: "):
+        run(data, RunConfig(max_epochs=1, image_size=8), out=tmp_path / "r", cache_dir=tmp_path / "c",
+            test_dataset=tmp_path / "missing")
+
+
+def test_hostile_audit_metadata_is_escaped_in_html(audited, tmp_path):
+    from memscan.html_report import write_html
+    from memscan.report import META_KEY
+    _, _, res = audited
+    copy = tmp_path / "run"
+    shutil.copytree(res.out_dir, copy)
+    t = pq.read_table(copy / "report.parquet")
+    meta = json.loads(t.schema.metadata[META_KEY])
+    meta["audit"]["duplicate_groups"] = "<script>alert(1)</script>"
+    meta["audit"]["image_issues"] = {"<img src=x onerror=alert(2)>": 3}
+    meta["audit"]["test"]["location"] = "<b>x</b>"
+    pq.write_table(t.replace_schema_metadata({META_KEY: json.dumps(meta).encode()}), copy / "report.parquet")
+    (copy / "leaks.parquet").write_bytes(b"not parquet")
+    page = write_html(copy).path.read_text()
+    assert "<script>alert(1)" not in page and "<img src=x" not in page and "<b>x</b>" not in page
+    assert "&lt;script&gt;alert(1)" in page and "is not a readable Parquet file" in page
+    with pytest.raises(ReportError, match="not a readable Parquet"):
+        check_report(copy, max_leaks=0)
+
+
+
+def test_gate_rules(audited, tmp_path):
+    import csv
+    _, _, res = audited
+    df = read_frame(res.report_path)
+    with pytest.raises(ConfigError, match="not a DataFrame"):
+        check_report(df, max_leaks=0)
+    issues = df[df["image_issue"] != ""]
+    accepted = tmp_path / "decisions.csv"
+    with open(accepted, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "given", "decision", "new_label", "note"])
+        for r in issues.itertuples():
+            w.writerow([r.path, r.label_name, "keep", "", "fine as it is"])
+    r = check_report(res.report_path, max_image_issues=0, accepted=accepted)
+    assert r.passed and r.gates[0].value == 0
+
+
+def test_run_check_max_leaks_needs_test(tmp_path, capsys):
+    from memscan.cli import main
+    data = digits_folder(tmp_path / "d", per_class=5, classes=2)
+    assert main(["run", str(data), "--out", str(tmp_path / "r"), "--check", "max-leaks=0"]) == 2
+    assert "add --test" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

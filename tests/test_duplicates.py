@@ -114,3 +114,33 @@ def test_numpy_fallback_equals_faiss(monkeypatch):
     ni, ns = nearest(v, v, 4, same=True, block=100)
     assert (fi == ni).all()
     np.testing.assert_allclose(fs, ns, rtol=1e-5, atol=1e-6)
+
+
+def test_a_set_made_mostly_of_copies_still_finds_them():
+    """The threshold follows the set's median neighbour, capped: when every image has a near copy the copies
+    must not raise the bar above themselves."""
+    rng = np.random.default_rng(3)
+    x = _photos(60)
+    copies = np.clip(x.astype(np.int16) + rng.integers(-2, 3, size=x.shape), 0, 255).astype(np.uint8)
+    d = find_duplicates(np.concatenate([x, copies]))
+    assert d.threshold == dup.NEAR_CEILING
+    assert (d.group >= 0).all() and d.groups == 60
+    assert (d.group[:60] == d.group[60:]).all()
+
+
+def test_tiny_sets_use_the_threshold_alone():
+    x = _photos(3)
+    x[1] = np.clip(x[0].astype(np.int16) + 10, 0, 255).astype(np.uint8)
+    d = find_duplicates(x)
+    assert d.group[0] == d.group[1] >= 0 and d.group[2] == -1
+
+
+def test_partner_is_in_the_same_group():
+    rng = np.random.default_rng(4)
+    x = _photos(80)
+    for i in range(0, 20, 2):   # pairs of near copies
+        x[i + 1] = np.clip(x[i].astype(np.int16) + rng.integers(-3, 4, size=x[i].shape), 0, 255).astype(np.uint8)
+    d = find_duplicates(x)
+    grouped = np.flatnonzero(d.group >= 0)
+    assert len(grouped) >= 20
+    assert (d.group[d.partner[grouped]] == d.group[grouped]).all() and (d.partner[grouped] != grouped).all()

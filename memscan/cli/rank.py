@@ -24,7 +24,8 @@ def rank_cmd(
                                             "./memscan-runs)."),
     top: int = typer.Option(500, "--top", "-n", help="How many rows."),
     by: str = typer.Option("mislabel", help="mislabel | memorization | atypicality | csg | sgal | csl | aum | "
-                           "p_given | forgetting | learning_time."),
+                           "p_given | forgetting | learning_time; beyond labels: blur | dark | bright | contrast | "
+                           "information (nearly blank first) | duplicate (closest duplicates first)."),
     category: Optional[str] = typer.Option(None, help="Only this category: mislabeled | atypical | memorized | ok."),
     class_name: Optional[str] = typer.Option(None, "--class", help="Only samples whose given label is this class."),
     fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json | paths (one image file a line) | "

@@ -91,6 +91,8 @@ def run_cmd(
     if check:  # parsed and checked before training, so a typo costs seconds, not the run
         from ..check import parse_spec
         gate = parse_spec(check)
+        if gate.get("max_leaks") is not None and test is None and not (resume and _saved_test(out)):
+            raise ConfigError("--check max-leaks gates the leaks into a test set: add --test TEST_SET")
         if gate.get("baseline") is not None:
             from ..report import read_metadata
             read_metadata(gate["baseline"])
