@@ -193,6 +193,9 @@ INTERRUPTED = textwrap.dedent("""
     from memscan.cli import _terminate
     from memscan.data import cache, load_index
     signal.signal(signal.SIGTERM, _terminate)   # what the CLI does: SIGTERM becomes KeyboardInterrupt
+    # a test run started in the background by a script inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: restore it, as a terminal would have it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     def slow(data, size, **kw):
         time.sleep(120)   # a decode stuck on a slow file system
     cache.decode_sized = slow

@@ -13,6 +13,11 @@ def _photos(n, size=32, seed=0):
     return np.repeat(np.repeat(small, size // 8, axis=2), size // 8, axis=3).astype(np.uint8)
 
 
+def _unit(n, d, seed):
+    v = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
 def test_pixel_hashes_equal_only_for_equal_pixels():
     x = _photos(4)
     x[3] = x[1]
@@ -37,9 +42,7 @@ def test_thumbnails_of_uneven_sizes():
 
 
 def test_nearest_matches_brute_force_and_skips_itself():
-    rng = np.random.default_rng(0)
-    v = rng.normal(size=(300, 16)).astype(np.float32)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    v = _unit(300, 16, seed=0)
     idx, sim = nearest(v, v, 3, same=True, block=64)
     s = v @ v.T
     np.fill_diagonal(s, -np.inf)
@@ -50,9 +53,7 @@ def test_nearest_matches_brute_force_and_skips_itself():
 
 def test_hnsw_search_finds_the_true_neighbours(monkeypatch):
     pytest.importorskip("faiss")
-    rng = np.random.default_rng(1)
-    v = rng.normal(size=(2000, 32)).astype(np.float32)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    v = _unit(2000, 32, seed=1)
     exact_idx, _ = nearest(v, v, 5, same=True)
     monkeypatch.setattr(dup, "EXACT_SEARCH_MAX", 100)
     idx, sim = nearest(v, v, 5, same=True)
@@ -106,9 +107,7 @@ def test_thumbnails_of_images_smaller_than_the_thumbnail():
 
 def test_numpy_fallback_equals_faiss(monkeypatch):
     pytest.importorskip("faiss")
-    rng = np.random.default_rng(2)
-    v = rng.normal(size=(500, 16)).astype(np.float32)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    v = _unit(500, 16, seed=2)
     fi, fs = nearest(v, v, 4, same=True)
     monkeypatch.setattr(dup, "_faiss", lambda: None)
     ni, ns = nearest(v, v, 4, same=True, block=100)
