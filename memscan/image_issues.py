@@ -9,7 +9,7 @@ image's own width and height recorded while decoding. ``find_issues`` names the 
 | ``dark`` | brightness < 0.15 and under a quarter of the set's median | pixel levels are absolute, so a floor says "dark"; the relative bound keeps a dark set (MNIST's black background: median 0.13) from being flagged throughout |
 | ``bright`` | brightness > 0.85 and its distance to white under a quarter of the median's | washed out / overexposed |
 | ``low_contrast`` | contrast < 0.04 and under a quarter of the set's median | nearly one tone: fog, a lens cap, a failed exposure |
-| ``blurry`` | sharpness a low outlier (log scale) and under a tenth of the set's median | sharpness depends on the content and the resizing, so only the set's own distribution can say "blurry" (a blank image is not also called blurry or grayscale) |
+| ``blurry`` | sharpness a low outlier (log scale) and under a tenth of the set's median | sharpness depends on the content and the resizing, so only the set's own distribution can say "blurry" (a blank, dark, washed-out or flat image is not also called blurry or grayscale: too little of it shows) |
 | ``low_information`` | entropy < 3 bits, under half the set's median, and a low outlier | blank or nearly blank (one tone with sensor noise has ~2.3 bits); MNIST's digits have 1.7 bits, so only an outlier counts |
 | ``grayscale`` | colourfulness < 2/255 in a set where at least 90% of the images are colour | a grayscale image among colour ones (a grayscale set flags none) |
 | ``odd_size`` | own pixel count over 4x or under 1/4 of the set's median, and an outlier | a thumbnail or a scan among photos |
@@ -102,8 +102,11 @@ def find_issues(props: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                             & (robust_z(props["entropy"]) < -OUTLIER_Z)),
         "grayscale": ~colour & (colour.mean() >= COLOUR_SET),
     }
-    for name in ("blurry", "grayscale"):   # they describe a picture; a blank image has none
-        out[name] &= ~out["low_information"]
+    # blur and colour describe a picture: a blank image shows none, and a dark, washed-out or flat one too
+    # little to judge them (its Laplacian and channel spread shrink with its contrast)
+    unseen = out["low_information"] | out["dark"] | out["bright"] | out["low_contrast"]
+    for name in ("blurry", "grayscale"):
+        out[name] &= ~unseen
     w, h = props["width"].astype(np.float64), props["height"].astype(np.float64)
     known = (w > 0) & (h > 0)
     out["odd_size"] = np.zeros(len(b), dtype=bool)

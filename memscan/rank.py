@@ -38,6 +38,8 @@ BY = {
 RECORD_COLUMNS = ("rank", "sample_id", "path", "label_name", "pred_name", "p_pred", "p_given", "score",
                   "category")
 EXPLAIN_COLUMNS = ("suggested_label_name", "suggestion_agreement", "reason")   # absent from older reports
+AUDIT_KEYS = ("blur", "dark", "bright", "contrast", "information", "duplicate")
+AUDIT_EXPLAIN = ("image_issue", "duplicate_of", "duplicate_kind", "duplicate_conflict")   # with an AUDIT_KEYS ranking
 
 
 def rank_indices(values, /, *, descending: bool = True) -> np.ndarray:
@@ -79,9 +81,10 @@ def select(df, /, *, by: str = "mislabel", top: int | None = None, category: str
 def ranked_records(path, /, *, by: str = "mislabel", top: int | None = 500, category: str | None = None,
                    class_name: str | None = None) -> list[dict]:
     """The ranking as plain dicts (the ``--format json`` output)."""
-    df = select(read_frame(path, needed_columns(by), EXPLAIN_COLUMNS), by=by, top=top, category=category,
+    extra = EXPLAIN_COLUMNS + (AUDIT_EXPLAIN if by in AUDIT_KEYS else ())
+    df = select(read_frame(path, needed_columns(by), extra), by=by, top=top, category=category,
                 class_name=class_name)
-    return records(df, RECORD_COLUMNS + tuple(c for c in EXPLAIN_COLUMNS if c in df))
+    return records(df, RECORD_COLUMNS + tuple(c for c in extra if c in df))
 
 
 def sample_files(path, /, *, by: str = "mislabel", top: int | None = 500, category: str | None = None,

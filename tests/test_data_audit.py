@@ -103,6 +103,12 @@ def test_rank_by_the_new_scores(audited):
     assert top["path"].iloc[0] == "c0/blank.png"
     dups = select(df, by="duplicate", top=2)
     assert (dups["score"] == 1).all()
+    from memscan.cli.rank import _audit_line
+    from memscan.rank import ranked_records
+    rows = ranked_records(res.report_path, by="duplicate", top=4)
+    assert all(r["duplicate_of"] for r in rows)
+    assert any("(the group carries two labels)" in _audit_line(r) for r in rows)
+    assert "duplicate_of" not in ranked_records(res.report_path, top=1)[0]
 
 
 def test_html_shows_duplicates_and_leaks(audited):

@@ -70,6 +70,7 @@ def rank_cmd(
 
 
 def _ranking_table(rows, by, path, *, why: bool = True):
+    from ..rank import AUDIT_KEYS
     t = Table(title=f"{len(rows)} samples by {by} — {safe(path)}", title_justify="left", expand=False)
     for c, kw in (("rank", {"justify": "right"}), ("path", {"overflow": "fold", "ratio": 3}), ("given", {}),
                   ("predicted", {}), ("p", {"justify": "right"}), (by, {"justify": "right"}), ("category", {})):
@@ -78,7 +79,8 @@ def _ranking_table(rows, by, path, *, why: bool = True):
         t.add_row(str(r["rank"]), safe(r["path"]), safe(r["label_name"]), safe(r["pred_name"]),
                   f"{r['p_pred']:.2f}", f"{r['score']:.4g}", safe(r["category"]))
     console.print(t)
-    reasons = [(r["rank"], r["reason"]) for r in rows if why and r.get("reason")]
+    reasons = [(r["rank"], _audit_line(r) if by in AUDIT_KEYS else r.get("reason")) for r in rows if why]
+    reasons = [(k, text) for k, text in reasons if text]
     if reasons:     # full-width lines under the table: a reason squeezed into a column is unreadable at 80
         g = Table.grid(padding=(0, 1))
         g.add_column(justify="right", style="bold")
@@ -87,6 +89,17 @@ def _ranking_table(rows, by, path, *, why: bool = True):
             g.add_row(str(rank), safe(text))
         console.print("[bold]why[/] (rank: reason; --no-why hides this)")
         console.print(g)
+
+
+def _audit_line(r: dict) -> str:
+    """What the data audit says of a sample, for a ranking by an image property or by duplicates."""
+    parts = []
+    if r.get("image_issue"):
+        parts.append("image: " + r["image_issue"].replace(",", ", "))
+    if r.get("duplicate_of"):
+        parts.append(f"{r.get('duplicate_kind') or 'near'} duplicate of {r['duplicate_of']}"
+                     + (" (the group carries two labels)" if r.get("duplicate_conflict") else ""))
+    return "; ".join(parts)
 
 
 def _summary_table(rows, path):
