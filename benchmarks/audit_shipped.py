@@ -6,7 +6,7 @@ the decoded images alone: the audit reads pixels, not the model, so the counts e
 and a PNG of sample pairs (test image left, its training twin right).
 
     python benchmarks/audit_shipped.py ../shared/data/cifar10/train.parquet ../shared/data/cifar10/test.parquet \\
-        --out benchmarks/results/audit-cifar10-shipped-machineA.json --pairs benchmarks/results/cifar10-leaks.png
+        --out benchmarks/results/audit-cifar10-shipped-machineA.json --pairs bench-out/cifar10-leaks.png
 """
 from __future__ import annotations
 

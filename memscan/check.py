@@ -157,7 +157,7 @@ def check_report(report, /, *, max_mislabeled=None, max_count=None, class_max=No
     max_count = None if max_count is None else _count("--max-count", max_count)
     max_new = None if max_new is None else _count("--max-new", max_new)
     class_max = parse_class_max(class_max) if isinstance(class_max, (str, list, tuple)) else dict(class_max or {})
-    df, name = frame_and_name(report, CHECK_COLUMNS, AUDIT_CHECK_COLUMNS)
+    df, name = frame_and_name(report, CHECK_COLUMNS, AUDIT_CHECK_COLUMNS if audit_limits else ())
     if len(df) == 0:
         raise ReportError(f"'{name}' has no samples; nothing to check")
     if not np.isfinite(df["mislabel_score"].to_numpy(np.float64)).all():
@@ -254,11 +254,9 @@ def audit_gates(report, df, name: str, limits: dict, top: int, excused=frozenset
 
 def redundant(group: np.ndarray, kept: np.ndarray) -> int:
     """Images that could go: in each group, the members nobody kept, less one to keep when nobody kept any."""
-    out = 0
-    for g in np.unique(group):
-        k = kept[group == g]
-        out += int((~k).sum()) - (0 if k.any() else 1)
-    return out
+    _, g = np.unique(group, return_inverse=True)
+    kept_per_group = np.bincount(g, weights=kept)
+    return int((~kept).sum() - (kept_per_group == 0).sum())
 
 
 def _leak_gate(report, name: str, lim: int, top: int) -> GateResult:

@@ -56,8 +56,7 @@ def audit_images(images: np.ndarray, sizes, labels: np.ndarray, paths: list[str]
     dup = find_duplicates(images, descriptors=thumbs)
     conflict, suspect = label_conflicts(dup.group, np.asarray(labels), np.asarray(suspicion))
     paths_arr = np.asarray(paths, dtype=object)
-    cols = {k: props[k] for k in PROPERTY_COLUMNS}
-    cols["width"], cols["height"] = props["width"].astype(np.int32), props["height"].astype(np.int32)
+    cols = {k: props[k] for k in PROPERTY_COLUMNS}   # width/height: int32 already
     cols.update({
         "image_issue": issue_names(flags), "duplicate_group": dup.group, "duplicate_kind": dup.kind,
         "duplicate_similarity": dup.similarity,

@@ -254,10 +254,9 @@ def label_conflicts(group: np.ndarray, labels: np.ndarray, suspicion: np.ndarray
     g = group[order]
     start = np.r_[True, g[1:] != g[:-1]]
     kept = np.repeat(labels[order][start], np.diff(np.r_[np.flatnonzero(start), len(order)]))
-    lab = labels[order]
-    n_labels = {gid: len(set(lab[g == gid].tolist())) for gid in np.unique(g[lab != kept])}
-    conflict[order] = np.array([n_labels.get(x, 1) > 1 for x in g.tolist()])
-    suspect[order] = lab != kept
+    suspect[order] = labels[order] != kept
+    # a group carries two labels exactly when one of its members differs from its kept label
+    conflict[members] = np.bincount(group[order], weights=suspect[order], minlength=group.max() + 1)[group[members]] > 0
     return conflict, suspect
 
 
