@@ -282,7 +282,6 @@ def reference_figure(df, ref: Reference):
         if not ok.any():
             continue
         c, m, se, _ = binned_means(mem[ok], percentile(y[ok]), edges)
-        # memorization_score is sgal's percentile: the same ranks, drawn over each other
         ax.errorbar(c, m, yerr=np.nan_to_num(se), color=color, marker=marker, ls=ls, ms=5, capsize=3,
                     mfc="none" if marker != "x" else color, label=f"{col} (Spearman {fmt(rho.get(col))})")
     ax.axhline(0.5, color="#7f7f7f", ls=":", lw=1, label="no relation")

@@ -46,8 +46,8 @@ COLUMNS = {
                       "of 1 - p_given at the stop point (0.5/0.5 after the annealing epoch, else 0.8/0.2); higher = "
                       "more likely mislabeled",
     "mislabel_rank": "1 = most likely mislabeled",
-    "memorization_score": "[0,1] percentile of the mean of the percentiles of sgal (loss summed to the peak) and of "
-                          "1-p_given at the stop point; higher = more memorized",
+    "memorization_score": "[0,1] percentile of 0.5 x the percentile of 1-p_given at the stop point, 0.25 x sgal's (loss "
+                          "summed to the peak) and 0.25 x the late-window statistic's; higher = more memorized",
     "memorization_rank": "1 = most memorized",
     "atypicality_score": "[0,1] percentile of the mean percentile of csg and 1-p_pred; higher = more atypical",
     "atypicality_rank": "1 = most atypical",

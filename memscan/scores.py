@@ -229,13 +229,15 @@ def compute_scores(sig: Signals, probs: np.ndarray, labels: np.ndarray, *, annea
     p_given, pred, p_max = prediction_summary(probs, labels)
     # the trajectory statistic blended with the stop point's own verdict (eval mode, no augmentation)
     w_traj, w_prob = MISLABEL_WEIGHTS[bool(annealed)]
-    mis = percentile(w_traj * percentile(mislabel_statistic(sig)) + w_prob * percentile(1.0 - p_given))
-    # SGAL (the loss summed to the peak, or over every epoch when none came: the best of the paper's cheap
-    # proxies here, §12) averaged with 1 - p(given) at the stop: against Feldman & Zhang's estimator the blend
-    # beat SGAL alone on all four sets measured (5,000 CIFAR-10 images: Spearman 0.773 = 0.95 of the reference's
-    # reliability, Pearson 0.728, against SGAL's 0.711 / 0.674; BENCHMARKS.md §15). In a short run memorization
-    # and label errors rank alike (0.98 with mislabel_score); the categories tell them apart. CSG stays as `csg`
-    mem = percentile((percentile(sig.sgal) + percentile(1.0 - p_given)) / 2)
+    traj_pct = percentile(mislabel_statistic(sig))
+    mis = percentile(w_traj * traj_pct + w_prob * percentile(1.0 - p_given))
+    # half the stop point's 1 - p(given), a quarter SGAL (the loss summed to the peak, or over every epoch when
+    # none came: the best of the paper's cheap proxies here, §12) and a quarter the late-window statistic: against
+    # Feldman & Zhang's estimator this beat SGAL + 1 - p(given) and mislabel_score on all four references
+    # measured (5,000 CIFAR-10 images: Spearman 0.780 = 0.95 of the reference's reliability, Pearson 0.734;
+    # BENCHMARKS.md §17). In a short run memorization and label errors rank alike; the categories tell them
+    # apart. CSG stays as `csg`
+    mem = percentile(0.5 * percentile(1.0 - p_given) + 0.25 * percentile(sig.sgal) + 0.25 * traj_pct)
     aty = percentile((percentile(sig.csg) + percentile(1 - p_max)) / 2)
 
     alt = confident_alternative(probs, labels, p_given)

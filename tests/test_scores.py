@@ -208,6 +208,31 @@ def test_mislabel_score_weight_of_the_stop_verdict_follows_annealing():
         compute_scores(sig, probs, labels, annealed=False)["mislabel_rank"][doubted]
 
 
+def test_memorization_score_weighs_the_stop_verdict_sgal_and_the_late_window():
+    """Half 1 - p(given), a quarter SGAL, a quarter the late-window statistic: of samples alike in the other
+    two, the one the late window finds harder ranks as more memorized; the stop verdict weighs twice as much
+    as either trajectory part."""
+    n, k = 400, 4
+    rng = np.random.default_rng(1)
+    labels = np.arange(n) % k
+    probs = rng.dirichlet(np.ones(k) * 4, size=n)
+    p_given = probs[np.arange(n), labels]
+    sgal, late = rng.random(n), rng.normal(size=n)
+    sig = Signals(csg=np.ones(n), sgal=sgal, csl=sgal, aum=late, forgetting=np.zeros(n, int),
+                  learning_time=np.zeros(n, int), epochs=4, peak_epochs=4, late_aum=late, late_loss=-late,
+                  late_correct=np.full(n, 2, np.int32))
+    from memscan.scores import mislabel_statistic
+    want = percentile(0.5 * percentile(1 - p_given) + 0.25 * percentile(sgal) + 0.25 * percentile(mislabel_statistic(sig)))
+    got = compute_scores(sig, probs, labels)["memorization_score"]
+    np.testing.assert_allclose(got, want)
+    # two samples with the same p(given) and SGAL: the one with the lower late margin ranks higher
+    a, b = 0, 4
+    probs[b], sgal[b] = probs[a], sgal[a]
+    late[a], late[b] = 3.0, -3.0
+    s = compute_scores(sig, probs, labels)
+    assert s["memorization_rank"][b] < s["memorization_rank"][a]
+
+
 def test_memorized_needs_a_mean_loss_above_one_nat():
     """Where nearly all samples are learned at once the fence sits at a tiny loss: a sample above it that was
     still fitted most of the time (mean loss under 1 nat) is not memorized; one that was not, is."""
