@@ -58,11 +58,12 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--recipes", default="scratch,prior")
     ap.add_argument("--model", default="memscan-cnn")
+    ap.add_argument("--image-size", type=int, help="pixels (default: the images' native size)")
     ap.add_argument("--work", type=Path, help="run folders (default: next to --out)")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     work = a.work or a.out.with_suffix("")
-    base = RunConfig(model=a.model, seed=a.seed)
+    base = RunConfig(model=a.model, seed=a.seed, image_size=a.image_size)
     holder = {}
 
     def relabel(table):
@@ -77,7 +78,8 @@ def main():
                                            seed=a.seed, probs=probs)
         return holder["noise"].labels
 
-    res = {"dataset": str(a.dataset), "prior": a.prior, "rate": a.rate, "kind": a.kind, "seed": a.seed,
+    res = {"dataset": str(a.dataset), "prior": a.prior, "model": a.model, "image_size": a.image_size,
+           "rate": a.rate, "kind": a.kind, "seed": a.seed,
            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                       f"torch {torch.__version__}", "date": str(date.today()), "recipes": {}}
     for name in a.recipes.split(","):
@@ -89,7 +91,8 @@ def main():
         flagged = df["category"].to_numpy() == "mislabeled"
         row = {"seconds": round(wall, 1), "epochs": r.summary["epochs_trained"],
                "stop_accuracy": round(float((df["pred"] == df["label"]).mean()), 4),
-               "flagged": round(float(flagged.mean()), 4), "changes": changes}
+               "flagged": round(float(flagged.mean()), 4), "changes": changes,
+               "timings": {k: round(v, 1) for k, v in (r.summary.get("timings") or {}).items()}}
         if a.rate > 0:
             truth = holder["noise"].flipped
             row["mislabel_score"] = rounded(detection_metrics(df["mislabel_score"].to_numpy(), truth))
