@@ -103,6 +103,9 @@ COMPARED = {
     "learning_time": lambda df: df["learning_time"],
     "-aum": lambda df: -df["aum"],
     "1-p_given": lambda df: 1 - df["p_given"],
+    # not a memorization proxy by design, but in a short run the unfitted are both: listed so a user can see
+    # which of the two columns tracks memorization better on their data
+    "mislabel_score": lambda df: df["mislabel_score"],
 }
 
 

@@ -280,7 +280,7 @@ def compare(run, reference, *, level: float = 0.5) -> dict:
     from .report import frame_and_name
     ref, meta = read_memorization(reference)
     df, name = frame_and_name(run, ["path", "category", "memorization_score", "csg", "sgal", "csl", "learning_time",
-                                    "aum", "p_given"])
+                                    "aum", "p_given", "mislabel_score"])
     joined = df.merge(ref[["path", "memorization"]], on="path", how="inner")
     if len(joined) < 10:
         raise ReportError(f"only {len(joined)} samples of '{name}' are in the reference (matched by path); compare a "

@@ -175,6 +175,7 @@ def test_compare_a_run_against_the_reference(estimated, tmp_path):
     rows = {x["column"]: x for x in res["agreement"]}
     assert rows["csg"]["pearson"] == pytest.approx(pearsonr(df["csg"], df["memorization"])[0])
     assert rows["1-p_given"]["spearman"] == pytest.approx(spearmanr(1 - df["p_given"], df["memorization"])[0])
+    assert rows["mislabel_score"]["spearman"] == pytest.approx(spearmanr(df["mislabel_score"], df["memorization"])[0])
     assert set(res["categories"]) == {"memorized", "atypical"}
     from memscan.cli import main
     assert main(["memorization", str(out), "--compare", str(r.out_dir), "--json"]) == 0
