@@ -247,7 +247,7 @@ def compute_scores(sig: Signals, probs: np.ndarray, labels: np.ndarray, *, annea
     # and the estimated rate moved toward the truth at every noise level measured (BENCHMARKS.md §10)
     never_learned = sig.late_correct == 0 if sig.late_correct is not None else True
     mislabeled = (alt >= 0) & (alt != labels) & (sig.window_aum < 0) & never_learned
-    # the far tail of SGAL (the memorization score's own column), on its raw scale: SGAL is a sum of losses,
+    # the far tail of SGAL (a quarter of the memorization score), on its raw scale: SGAL is a sum of losses,
     # right-skewed, whereas log CSG is left-skewed and its fence flagged no sample in any run measured. Against
     # Feldman & Zhang's estimator the `memorized` flags reach the precision of the estimator's own split half
     # (BENCHMARKS.md §15); fitted or not at the stop splits memorized from atypical, and an image some other
