@@ -123,6 +123,8 @@ def rank_of(score: np.ndarray) -> np.ndarray:
 # stop point's verdict is worth as much as the trajectory (AUROC up on every configuration measured,
 # BENCHMARKS.md §11); straight from the stop it is a fifth (§0, "The score at the stop")
 MISLABEL_WEIGHTS = {True: (0.5, 0.5), False: (0.8, 0.2)}   # keyed by "annealed"
+# memorization_score's blend of percentiles (chosen against Feldman & Zhang references, compute_scores)
+MEMORIZATION_WEIGHTS = {"1-p_given": 0.5, "sgal": 0.25, "trajectory": 0.25}
 
 
 def mislabel_statistic(sig: Signals) -> np.ndarray:
@@ -237,7 +239,9 @@ def compute_scores(sig: Signals, probs: np.ndarray, labels: np.ndarray, *, annea
     # measured (5,000 CIFAR-10 images: Spearman 0.780 = 0.95 of the reference's reliability, Pearson 0.734;
     # BENCHMARKS.md §17). In a short run memorization and label errors rank alike; the categories tell them
     # apart. CSG stays as `csg`
-    mem = percentile(0.5 * percentile(1.0 - p_given) + 0.25 * percentile(sig.sgal) + 0.25 * traj_pct)
+    w = MEMORIZATION_WEIGHTS
+    mem = percentile(w["1-p_given"] * percentile(1.0 - p_given) + w["sgal"] * percentile(sig.sgal)
+                     + w["trajectory"] * traj_pct)
     aty = percentile((percentile(sig.csg) + percentile(1 - p_max)) / 2)
 
     alt = confident_alternative(probs, labels, p_given)

@@ -21,11 +21,15 @@ import numpy as np
 from memscan.memorization import pearson, spearman
 from memscan.memorization_run import read_memorization
 from memscan.report import read_frame
-from memscan.scores import accumulate, mislabel_statistic, percentile
+from memscan.scores import MEMORIZATION_WEIGHTS, accumulate, mislabel_statistic, percentile
 from memscan.trajectories import read_epochs
 
 P = percentile
-CHOSEN = lambda one_minus_p, sgal, traj: 0.5 * one_minus_p + 0.25 * sgal + 0.25 * traj   # all percentiles
+
+
+def blend(one_minus_p, sgal, traj, w_p: float, w_sgal: float) -> np.ndarray:
+    """w_p x pct(1 - p) + w_sgal x pct(SGAL) + the rest x pct(trajectory statistic)."""
+    return w_p * P(one_minus_p) + w_sgal * P(sgal) + (1 - w_p - w_sgal) * P(traj)
 
 
 def bootstrap_gain(x, y, mem, rounds: int = 200, seed: int = 0) -> dict:
@@ -40,17 +44,28 @@ def bootstrap_gain(x, y, mem, rounds: int = 200, seed: int = 0) -> dict:
 
 
 def signals(run: Path):
-    df = read_frame(run, ["path", "p_given", "mislabel_score", "memorization_score"])
-    recs = list(read_epochs(run / "trajectories"))
-    sig = accumulate(recs, len(df), peak_epoch=None)
+    """The report's columns and the trajectories' late-window totals; SGAL is the report's own (it stops at
+    the weight-norm peak when one came)."""
+    df = read_frame(run, ["path", "p_given", "sgal", "mislabel_score"])
+    sig = accumulate(read_epochs(run / "trajectories"), len(df), peak_epoch=None)
+    sig.sgal = df["sgal"].to_numpy(np.float64)
     return df, sig
+
+
+def grid(df, sig) -> dict:
+    """The weight of 1 - p against SGAL's share of the rest (the trajectory statistic takes the remainder)."""
+    one_minus_p, traj = 1.0 - df["p_given"].to_numpy(np.float64), mislabel_statistic(sig)
+    return {f"1-p {wp}, SGAL {share} of the rest": blend(one_minus_p, sig.sgal, traj, wp, (1 - wp) * share)
+            for wp in (0.4, 0.5, 0.6) for share in (0.0, 0.25, 0.5, 0.75)}
 
 
 def candidates(df, sig) -> dict:
     one_minus_p = 1.0 - df["p_given"].to_numpy(np.float64)
     traj = mislabel_statistic(sig)
     return {
-        "0.5 (1-p) + 0.25 SGAL + 0.25 trajectory (chosen)": CHOSEN(P(one_minus_p), P(sig.sgal), P(traj)),
+        "0.5 (1-p) + 0.25 SGAL + 0.25 trajectory (chosen)": blend(one_minus_p, sig.sgal, traj,
+                                                                  MEMORIZATION_WEIGHTS["1-p_given"],
+                                                                  MEMORIZATION_WEIGHTS["sgal"]),
         "SGAL + 1-p (memorization_score before)": P(sig.sgal) + P(one_minus_p),
         "mislabel_score (the run's)": df["mislabel_score"].to_numpy(),
         "SGAL": sig.sgal,
@@ -81,9 +96,10 @@ def main():
         mem = ref.set_index("path").loc[df["path"], "memorization"].to_numpy()
         ok = np.isfinite(mem)
         rho = (meta.get("split_half") or {}).get("spearman_full")
-        rows, cols = {}, {k: np.asarray(v, np.float64)[ok] for k, v in candidates(df, sig).items()}
-        for name, x in cols.items():
-            rows[name] = {"spearman": spearman(x, mem[ok]), "pearson": pearson(P(x), mem[ok])}
+        score = lambda columns: {name: {"spearman": spearman(x, mem[ok]), "pearson": pearson(P(x), mem[ok])}
+                                 for name, x in columns.items()}
+        cols = {k: np.asarray(v, np.float64)[ok] for k, v in candidates(df, sig).items()}
+        rows, weights = score(cols), score({k: v[ok] for k, v in grid(df, sig).items()})
         chosen, *others = list(cols)[:3]
         gains = {o: bootstrap_gain(cols[chosen], cols[o], mem[ok]) for o in others}
         print(f"\n{run} against {ref_dir} ({ok.sum()} samples, reliability {rho})")
@@ -91,8 +107,11 @@ def main():
             print(f"  {r['spearman']:.4f}  {r['pearson']:.4f}  {name}")
         for o, g in gains.items():
             print(f"  chosen - {o}: Spearman {g['mean']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}]")
+        print("  weight grid (Spearman / Pearson):")
+        for name, r in weights.items():
+            print(f"    {r['spearman']:.4f}  {r['pearson']:.4f}  {name}")
         out.append({"reference": str(ref_dir), "run": str(run), "split_half": meta.get("split_half"),
-                    "epochs": sig.epochs, "columns": rows, "chosen_minus": gains})
+                    "epochs": sig.epochs, "columns": rows, "chosen_minus": gains, "weight_grid": weights})
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
 
