@@ -42,6 +42,14 @@ RECIPES = {
     "prior-newhead-head0": {"weights": "{prior}", "new_head": True, "head_epochs": 0.0},
     "prior-newhead-freeze": {"weights": "{prior}", "new_head": True, "freeze": True},
     "prior-freeze-lr10": {"weights": "{prior}", "freeze": True, "lr": 0.125},
+    # the input gradient in one epoch of every K (CSG estimated from those), the body forward only otherwise
+    "prior-freeze-every1": {"weights": "{prior}", "freeze": True, "input_grad_every": 1},
+    "prior-freeze-every2": {"weights": "{prior}", "freeze": True, "input_grad_every": 2},
+    "prior-freeze-every3": {"weights": "{prior}", "freeze": True, "input_grad_every": 3},
+    "prior-freeze-every4": {"weights": "{prior}", "freeze": True, "input_grad_every": 4, "min_epochs": 4},
+    # another batch order and augmentation draw, every gradient (the noise is --seed's): how far two exact
+    # runs differ, the floor for the comparisons above
+    "prior-freeze-order1": {"weights": "{prior}", "freeze": True, "seed": 1},
 }
 
 
@@ -59,11 +67,15 @@ def main():
     ap.add_argument("--recipes", default="scratch,prior")
     ap.add_argument("--model", default="memscan-cnn")
     ap.add_argument("--image-size", type=int, help="pixels (default: the images' native size)")
+    ap.add_argument("--max-epochs", type=int, help="train every recipe exactly this many epochs (--stop none): "
+                    "equal work for a side-by-side timing")
     ap.add_argument("--work", type=Path, help="run folders (default: next to --out)")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     work = a.work or a.out.with_suffix("")
     base = RunConfig(model=a.model, seed=a.seed, image_size=a.image_size)
+    if a.max_epochs:
+        base = base.replace(stop="none", max_epochs=a.max_epochs)
     holder = {}
 
     def relabel(table):

@@ -48,6 +48,10 @@ class RunConfig:
     new_head: bool = False              # a fresh head even when the file's fits the class count (other classes)
     freeze: bool = False                # train the classifier head only; the input gradient still flows
                                         # through the whole (frozen) network
+    input_grad_every: int = 1           # --freeze only: each sample's input gradient is taken in one epoch of
+                                        # every K (a fixed per-sample rotation) and CSG summed from those
+                                        # epochs, scaled to the window; other steps run the frozen body
+                                        # forward only. 1: every step (exact CSG)
     head_epochs: float | None = None    # epochs of head-only training before the body trains; None: auto
     body_lr: float | None = None        # learning-rate factor of every layer but the head; None: auto
     # signals and stopping
@@ -100,6 +104,18 @@ class RunConfig:
             _int_in(name, getattr(self, name), 1, most)
         _int_in("min_epochs", self.min_epochs, 0, 10 ** 6)
         _int_in("anneal_epochs", self.anneal_epochs, 0, 1000)
+        _int_in("input_grad_every", self.input_grad_every, 1, 1000)
+        if self.input_grad_every > 1 and not self.freeze:
+            raise ConfigError(f"input_grad_every={self.input_grad_every} needs --freeze: a training body runs the "
+                              "backward pass anyway and the input gradient comes nearly free with it")
+        earliest = self.max_epochs if self.stop == "none" else min(self.min_epochs, self.max_epochs)
+        if self.input_grad_every > max(earliest, 1):
+            raise ConfigError(f"input_grad_every={self.input_grad_every} exceeds the {earliest} epochs a run may "
+                              "stop after: every sample's input gradient must be taken before the earliest stop; "
+                              "pass --input-grad-every at most --min-epochs, or raise --min-epochs")
+        if self.input_grad_every > 1 and self.signal == "exact":
+            raise ConfigError("input_grad_every applies to --signal inloop; --signal exact takes every sample's "
+                              "input gradient in its own pass each epoch")
         if not 0 < self.anneal_lr <= 1:
             raise ConfigError(f"anneal_lr={self.anneal_lr} must be in (0, 1], a factor of --lr (default 0.1)")
         _int_in("seed", self.seed, 0, 2 ** 63 - 1)

@@ -52,13 +52,21 @@ def accumulate(records, n: int, *, peak_epoch: int | None, window_start: int | N
 
     csg and sgal sum epochs 0..peak_epoch inclusive (all epochs when ``peak_epoch`` is None).
     ``window_start``: first epoch of the late window behind ``mislabel_statistic`` (default: the
-    second half of the records). Values not recorded for a sample in an epoch (NaN) count as 0.
+    second half of the records). Loss and margin not recorded for a sample in an epoch (NaN) count as
+    0. An input gradient not taken (``--input-grad-every K``: one epoch in K; an overflowed fp16 step)
+    is estimated from the epochs taken, relative to each epoch's mean over the samples taken (a ratio
+    estimator: gradients shrink as training goes on, so a sample taken only in the first epoch must
+    not look larger than one taken only in the third): csg_i = sum_taken g_ie / sum_taken m_e x
+    sum_e m_e. A sample with none taken up to the peak gets the same over all epochs taken.
     """
     records = list(records) if window_start is None else records
     if window_start is None:
         window_start = records[len(records) // 2].epoch if records else 0
     z = lambda: np.zeros(n, dtype=np.float64)
     csg, sgal, csl, margin_sum = z(), z(), z(), z()
+    # for gradients not taken: sums over the epochs taken of g and of the epoch's mean m, to the peak / in all
+    m_taken, g_all, m_all_taken = z(), z(), z()
+    m_peak = missing = 0.0
     late_margin, late_loss, late_epochs = z(), z(), 0
     late_correct = np.zeros(n, dtype=np.int32)
     forgetting = np.zeros(n, dtype=np.int32)
@@ -67,9 +75,16 @@ def accumulate(records, n: int, *, peak_epoch: int | None, window_start: int | N
     prev = None
     epochs = peak_epochs = 0
     for rec in records:
+        taken = ~np.isnan(rec.grad_sq)
         g, l, m = (np.nan_to_num(a.astype(np.float64)) for a in (rec.grad_sq, rec.loss, rec.margin))
+        mean_g = float(g[taken].mean()) if taken.any() else 0.0
+        missing += float((~taken).sum())
+        g_all += g
+        m_all_taken += taken * mean_g
         if peak_epoch is None or rec.epoch <= peak_epoch:
             csg += g
+            m_taken += taken * mean_g
+            m_peak += mean_g
             sgal += l
             peak_epochs += 1
         csl += l
@@ -89,6 +104,10 @@ def accumulate(records, n: int, *, peak_epoch: int | None, window_start: int | N
         epochs += 1
     if epochs == 0:
         raise ValueError("no epochs recorded")
+    if missing:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            csg = np.where(m_taken > 0, csg / m_taken * m_peak,
+                           np.where(m_all_taken > 0, g_all / m_all_taken * m_peak, 0.0))
     return Signals(csg, sgal, csl, margin_sum / epochs, forgetting, (last_wrong + 1).astype(np.int32),
                    epochs, peak_epochs, late_margin / max(late_epochs, 1), late_loss, late_correct, last_right)
 

@@ -154,20 +154,21 @@ class Recorder:
     def all_reduce(self, group=None):
         """Combine the processes' records of one epoch (torch.distributed): each sample was seen by
         exactly one process, so a sum over processes of (value where seen, else 0) is its value.
-        One collective of 6 x N floats per epoch, whatever the number of steps (a class index is exact
-        in fp32 up to 2^24)."""
+        One collective of 7 x N floats per epoch, whatever the number of steps (a class index is exact
+        in fp32 up to 2^24). A gradient not taken (NaN: ``--input-grad-every``, an overflowed fp16 step)
+        stays NaN."""
         import torch.distributed as dist
         self.flush()
         seen = ~torch.isnan(self.loss)
         packed = torch.stack([torch.nan_to_num(self.grad_sq), torch.nan_to_num(self.loss),
                               torch.nan_to_num(self.margin), self.correct.float(), seen.float(),
-                              (self.pred + 1).float()])
+                              (self.pred + 1).float(), (~torch.isnan(self.grad_sq)).float()])
         dist.all_reduce(packed, group=group)
         count = packed[4]
         if bool((count > 1).any()):
             raise RuntimeError("a sample was recorded by more than one process in one epoch")
         nan = torch.full_like(count, float("nan"))
-        self.grad_sq = torch.where(count > 0, packed[0], nan)
+        self.grad_sq = torch.where(packed[6] > 0, packed[0], nan)
         self.loss = torch.where(count > 0, packed[1], nan)
         self.margin = torch.where(count > 0, packed[2], nan)
         self.correct = packed[3] > 0.5
@@ -181,7 +182,8 @@ class Recorder:
         rec.summary = {
             "epoch": self.epoch,
             "seen": int(seen.sum()),
-            "grad_mean": float(np.nanmean(rec.grad_sq)) if seen.any() else math.nan,
+            # with --input-grad-every, the mean over the samples whose gradient this epoch took
+            "grad_mean": float(np.nanmean(rec.grad_sq)) if (~np.isnan(rec.grad_sq)).any() else math.nan,
             "loss_mean": float(np.nanmean(rec.loss)) if seen.any() else math.nan,
             "train_acc": float(rec.correct[seen].mean()) if seen.any() else math.nan,
         }

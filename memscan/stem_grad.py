@@ -120,7 +120,11 @@ class StemGrad:
             if not out.requires_grad and not torch.is_grad_enabled():
                 return None
             if not out.requires_grad:   # a frozen stem (--freeze) fed an input without grad: start autograd here
-                out = out.detach().requires_grad_(True)
+                leaf = out.detach().requires_grad_(True)
+                leaf.register_hook(self._keep)
+                # a copy, not the leaf itself: the next layer may work in place (a ReLU right after the
+                # stem, once a frozen BatchNorm is folded into it), which autograd forbids on a leaf
+                return leaf.clone()
             out.register_hook(self._keep)
             return out
         self._grad = None

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .config import RunConfig
 from .data.loader import batch_bounds, batch_slices, epoch_generator, epoch_order
+from .frozen_body import fold_frozen_batchnorm
 from .models import is_head_parameter, train_mode
 from .signals import Recorder, StepSignals, input_grad_sq, weight_norms
 from .stopping import StopRule
@@ -209,46 +210,54 @@ def exact_pass(model, source, *, batch_size: int, dtype, want_probs: bool = Fals
 # ---------------------------------------------------------------- the loop
 
 def train_step(model, x, y, opt, scaler, *, dtype=torch.float32, label_smoothing: float = 0.0,
-               stem: StemGrad | None = None):
+               stem: StemGrad | None = None, record: torch.Tensor | None = None):
     """One optimisation step that also returns the raw per-sample signals of this very step:
     (batch loss, ``StepSignals``). The input gradient comes from the same backward pass as the
     weight gradients: x is a leaf that requires grad, or, with a verified ``stem``, from the
     gradient at the stem conv's output (faster; see ``stem_grad``). An unverified ``stem`` is
     checked against autograd in this step and marked verified, or rejected if it disagrees. The
     step is the bare loop's step plus that and one reduction; the rest of the per-sample
-    arithmetic is the recorder's, block-wise."""
-    use_stem = stem is not None and stem.verified
+    arithmetic is the recorder's, block-wise.
+
+    ``record`` (bool [B], frozen body only, ``--input-grad-every``): the samples whose input gradient
+    is wanted (None: all). The batch then runs as two forward passes: the recorded part with autograd
+    down to the input, the rest with no input that requires grad, so autograd starts at the head and
+    the frozen body runs forward only (a linear probe's cost); their gradient is NaN (not recorded).
+    A frozen body's BatchNorm is in eval mode, so the split changes no value, and the loss is the
+    mean over the whole batch as in one pass."""
     x = x.detach()
     if dtype != torch.float32 and x.is_floating_point():
         # The leaf is the tensor the first conv reads: autocast would cast x to ``dtype`` there
         # anyway (same values), and an fp32 leaf adds a cast back in the backward pass, a large
         # share of the recording cost on CPU. The gradient's values are the same either way.
         x = x.to(dtype)
-    if not use_stem:
-        x.requires_grad_(True)
-    if stem is not None:
-        stem.attach()
+    split = record is not None and not bool(record.all())
+    use_stem = stem is not None and stem.verified
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
-        logits = model(x)
+        if not split:
+            xr = _input_leaf(x, stem, use_stem)
+            logits = model(xr)
+        else:
+            rec_idx, rest_idx = record.nonzero()[:, 0], (~record).nonzero()[:, 0]
+            if stem is not None:
+                stem.detach()       # its hook would start autograd at the stem for the forward-only part
+            parts = [model(x[rest_idx])]
+            xr = _input_leaf(x[rec_idx], stem, use_stem) if len(rec_idx) else None
+            if xr is not None:
+                parts.insert(0, model(xr))
+            inverse = torch.empty_like(record, dtype=torch.long)
+            inverse[torch.cat([rec_idx, rest_idx])] = torch.arange(len(record), device=record.device)
+            logits = torch.cat(parts)[inverse]
     logits = logits.float()
     loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    if use_stem:
-        gnorm = stem.norm()
-    else:
-        g = x.grad
-        gnorm = torch.linalg.vector_norm(g, dim=tuple(range(1, g.ndim)), dtype=torch.float32)
-        if stem is not None:
-            got = stem.norm()
-            # an overflowed fp16 step (inf gradients, skipped by the GradScaler) proves nothing: the
-            # check waits for a step with finite values
-            finite = torch.isfinite(gnorm) & torch.isfinite(got)
-            if bool(finite.any()):
-                agree = bool(((got - gnorm).abs() <= stem_tolerance(dtype) * gnorm + 1e-30)[finite].all())
-                stem.verified, stem.rejected = agree, not agree
-            if stem.verified:   # every step's value from one path, however a run was resumed
-                gnorm = got
+    gnorm = _input_grad_norm(xr, stem, use_stem, dtype) if xr is not None else None
+    if split:
+        full = torch.full((len(y),), float("nan"), device=logits.device)
+        if gnorm is not None:
+            full[rec_idx] = gnorm
+        gnorm = full
     if scaler.is_enabled():
         # undone now: update() below changes the scale in place. The private async getter avoids a
         # device sync per step; get_scale() is the public fallback.
@@ -259,6 +268,36 @@ def train_step(model, x, y, opt, scaler, *, dtype=torch.float32, label_smoothing
     scaler.update()
     # the mean loss makes x.grad[i] 1/B of sample i's own gradient
     return loss.detach(), StepSignals(logits.detach(), y, gnorm, float(len(y)), label_smoothing)
+
+
+def _input_leaf(x, stem: StemGrad | None, use_stem: bool):
+    """x prepared for the input gradient: a leaf that requires grad, unless the verified stem path
+    takes it from the stem conv's output; an unverified stem captures too, to be checked."""
+    if not use_stem:
+        x.requires_grad_(True)
+    if stem is not None:
+        stem.attach()
+    return x
+
+
+def _input_grad_norm(x, stem: StemGrad | None, use_stem: bool, dtype) -> torch.Tensor:
+    """Per-sample ||x.grad_i|| after the backward pass, from the stem path or autograd; checks an
+    unverified stem path against autograd's value and marks it verified or rejected."""
+    if use_stem:
+        return stem.norm()
+    g = x.grad
+    gnorm = torch.linalg.vector_norm(g, dim=tuple(range(1, g.ndim)), dtype=torch.float32)
+    if stem is not None:
+        got = stem.norm()
+        # an overflowed fp16 step (inf gradients, skipped by the GradScaler) proves nothing: the
+        # check waits for a step with finite values
+        finite = torch.isfinite(gnorm) & torch.isfinite(got)
+        if bool(finite.any()):
+            agree = bool(((got - gnorm).abs() <= stem_tolerance(dtype) * gnorm + 1e-30)[finite].all())
+            stem.verified, stem.rejected = agree, not agree
+        if stem.verified:   # every step's value from one path, however a run was resumed
+            gnorm = got
+    return gnorm
 
 
 def stem_tolerance(dtype: torch.dtype) -> float:
@@ -328,10 +367,10 @@ def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_reco
         curves = [dict(c) for c in resume["curves"]]
         start_epoch, stopped = resume["epoch"] + 1, resume["stopped"]
     epoch = start_epoch - 1
-    step_state = {"stem": None, "tried": False}
-    run_epoch = lambda e, schedule: _train_epoch(model, source, cfg, opt, scaler, schedule, recorder, e, step_state,
-                                                 dtype=dtype, rank=rank, world=world, on_step=on_step,
-                                                 stem_grad=stem_grad)
+    step_state = {"stem": None, "tried": False, "rotation": grad_rotation(n, cfg.input_grad_every, cfg.seed)}
+    run_epoch = lambda e, schedule, grads=True: _train_epoch(
+        model, source, cfg, opt, scaler, schedule, recorder, e, step_state, dtype=dtype, rank=rank, world=world,
+        on_step=on_step, stem_grad=stem_grad, input_grads=grads)
     for epoch in range(start_epoch, start_epoch if stopped else cfg.max_epochs):
         te = time.perf_counter()
         if not run_epoch(epoch, sched):
@@ -380,27 +419,68 @@ def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_reco
     return FitResult(len(curves), rule.peak_epoch, reason, curves, time.perf_counter() - t0, anneal=anneal)
 
 
+def grad_rotation(n: int, every: int, seed: int) -> torch.Tensor | None:
+    """``--input-grad-every K``: each sample's fixed offset in [0, K); its input gradient is taken in the
+    epochs e with (offset + e) % K == 0, so exactly once in any K consecutive epochs, about a K-th of
+    every batch. Seeded, so a resumed run records the same epochs. None for K = 1 (every epoch)."""
+    if every <= 1:
+        return None
+    return torch.randint(0, every, (n,), generator=torch.Generator().manual_seed(seed + 7919))
+
+
+def group_recorded(order: torch.Tensor, taken: torch.Tensor, step: int) -> torch.Tensor:
+    """``order`` rearranged so that the samples whose input gradient this epoch takes (``taken``, aligned
+    with ``order``) fill whole batches of ``step``, spread evenly among the batches of the others; the
+    remainders of both share the last one or two batches. A split batch runs its recorded part at a
+    third of the batch size, where a CPU's convolutions are 17% slower per image (resnet18, 224 px):
+    whole batches keep every pass at full size. Which samples are taken does not depend on the labels,
+    so each batch is still a uniform random draw."""
+    a, b = order[taken], order[~taken]
+    na, nb = len(a) // step, len(b) // step
+    chunks = sorted([((i + 0.5) / na, a[i * step:(i + 1) * step]) for i in range(na)]
+                    + [((i + 0.5) / nb, b[i * step:(i + 1) * step]) for i in range(nb)], key=lambda c: c[0])
+    return torch.cat([c for _, c in chunks] + [a[na * step:], b[nb * step:]])
+
+
 def _train_epoch(model, source, cfg: RunConfig, opt, scaler, sched, recorder: Recorder, epoch: int, state: dict, *,
-                 dtype, rank: int, world: int, on_step, stem_grad: bool) -> bool:
+                 dtype, rank: int, world: int, on_step, stem_grad: bool, input_grads: bool = True) -> bool:
     """One pass over this process's share of the data, every step recorded. ``sched`` is stepped after
     each step (None: the learning rate stays as set). ``state`` carries the stem-gradient path between
-    epochs. False when the loss became NaN/inf (the epoch is abandoned)."""
+    epochs and the ``grad_rotation``. ``input_grads=False`` (a frozen body only): no sample's input
+    gradient, the body runs forward only. False when the loss became NaN/inf (the epoch is abandoned)."""
     n = len(source)
     steps_per_epoch = len(batch_bounds(n, cfg.batch_size, world))
     train_mode(model)   # the wrapper (DDP, compile) too; frozen BatchNorm layers stay in eval
+    if state.get("net") is not None:
+        train_mode(state["net"])
     recorder.start_epoch(epoch)
     gen = epoch_generator(cfg.seed, epoch, stream=1 + rank)
     losses = []
-    for step, idx in enumerate(batch_slices(epoch_order(n, cfg.seed, epoch), cfg.batch_size, rank=rank, world=world)):
+    order, rotation = epoch_order(n, cfg.seed, epoch), state["rotation"]
+    if rotation is not None and input_grads:
+        order = group_recorded(order, (rotation[order] + epoch) % cfg.input_grad_every == 0, cfg.batch_size * world)
+    for step, idx in enumerate(batch_slices(order, cfg.batch_size, rank=rank, world=world)):
         x, y = source.batch(idx, augment=cfg.augment, generator=gen)
+        if state.get("net") is None:
+            # a frozen body trains through a copy with its BatchNorm folded into the convs (``frozen_body``);
+            # DDP must see its own wrapper's forward, and torch.compile fuses by itself
+            folded = fold_frozen_batchnorm(model, x) if cfg.freeze and world == 1 and not cfg.compile else None
+            state["net"] = folded if folded is not None else model
+            train_mode(state["net"])
+        net = state["net"]
         if state["stem"] is None and not state["tried"]:
             state["tried"] = True
             if stem_grad and not cfg.compile:
-                state["stem"] = StemGrad.find(unwrap(model), x)
+                state["stem"] = StemGrad.find(unwrap(net), x)
         stem = state["stem"]
+        record = None
+        if cfg.freeze and not input_grads:
+            record = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+        elif state["rotation"] is not None:
+            record = ((state["rotation"][idx] + epoch) % cfg.input_grad_every == 0).to(y.device)
         try:
-            loss, stats = train_step(model, x, y, opt, scaler, dtype=dtype, label_smoothing=cfg.label_smoothing,
-                                     stem=stem)
+            loss, stats = train_step(net, x, y, opt, scaler, dtype=dtype, label_smoothing=cfg.label_smoothing,
+                                     stem=stem, record=record)
             if stem is not None and stem.rejected:   # it disagreed with autograd: not for this model
                 stem.detach()
                 state["stem"] = None
@@ -440,7 +520,8 @@ def _anneal(run_epoch, opt, recorder: Recorder, cfg: RunConfig, *, first: int, o
         g["lr"] = lr * g.get("lr_scale", 1.0)
     t, acc = time.perf_counter(), math.nan
     for a in range(cfg.anneal_epochs):
-        if not run_epoch(first + a, None):
+        # no score reads an annealing epoch's input gradients: a frozen body runs forward only
+        if not run_epoch(first + a, None, False):
             return {"epochs": a, "lr": lr, "nan_epoch": first + a}
         acc = recorder.end_epoch().summary["train_acc"]
         if on_anneal is not None:

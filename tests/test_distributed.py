@@ -75,13 +75,15 @@ def test_recorder_all_reduce_refuses_double_counting():
     try:
         r = Recorder(4)
         r.start_epoch(0)
-        r.record(torch.tensor([0, 2]), grad_sq=torch.tensor([1.0, 2.0]), loss=torch.tensor([0.5, 0.7]),
-                 margin=torch.tensor([1.0, -1.0]), correct=torch.tensor([True, False]), pred=torch.tensor([0, 7]))
+        # sample 3 seen, its input gradient not taken (--input-grad-every): it must stay missing, not become 0
+        r.record(torch.tensor([0, 2, 3]), grad_sq=torch.tensor([1.0, 2.0, float("nan")]),
+                 loss=torch.tensor([0.5, 0.7, 0.1]), margin=torch.tensor([1.0, -1.0, 2.0]),
+                 correct=torch.tensor([True, False, True]), pred=torch.tensor([0, 7, 1]))
         r.all_reduce()
         rec = r.end_epoch()
         assert rec.grad_sq[[0, 2]].tolist() == [1.0, 2.0] and np.isnan(rec.grad_sq[[1, 3]]).all()
-        assert rec.correct.tolist() == [True, False, False, False] and rec.summary["seen"] == 2
-        assert rec.pred.tolist() == [0, -1, 7, -1]
+        assert rec.correct.tolist() == [True, False, False, True] and rec.summary["seen"] == 3
+        assert rec.pred.tolist() == [0, -1, 7, 1]
     finally:
         dist.destroy_process_group()
 

@@ -44,11 +44,14 @@ def test_mislabel_statistic_uses_the_late_window():
     assert whole[0] > whole[1]                       # over all epochs the early noise would win
 
 
-def test_never_learned_gets_full_learning_time_and_nan_counts_zero():
+def test_never_learned_gets_full_learning_time_and_a_missing_gradient_is_estimated():
     records = [rec(0, [np.nan, 1], [1, 1], [0, 0], [False, True]), rec(1, [1, 1], [1, 1], [0, 0], [False, True])]
     s = accumulate(records, 2, peak_epoch=None)
     assert s.learning_time.tolist() == [2, 0]
-    np.testing.assert_allclose(s.csg, [1, 2])
+    # sample 0's gradient was not taken in epoch 0 (an overflowed fp16 step, --input-grad-every): its one
+    # value stands for both epochs, rather than counting as 0
+    np.testing.assert_allclose(s.csg, [2, 2])
+    np.testing.assert_allclose(s.sgal, [2, 2])
 
 
 def test_percentile_and_rank():

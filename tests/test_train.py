@@ -310,3 +310,128 @@ def test_fit_with_a_frozen_body_moves_only_the_head(tmp_path):
     for k, v in model.named_buffers():   # BatchNorm statistics of the frozen body: untouched
         if not k.endswith("num_batches_tracked"):
             assert torch.equal(v, buffers[k]), k
+
+
+def test_a_split_frozen_step_equals_the_whole_step_and_records_only_the_chosen_samples(tmp_path):
+    """--input-grad-every: the recorded part and the forward-only part of a frozen batch give the logits,
+    head update and (for the recorded samples) input gradients of one whole step; the rest are NaN."""
+    import copy
+
+    from memscan.models import create_model, freeze_body, train_mode
+    from memscan.stem_grad import StemGrad
+    from memscan.train import make_optimizer, train_step
+    path, src = _prior_and_source(tmp_path)
+    x, y = src.batch(torch.arange(16))
+    record = torch.tensor([i % 3 == 0 for i in range(16)])
+    for use_stem in (False, True):
+        whole = create_model("memscan-cnn", 3, weights=path)
+        freeze_body(whole)
+        train_mode(whole)
+        split = copy.deepcopy(whole)
+        cfg = RunConfig(freeze=True, weights=path, lr=0.05, input_grad_every=3)
+        opt_w, opt_s = make_optimizer(whole, cfg), make_optimizer(split, cfg)
+        stem_w = StemGrad.find(whole, x) if use_stem else None
+        stem_s = StemGrad.find(split, x) if use_stem else None
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        for _ in range(2):   # the stem path is checked against autograd on a first (split) step, then alone
+            lw, sw = train_step(whole, x, y, opt_w, scaler, stem=stem_w)
+            ls, ss = train_step(split, x, y, opt_s, scaler, stem=stem_s, record=record)
+            torch.testing.assert_close(ss.logits, sw.logits, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(ls, lw, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(ss.grad_norm[record], sw.grad_norm[record], rtol=1e-4, atol=1e-8)
+            assert torch.isnan(ss.grad_norm[~record]).all()
+        if use_stem:
+            assert stem_s.verified
+        torch.testing.assert_close(split.head.weight, whole.head.weight, rtol=1e-5, atol=1e-6)
+        assert all(p.grad is None for n, p in split.named_parameters() if not n.startswith("head."))
+    # no sample recorded: the body runs forward only, every gradient NaN
+    _, none = train_step(split, x, y, opt_s, scaler, stem=stem_s, record=torch.zeros(16, dtype=torch.bool))
+    assert torch.isnan(none.grad_norm).all() and torch.isfinite(none.logits).all()
+
+
+def test_grad_rotation_takes_each_sample_once_in_every_k_epochs():
+    from memscan.train import grad_rotation
+    assert grad_rotation(100, 1, 0) is None
+    rot = grad_rotation(1000, 4, 3)
+    assert torch.equal(rot, grad_rotation(1000, 4, 3)) and not torch.equal(rot, grad_rotation(1000, 4, 4))
+    taken = torch.stack([(rot + e) % 4 == 0 for e in range(8)])
+    assert torch.equal(taken[:4].sum(0), torch.ones(1000, dtype=torch.long))
+    assert torch.equal(taken[4:].sum(0), torch.ones(1000, dtype=torch.long))
+    assert 0.2 < taken[0].float().mean() < 0.3   # about a quarter of every batch
+
+
+def test_input_grad_every_needs_a_frozen_body_and_the_inloop_signal():
+    with pytest.raises(ConfigError, match="needs --freeze"):
+        RunConfig(input_grad_every=3)
+    with pytest.raises(ConfigError, match="--signal inloop"):
+        RunConfig(input_grad_every=3, freeze=True, weights="w.pt", signal="exact")
+    with pytest.raises(ConfigError):
+        RunConfig(input_grad_every=0)
+    # each sample once before the earliest stop (--min-epochs 3 by default)
+    with pytest.raises(ConfigError, match="--min-epochs"):
+        RunConfig(input_grad_every=4, freeze=True, weights="w.pt")
+    assert RunConfig(input_grad_every=4, freeze=True, weights="w.pt", min_epochs=4).input_grad_every == 4
+    with pytest.raises(ConfigError, match="earliest stop"):
+        RunConfig(input_grad_every=3, freeze=True, weights="w.pt", stop="none", max_epochs=2)
+
+
+def test_fit_with_sampled_input_gradients_estimates_the_exact_csg(tmp_path):
+    """A frozen run with --input-grad-every 2 takes each sample's input gradient in 2 of 4 epochs, in whole
+    batches; it trains like a run with every gradient (the same samples, other batches) and its CSG,
+    estimated from half the epochs, ranks the samples like the exact one."""
+    from memscan.models import create_model, freeze_body
+    from memscan.scores import accumulate
+    from memscan.signals import Recorder
+    from memscan.train import fit
+    from scipy.stats import spearmanr
+    path, src = _prior_and_source(tmp_path)
+    out = {}
+    for every in (1, 2):
+        torch.manual_seed(0)   # the same fresh head
+        model = create_model("memscan-cnn", 3, weights=path)
+        freeze_body(model)
+        cfg = RunConfig(weights=path, freeze=True, max_epochs=4, stop="none", batch_size=8, augment="none",
+                        input_grad_every=every, lr=0.05, min_epochs=2)
+        recorder, records = Recorder(len(src)), []
+        fit(model, src, cfg, recorder=recorder, on_record=records.append)
+        out[every] = (records, accumulate(records, len(src), peak_epoch=None))
+    (rec1, sig1), (rec2, sig2) = out[1], out[2]
+    for a, b in zip(rec1, rec2):
+        taken = ~np.isnan(b.grad_sq)
+        assert 0.3 < taken.mean() < 0.7 and not np.isnan(a.grad_sq).any()
+    assert (sum(~np.isnan(r.grad_sq) for r in rec2) == 2).all()   # each sample once in every 2 of the 4 epochs
+    rho = spearmanr(sig2.csg, sig1.csg)[0]
+    assert rho > 0.95, rho
+    assert spearmanr(sig2.sgal, sig1.sgal)[0] > 0.9
+    assert abs(np.median(sig2.csg / sig1.csg) - 1) < 0.1   # on the exact one's scale
+
+
+def test_recorded_samples_fill_whole_batches():
+    from memscan.train import group_recorded
+    order = torch.randperm(103, generator=torch.Generator().manual_seed(0))
+    taken = torch.arange(103) % 3 == 0
+    grouped = group_recorded(order, taken, 8)
+    assert sorted(grouped.tolist()) == list(range(103))
+    is_taken = set(order[taken].tolist())
+    kinds = [{int(i) in is_taken for i in grouped[s:s + 8]} for s in range(0, 103, 8)]
+    assert sum(len(k) == 2 for k in kinds) <= 2 and all(len(k) == 1 for k in kinds[:-2])
+    firsts = [i for i, k in enumerate(kinds[:-2]) if k == {True}]
+    assert firsts and max(firsts) - min(firsts) >= len(kinds) // 2   # spread over the epoch, not bunched
+
+
+def test_accumulate_estimates_csg_from_the_epochs_taken():
+    from memscan.scores import accumulate
+    from memscan.signals import EpochRecord
+    nan = np.nan
+    grads = [[1.0, nan, 4.0], [nan, 2.0, nan], [3.0, nan, nan]]    # epoch means over the samples taken: 2.5, 2, 3
+    recs = [EpochRecord(e, np.array(g), np.zeros(3), np.zeros(3), np.ones(3, bool)) for e, g in enumerate(grads)]
+    # to the peak at epoch 1 (means 2.5 + 2 = 4.5): each sample's taken values relative to those epochs' means
+    np.testing.assert_allclose(accumulate(recs, 3, peak_epoch=1).csg, [1 / 2.5 * 4.5, 2 / 2 * 4.5, 4 / 2.5 * 4.5])
+    # all 3 epochs (7.5): sample 0 was taken twice
+    np.testing.assert_allclose(accumulate(recs, 3, peak_epoch=None).csg, [4 / 5.5 * 7.5, 7.5, 4 / 2.5 * 7.5])
+    # to the peak at epoch 0, sample 1 was not taken: its ratio over all epochs taken, times the window's mean
+    np.testing.assert_allclose(accumulate(recs, 3, peak_epoch=0).csg, [1.0, 2 / 2 * 2.5, 4.0])
+    # every gradient taken: the plain sum, bit for bit
+    full = [EpochRecord(e, np.array([1.0, 2.0, 3.0]) * (e + 1), np.zeros(3), np.zeros(3), np.ones(3, bool))
+            for e in range(3)]
+    assert accumulate(full, 3, peak_epoch=None).csg.tolist() == [6.0, 12.0, 18.0]
