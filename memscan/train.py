@@ -238,16 +238,18 @@ def train_step(model, x, y, opt, scaler, *, dtype=torch.float32, label_smoothing
             xr = _input_leaf(x, stem, use_stem)
             logits = model(xr)
         else:
-            rec_idx, rest_idx = record.nonzero()[:, 0], (~record).nonzero()[:, 0]
             if stem is not None:
                 stem.detach()       # its hook would start autograd at the stem for the forward-only part
-            parts = [model(x[rest_idx])]
-            xr = _input_leaf(x[rec_idx], stem, use_stem) if len(rec_idx) else None
-            if xr is not None:
-                parts.insert(0, model(xr))
-            inverse = torch.empty_like(record, dtype=torch.long)
-            inverse[torch.cat([rec_idx, rest_idx])] = torch.arange(len(record), device=record.device)
-            logits = torch.cat(parts)[inverse]
+            rec_idx = record.nonzero()[:, 0]
+            if not len(rec_idx):    # a batch of samples not taken this epoch (``group_recorded``)
+                xr, logits = None, model(x)
+            else:
+                rest_idx = (~record).nonzero()[:, 0]
+                xr = _input_leaf(x[rec_idx], stem, use_stem)
+                parts = [model(xr), model(x[rest_idx])]
+                inverse = torch.empty_like(record, dtype=torch.long)
+                inverse[torch.cat([rec_idx, rest_idx])] = torch.arange(len(record), device=record.device)
+                logits = torch.cat(parts)[inverse]
     logits = logits.float()
     loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     opt.zero_grad(set_to_none=True)
