@@ -369,7 +369,8 @@ def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_reco
         curves = [dict(c) for c in resume["curves"]]
         start_epoch, stopped = resume["epoch"] + 1, resume["stopped"]
     epoch = start_epoch - 1
-    step_state = {"stem": None, "tried": False, "rotation": grad_rotation(n, cfg.input_grad_every, cfg.seed)}
+    step_state = {"stem": None, "tried": False, "net": None,
+                  "rotation": grad_rotation(n, cfg.input_grad_every, cfg.seed)}
     run_epoch = lambda e, schedule, grads=True: _train_epoch(
         model, source, cfg, opt, scaler, schedule, recorder, e, step_state, dtype=dtype, rank=rank, world=world,
         on_step=on_step, stem_grad=stem_grad, input_grads=grads)
@@ -453,7 +454,7 @@ def _train_epoch(model, source, cfg: RunConfig, opt, scaler, sched, recorder: Re
     n = len(source)
     steps_per_epoch = len(batch_bounds(n, cfg.batch_size, world))
     train_mode(model)   # the wrapper (DDP, compile) too; frozen BatchNorm layers stay in eval
-    if state.get("net") is not None:
+    if state["net"] is not None and state["net"] is not model:
         train_mode(state["net"])
     recorder.start_epoch(epoch)
     gen = epoch_generator(cfg.seed, epoch, stream=1 + rank)
@@ -463,7 +464,7 @@ def _train_epoch(model, source, cfg: RunConfig, opt, scaler, sched, recorder: Re
         order = group_recorded(order, (rotation[order] + epoch) % cfg.input_grad_every == 0, cfg.batch_size * world)
     for step, idx in enumerate(batch_slices(order, cfg.batch_size, rank=rank, world=world)):
         x, y = source.batch(idx, augment=cfg.augment, generator=gen)
-        if state.get("net") is None:
+        if state["net"] is None:
             # a frozen body trains through a copy with its BatchNorm folded into the convs (``frozen_body``);
             # DDP must see its own wrapper's forward, and torch.compile fuses by itself
             folded = fold_frozen_batchnorm(model, x) if cfg.freeze and world == 1 and not cfg.compile else None
