@@ -23,7 +23,7 @@ from .config import RunConfig
 from .data import load_index
 from .dataset_guard import DatasetGuard
 from .data.cache import default_cache_dir
-from .errors import ConfigError, ReportError
+from .errors import ConfigError, OutputExistsError, ReportError
 from .memorization import estimate, split_half, subset_masks, subset_size
 from .prepare import prepare
 from .run_folder import MEMORIZATION, RunFolder, default_run_path
@@ -89,7 +89,9 @@ def memorization(dataset, cfg: RunConfig, plan: Plan, *, out=None, overwrite: bo
                               "memorization": {"models": plan.models, "subset": plan.subset,
                                                "fingerprint": table.fingerprint()}})
         folder.begun = True
-        dist.barrier()
+        dist.barrier()   # every process has checked the saved plan before rank 0 records a larger one
+        if dist.is_main and resume:
+            _record_models(folder, plan.models)
         n = len(prep.labels)
         masks = subset_masks(n, plan.models, plan.subset, cfg.seed)
         for k in range(dist.rank, plan.models, dist.world):
@@ -118,7 +120,7 @@ def _open(path: Path, guard, *, resume: bool, overwrite: bool, main: bool) -> Ru
         return RunFolder(path)
     if resume:
         guard.check_folder(path)
-        return RunFolder.resume(path, result=MEMORIZATION, kind="memorization")
+        return RunFolder.resume(path, result=MEMORIZATION, kind="memorization", finished_ok=True)
     return RunFolder.start(path, guard=guard, overwrite=overwrite, kind="memorization")
 
 
@@ -127,15 +129,31 @@ def _check_resumable(folder: RunFolder, cfg: RunConfig, plan: Plan, table) -> No
     saved = args.get("memorization")
     if not isinstance(saved, dict):
         raise ConfigError(f"'{folder.path}' is not a 'memscan memorization' folder; pass the --out of one")
-    was = {"models": saved.get("models"), "subset": saved.get("subset"),
-           **{k: v for k, v in args["config"].items()}}
-    now = {"models": plan.models, "subset": plan.subset, **cfg.to_dict()}
+    had = saved.get("models")
+    was = {"subset": saved.get("subset"), **{k: v for k, v in args["config"].items()}}
+    now = {"subset": plan.subset, **cfg.to_dict()}
     diff = sorted(k for k in now if k in was and was[k] != now[k])
+    if isinstance(had, int) and plan.models < had:
+        diff.insert(0, "models")
+        was["models"], now["models"] = had, plan.models
     if diff:
         raise ConfigError("--resume: options differ from the interrupted run in " + ", ".join(
-            f"{k} (was {was[k]!r}, now {now[k]!r})" for k in diff) + "; pass the same options as that run")
+            f"{k} (was {was[k]!r}, now {now[k]!r})" for k in diff) + "; pass the same options as that run (a "
+            "larger --models adds models)")
     if saved.get("fingerprint") != table.fingerprint():
         raise ConfigError(f"--resume: the dataset changed since '{folder.path}' started; start a new one")
+    # model k's subset does not depend on how many models there are, so a finished estimate takes more models: the
+    # ones it has are kept and the estimate is rewritten over all of them (the old file stays until then)
+    if (folder.path / MEMORIZATION).exists() and plan.models <= had:
+        raise OutputExistsError(f"'{folder.path}' already finished its {had} models; nothing to resume (pass a larger "
+                                "--models with --resume to add models and raise the estimate's reliability)")
+
+
+def _record_models(folder: RunFolder, models: int) -> None:
+    args = folder.load_args()
+    if args["memorization"].get("models") != models:
+        args["memorization"]["models"] = models
+        folder.save_args(args)
 
 
 def _train_one(prep, cfg: RunConfig, k: int, mask: np.ndarray, folder: RunFolder, on_step=None) -> dict:

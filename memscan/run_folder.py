@@ -165,10 +165,11 @@ class RunFolder:
         return f
 
     @classmethod
-    def resume(cls, path, *, result: str = REPORT, kind: str = "run") -> "RunFolder":
+    def resume(cls, path, *, result: str = REPORT, kind: str = "run", finished_ok: bool = False) -> "RunFolder":
         """Lock the folder of an interrupted run and clean writes the interruption cut short. ``result``:
         the file whose presence (without a checkpoint) means the run finished; ``kind``: the marker's kind
-        the caller resumes ("run", or "memorization" for ``memscan memorization``)."""
+        the caller resumes ("run", or "memorization" for ``memscan memorization``); ``finished_ok``: the caller
+        may continue a finished run (a memorization estimate given more models) and checks that itself."""
         f = cls(path)
         if not f.path.is_dir():
             raise ConfigError(f"--resume: no run folder '{f.path}'; pass the --out of the interrupted run")
@@ -181,7 +182,7 @@ class RunFolder:
                    "run": f"'memscan resume {f.path}'"}.get(found, "the command that started it")
             raise RunFolderError(f"'{f.path}' holds a {found!r} folder, not a {kind!r} one; continue it with {how}")
         f._lock()
-        if (f.path / result).exists() and not f.checkpoint.exists():
+        if not finished_ok and (f.path / result).exists() and not f.checkpoint.exists():
             f.release()
             raise OutputExistsError(f"run '{f.path}' already finished ({result} is there); nothing to resume")
         f.clean_interrupted()

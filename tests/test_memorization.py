@@ -135,6 +135,32 @@ def test_resume_keeps_finished_models_and_gives_the_same_estimate(estimated, tmp
         memorization(root, CFG, Plan(models=8, subset=0.5), out=run2, resume=True)
 
 
+def test_resume_with_more_models_extends_a_finished_estimate(estimated, tmp_path):
+    import shutil
+    import pyarrow.parquet as pq
+    root, _, out, _ = estimated
+    copy = tmp_path / "more"
+    shutil.copytree(out, copy)
+    kept = {f.name: f.stat().st_mtime_ns for f in (copy / "models").iterdir()}
+    assert len(kept) == 8
+    res = memorization(root, CFG, Plan(models=10, subset=0.5), out=copy, resume=True)
+    files = sorted((copy / "models").iterdir())
+    assert [f.name for f in files] == [f"model-{k:04d}.parquet" for k in range(10)]
+    assert {f.name: f.stat().st_mtime_ns for f in files[:8]} == kept   # the 8 finished models are not retrained
+    df, meta = read_memorization(copy)
+    assert res["models"] == meta["models"] == 10
+    tables = [pq.read_table(f).to_pandas().set_index("path").loc[df["path"]] for f in files]
+    again = estimate(np.stack([t["in_subset"].to_numpy() for t in tables]), np.stack([t["p_given"].to_numpy()
+                                                                                      for t in tables]))
+    np.testing.assert_allclose(df["memorization"], again["memorization"], atol=1e-6)
+    assert np.abs(df["memorization"] - read_memorization(out)[0]["memorization"]).max() > 1e-3
+    assert json.loads((copy / "run-args.json").read_text())["memorization"]["models"] == 10
+    with pytest.raises(OutputExistsError, match="already finished its 10 models.*larger --models"):
+        memorization(root, CFG, Plan(models=10, subset=0.5), out=copy, resume=True)
+    with pytest.raises(ConfigError, match="models \\(was 10, now 8\\)"):
+        memorization(root, CFG, Plan(models=8, subset=0.5), out=copy, resume=True)
+
+
 def test_damaged_model_file_is_retrained(estimated, tmp_path):
     import shutil
     root, _, out, _ = estimated

@@ -33,8 +33,8 @@ def memorization_cmd(
     workers: Optional[int] = typer.Option(None, help="Decode threads (default: all cores)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the models and memorization.parquet "
                                        "(default: memscan-runs/<dataset>-<time>-memorization)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted estimate in --out (finished models "
-                                "are kept)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted estimate in --out, or add models to a "
+                                "finished one with a larger --models (finished models are kept)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the memscan files in an existing --out."),
     cache_dir: Optional[Path] = typer.Option(None, help="Decode cache (default: ~/.cache/memscan)."),
     compare: Optional[Path] = typer.Option(None, "--compare", help="A run folder or report.parquet: print how its "
