@@ -161,6 +161,19 @@ def test_resume_with_more_models_extends_a_finished_estimate(estimated, tmp_path
         memorization(root, CFG, Plan(models=8, subset=0.5), out=copy, resume=True)
 
 
+def test_summary_suggests_more_models_when_the_reliability_is_low(estimated, capsys):
+    from memscan.cli.memorization import print_estimate
+    res = dict(estimated[3])
+    res["split_half"] = {**res["split_half"], "spearman_full": 0.54}
+    print_estimate(res)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "low reliability" in out and "beyond about 0.73" in out and "should give 0.70" in out
+    assert f"--resume --models {2 * res['models']}" in out
+    res["split_half"] = {**res["split_half"], "spearman_full": 0.82}
+    print_estimate(res)
+    assert "low reliability" not in capsys.readouterr().out
+
+
 def test_damaged_model_file_is_retrained(estimated, tmp_path):
     import shutil
     root, _, out, _ = estimated

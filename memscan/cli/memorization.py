@@ -12,6 +12,9 @@ from .console import RunProgress, console, safe
 from ..files import dumps
 from ..memorization_run import DEFAULT_EPOCHS, DEFAULT_MODELS, DEFAULT_SUBSET
 
+#: split-half reliability (Spearman-Brown, all models) below which the summary suggests more models
+LOW_RELIABILITY = 0.75
+
 
 @app.command("memorization")
 def memorization_cmd(
@@ -66,13 +69,23 @@ def memorization_cmd(
         return
     if as_json:
         typer.echo(dumps(res))
-        return
+    else:
+        print_estimate(res)
+
+
+def print_estimate(res: dict) -> None:
     r = res["split_half"]
     console.print(f"{res['models']} models on {res['subset']:.0%} subsets, {res['epochs']} epochs each: "
                   f"accuracy {res['train_acc']:.3f} on their own subsets, {res['held_out_acc']:.3f} held out")
     console.print(f"reliability (split-half, Spearman-Brown for all models): Spearman {r['spearman_full']:.3f}, "
                   f"Pearson {r['pearson_full']:.3f}" + (f"; {res['no_estimate']} samples without an estimate (no "
                   "model on one side: add --models)" if res["no_estimate"] else ""), highlight=False)
+    rho = r["spearman_full"]
+    # a proxy cannot agree with the estimate beyond sqrt(rho); by Spearman-Brown twice the models give 2 rho / (1 + rho)
+    if isinstance(rho, float) and rho == rho and rho < LOW_RELIABILITY:
+        console.print(f"[yellow]low reliability: no column can agree with this estimate beyond about "
+                      f"{max(rho, 0) ** 0.5:.2f}; twice the models should give {2 * rho / (1 + rho):.2f} "
+                      f"(--resume --models {2 * res['models']} --out {safe(res['out_dir'])})[/]", highlight=False)
     t = Table(title="most memorized", title_justify="left")
     for c in ("path", "memorization", "± se", "p held out"):
         t.add_column(c, overflow="fold", justify="left" if c == "path" else "right")
