@@ -15,7 +15,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from memscan.scores import accumulate, mislabel_statistic, percentile
