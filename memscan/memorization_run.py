@@ -143,10 +143,23 @@ def _check_resumable(folder: RunFolder, cfg: RunConfig, plan: Plan, table) -> No
     if saved.get("fingerprint") != table.fingerprint():
         raise ConfigError(f"--resume: the dataset changed since '{folder.path}' started; start a new one")
     # model k's subset does not depend on how many models there are, so a finished estimate takes more models: the
-    # ones it has are kept and the estimate is rewritten over all of them (the old file stays until then)
-    if (folder.path / MEMORIZATION).exists() and plan.models <= had:
-        raise OutputExistsError(f"'{folder.path}' already finished its {had} models; nothing to resume (pass a larger "
+    # ones it has are kept and the estimate is rewritten over all of them (the old file stays until then, so an
+    # interrupted extension finds an estimate of fewer models than it asks for, and goes on)
+    done = _estimate_models(folder)
+    if done is not None and plan.models <= done:
+        raise OutputExistsError(f"'{folder.path}' already finished its {done} models; nothing to resume (pass a larger "
                                 "--models with --resume to add models and raise the estimate's reliability)")
+
+
+def _estimate_models(folder: RunFolder) -> int | None:
+    """How many models the folder's written estimate averages, or None when there is none (or it is unreadable)."""
+    if not (folder.path / MEMORIZATION).exists():
+        return None
+    try:
+        models = read_memorization(folder.path)[1].get("models")
+    except ReportError:
+        return None
+    return models if isinstance(models, int) else None
 
 
 def _record_models(folder: RunFolder, models: int) -> None:

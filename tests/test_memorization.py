@@ -161,6 +161,28 @@ def test_resume_with_more_models_extends_a_finished_estimate(estimated, tmp_path
         memorization(root, CFG, Plan(models=8, subset=0.5), out=copy, resume=True)
 
 
+def test_an_interrupted_extension_resumes(estimated, tmp_path, monkeypatch):
+    import shutil
+    import memscan.memorization_run as mr
+    root, _, out, _ = estimated
+    copy = tmp_path / "more"
+    shutil.copytree(out, copy)
+    real = mr._train_one
+
+    def dies_at_ninth(prep, cfg, k, mask, folder, on_step=None):
+        if k == 8:
+            raise KeyboardInterrupt
+        return real(prep, cfg, k, mask, folder, on_step)
+
+    monkeypatch.setattr(mr, "_train_one", dies_at_ninth)
+    with pytest.raises(KeyboardInterrupt):
+        memorization(root, CFG, Plan(models=9, subset=0.5), out=copy, resume=True)
+    assert read_memorization(copy)[1]["models"] == 8   # the finished estimate is intact
+    monkeypatch.setattr(mr, "_train_one", real)
+    res = memorization(root, CFG, Plan(models=9, subset=0.5), out=copy, resume=True)
+    assert res["models"] == read_memorization(copy)[1]["models"] == 9
+
+
 def test_summary_suggests_more_models_when_the_reliability_is_low(estimated, capsys):
     from memscan.cli.memorization import print_estimate
     res = dict(estimated[3])
