@@ -108,10 +108,13 @@ def main():
     if a.run is not None:
         out["run"] = str(a.run)
         out["single_run"] = single_run(a.reference, a.run, [int(e) for e in a.epochs.split(",")])
-    text = json.dumps(out, indent=1)
-    print(text)
+    for row in out["reference_against_itself"]:
+        print(f"{row['models']:>3} models, top 50: P(> 0.5) {row['top50_P>0.5']:.2f}, P(> 0.3) {row['top50_P>0.3']:.2f}")
+    for row in out.get("single_run", []):
+        best = max((v, k) for k, v in row.items() if k.endswith("P>0.5") and v is not None)
+        print(f"epoch {row['epoch']:>2}: best single-run candidate {best[1]} = {best[0]:.2f}")
     if a.json:
-        a.json.write_text(text + "\n")
+        a.json.write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ weight of 1 - p(given) from 0.5 (shipped) to 0.75, and prints each run's AUROC. 
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -19,16 +18,13 @@ from sklearn.metrics import roc_auc_score
 
 from memscan.scores import accumulate, mislabel_statistic, percentile
 from memscan.trajectories import read_epochs
-from rate_estimators import load
+from rate_estimators import load, parse_runs
 
 WEIGHTS = (0.5, 0.6, 0.65, 0.7, 0.75)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+")
-    ap.add_argument("--json", type=Path)
-    a = ap.parse_args()
+    a = parse_runs(__doc__)
     rows = []
     for spec in a.runs:
         df, flipped, meta, _ = load(spec)

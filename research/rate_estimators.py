@@ -76,11 +76,16 @@ def estimates(df, epochs) -> dict:
             "gmm_loss": upper_weight(df["csl"].to_numpy() / max(epochs, 1))}
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+")
+def parse_runs(doc: str):
+    """``runs`` (RUN or RUN:CLEAN_MANIFEST) and ``--json``: the arguments of the replays over finished runs."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="RUN (with truth.csv) or RUN:CLEAN_MANIFEST")
     ap.add_argument("--json", type=Path)
-    a = ap.parse_args()
+    return ap.parse_args()
+
+
+def main():
+    a = parse_runs(__doc__)
     rows = []
     for spec in a.runs:
         df, flipped, meta, epochs = load(spec)
