@@ -152,12 +152,11 @@ def _check_resumable(folder: RunFolder, cfg: RunConfig, plan: Plan, table) -> No
 
 
 def _estimate_models(folder: RunFolder) -> int | None:
-    """How many models the folder's written estimate averages, or None when there is none (or it is unreadable)."""
-    if not (folder.path / MEMORIZATION).exists():
-        return None
+    """How many models the folder's written estimate averages (from its metadata alone), or None when there is
+    none or it is unreadable."""
     try:
-        models = read_memorization(folder.path)[1].get("models")
-    except ReportError:
+        models = json.loads(pq.read_schema(folder.memorization).metadata[b"memscan"]).get("models")
+    except Exception:   # missing, damaged or foreign: there is no finished estimate to protect
         return None
     return models if isinstance(models, int) else None
 
