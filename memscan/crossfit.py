@@ -50,15 +50,25 @@ def cross_val_probs(prep: Prepared, cfg: RunConfig, *, folds: int = REFERENCE_FO
     return probs
 
 
+#: what the reference model takes from the audit's options: the data and where it runs. Its network and recipe
+#: are memscan's defaults, from scratch, so every detector measured on a dataset (another network, a prior, another
+#: learning rate) meets the same flips: the noise is a property of the data
+REFERENCE_KEEPS = ("image_size", "augment", "device", "precision", "channels_last", "workers", "cache_memory",
+                   "strict", "max_image_pixels")
+
+
+def reference_config(cfg: RunConfig, epochs: int = REFERENCE_EPOCHS) -> RunConfig:
+    """The reference model's options: ``cfg``'s data and execution fields, memscan's default network and recipe,
+    ``epochs`` epochs without early stop or annealing, seed 0 (the noise seed only decides which samples flip)."""
+    # no annealing: the generator stays the one documented (and measured) before annealing existed
+    return RunConfig(**{k: getattr(cfg, k) for k in REFERENCE_KEEPS}, stop="none", max_epochs=epochs, seed=0,
+                     anneal_epochs=0)
+
+
 def reference_probabilities(table, cfg: RunConfig, *, cache_dir=None, epochs: int = REFERENCE_EPOCHS,
                             progress=None):
     """(paths, [N, K] probabilities) of the reference model behind instance-dependent noise: the
     dataset's own labels taken as clean, ``REFERENCE_FOLDS``-fold cross-fitting, ``epochs`` epochs
-    per fold with ``cfg``'s model and recipe, seed 0 (the noise seed only decides which samples flip)."""
-    # no annealing: the generator stays the one documented (and measured) before annealing existed; from
-    # scratch whatever prior the audit uses, so the noise is a property of the data, the same for every detector
-    prep = prepare(table, cfg.replace(stop="none", max_epochs=epochs, seed=0, anneal_epochs=0, weights=None,
-                                      pretrained=False, new_head=False, freeze=False, head_epochs=None,
-                                      body_lr=None),
-                   cache_dir=cache_dir)
+    per fold with the options of ``reference_config(cfg)``."""
+    prep = prepare(table, reference_config(cfg, epochs), cache_dir=cache_dir)
     return prep.table.paths, cross_val_probs(prep, prep.cfg, folds=REFERENCE_FOLDS, seed=0, progress=progress)

@@ -30,6 +30,8 @@ def write_atomic_with(dest, write) -> Path:
     On any error the temporary file is removed and ``dest`` (if it existed) is untouched; an
     out-of-space error is raised as ``OutputError`` naming the file."""
     dest = Path(dest)
+    if dest.is_dir() and not dest.is_symlink():   # os.replace cannot put a file there: say so before any work
+        raise OutputExistsError(f"'{dest}' is a folder where memscan writes a file; move it away and rerun")
     tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
     try:
         tmp.unlink(missing_ok=True)   # a leftover (or planted link) of that name is never written through

@@ -9,6 +9,8 @@ trains its own share of the models (model k on rank k mod world); rank 0 writes 
 from __future__ import annotations
 
 import json
+import shlex
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from .config import RunConfig
 from .data import load_index
 from .dataset_guard import DatasetGuard
 from .data.cache import default_cache_dir
-from .errors import ConfigError, OutputExistsError, ReportError
+from .errors import ConfigError, Interrupted, OutputExistsError, ReportError, RunFolderError
 from .memorization import estimate, split_half, subset_masks, subset_size
 from .prepare import prepare
 from .run_folder import MEMORIZATION, RunFolder, default_run_path
@@ -79,34 +81,55 @@ def memorization(dataset, cfg: RunConfig, plan: Plan, *, out=None, overwrite: bo
     with folder:
         if resume:
             _check_resumable(folder, cfg, plan, table)
-        prep = prepare(table, cfg, dist=dist, cache_dir=cache_dir, progress=emit)
-        if dist.is_main and not resume:
-            folder.reset(kind="memorization")
-            folder.save_args({"dataset": str(Path(dataset).resolve()), "config": cfg.to_dict(),
-                              "path_column": path_column, "label_column": label_column, "encoding": encoding,
-                              "cache_dir": None if cache_dir is None else str(Path(cache_dir).resolve()),
-                              "val_dataset": None, "relabelled": False,
-                              "memorization": {"models": plan.models, "subset": plan.subset,
-                                               "fingerprint": table.fingerprint()}})
-        folder.begun = True
-        dist.barrier()   # every process has checked the saved plan before rank 0 records a larger one
-        if dist.is_main and resume:
-            _record_models(folder, plan.models)
-        n = len(prep.labels)
-        masks = subset_masks(n, plan.models, plan.subset, cfg.seed)
-        for k in range(dist.rank, plan.models, dist.world):
-            info = _load_model_file(folder, k, masks[k], prep.table.paths)
-            kept = info is not None
-            if not kept:
-                info = _train_one(prep, cfg, k, masks[k], folder, on_step=lambda s, n: emit("step", step=s, steps=n))
-            emit("model", done=k + 1, total=plan.models, kept=kept, **info)
-        summary = None
-        if dist.is_main:
-            # no collective here: processes finish their shares at different times (a resumed share may be all
-            # kept), far apart for a collective's timeout. torchrun stops every process when one fails.
-            _wait_for_models(folder, plan.models)
-            summary = _write_estimate(folder, prep, cfg, plan, masks, time.perf_counter() - t0)
+        try:
+            summary = _train_and_estimate(folder, table, cfg, plan, dist, resume=resume, cache_dir=cache_dir,
+                                          emit=emit, args={"dataset": str(Path(dataset).resolve()),
+                                                           "path_column": path_column, "label_column": label_column,
+                                                           "encoding": encoding}, t0=t0)
+        except KeyboardInterrupt:
+            raise Interrupted(_interrupted(folder, dataset, plan)) from None
     dist.teardown()
+    return summary
+
+
+def _interrupted(folder: RunFolder, dataset, plan: Plan) -> str:
+    saved = sum(folder.model_file(k).is_file() for k in range(plan.models))
+    had = _estimate_models(folder)
+    kept = "" if had is None else f"; its estimate over {had} models is intact"
+    return (f"interrupted; {saved} of {plan.models} models are saved in '{folder.path}'{kept}: continue with "
+            f"'memscan memorization {shlex.quote(str(dataset))} --out {shlex.quote(str(folder.path))} --resume --models "
+            f"{plan.models}' and the same options")
+
+
+def _train_and_estimate(folder: RunFolder, table, cfg: RunConfig, plan: Plan, dist, *, resume: bool, cache_dir, emit,
+                        args: dict, t0: float) -> dict | None:
+    """Decode, train (or keep) this process's models, and on rank 0 write the estimate once all are saved."""
+    prep = prepare(table, cfg, dist=dist, cache_dir=cache_dir, progress=emit)
+    if dist.is_main and not resume:
+        folder.reset(kind="memorization")
+        folder.save_args({**args, "config": cfg.to_dict(),
+                          "cache_dir": None if cache_dir is None else str(Path(cache_dir).resolve()),
+                          "val_dataset": None, "relabelled": False,
+                          "memorization": {"models": plan.models, "subset": plan.subset,
+                                           "fingerprint": table.fingerprint()}})
+    folder.begun = True
+    dist.barrier()   # every process has checked the saved plan before rank 0 records a larger one
+    if dist.is_main and resume:
+        _record_models(folder, plan.models)
+    n = len(prep.labels)
+    masks = subset_masks(n, plan.models, plan.subset, cfg.seed)
+    for k in range(dist.rank, plan.models, dist.world):
+        info = _load_model_file(folder, k, masks[k], prep.table.paths, model_config(cfg, k))
+        kept = info is not None
+        if not kept:
+            info = _train_one(prep, cfg, k, masks[k], folder, on_step=lambda s, n: emit("step", step=s, steps=n))
+        emit("model", done=k + 1, total=plan.models, kept=kept, **info)
+    summary = None
+    if dist.is_main:
+        # no collective here: processes finish their shares at different times (a resumed share may be all
+        # kept), far apart for a collective's timeout. torchrun stops every process when one fails.
+        _wait_for_models(folder, plan.models)
+        summary = _write_estimate(folder, prep, cfg, plan, masks, time.perf_counter() - t0)
     return summary
 
 
@@ -145,7 +168,14 @@ def _check_resumable(folder: RunFolder, cfg: RunConfig, plan: Plan, table) -> No
     # model k's subset does not depend on how many models there are, so a finished estimate takes more models: the
     # ones it has are kept and the estimate is rewritten over all of them (the old file stays until then, so an
     # interrupted extension finds an estimate of fewer models than it asks for, and goes on)
+    f = folder.memorization   # refused now, not after hours of training (a pipe there would block the read)
+    if f.exists() and not f.is_symlink() and not _regular(f):
+        raise RunFolderError(f"'{f}' is not a file (a folder or a pipe where memscan writes its estimate); remove it "
+                             "and resume")
     done = _estimate_models(folder)
+    if done is not None and isinstance(had, int) and done > had:   # an extension records its count before training
+        raise RunFolderError(f"'{folder.memorization}' says it averages {done} models but '{folder.run_args}' planned "
+                             f"{had}: the folder was edited; start a new one")
     if done is not None and plan.models <= done:
         raise OutputExistsError(f"'{folder.path}' already finished its {done} models; nothing to resume (pass a larger "
                                 "--models with --resume to add models and raise the estimate's reliability)")
@@ -154,6 +184,8 @@ def _check_resumable(folder: RunFolder, cfg: RunConfig, plan: Plan, table) -> No
 def _estimate_models(folder: RunFolder) -> int | None:
     """How many models the folder's written estimate averages (from its metadata alone), or None when there is
     none or it is unreadable."""
+    if not _regular(folder.memorization):   # a FIFO planted there would block the read forever
+        return None
     try:
         models = json.loads(pq.read_schema(folder.memorization).metadata[b"memscan"]).get("models")
     except Exception:   # missing, damaged or foreign: there is no finished estimate to protect
@@ -210,17 +242,36 @@ def _predict_given(model, source, *, batch_size: int, dtype):
     return p_given, correct
 
 
-def _load_model_file(folder: RunFolder, k: int, mask: np.ndarray, paths) -> dict | None:
-    """A finished model's file when it matches the plan (same samples, same subset); None to (re)train."""
-    f = folder.model_file(k)
-    if not f.is_file():
-        return None
+def _regular(path: Path) -> bool:
+    """``path`` is a regular file (not a folder, FIFO or device that a read would fail on or block on)."""
     try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
+
+
+def _load_model_file(folder: RunFolder, k: int, mask: np.ndarray, paths, kcfg: RunConfig) -> dict | None:
+    """A finished model's file when it matches the plan (same samples, subset and recipe, probabilities in
+    [0, 1]); None to (re)train."""
+    f = folder.model_file(k)
+    if not f.exists() and not f.is_symlink():
+        return None
+    if not _regular(f) and not f.is_symlink():
+        raise RunFolderError(f"'{f}' is not a file (a folder or a pipe where memscan keeps model {k + 1}); remove it "
+                             "and resume")
+    want = kcfg.to_dict()
+    try:
+        if not _regular(f):
+            raise ValueError("not a regular file")
         t = pq.read_table(f)
         meta = json.loads(t.schema.metadata[b"memscan"])
+        p = t.column("p_given").to_numpy()
+        saved = meta.get("config")
         ok = (t.column("path").to_pylist() == list(paths)
               and np.array_equal(t.column("in_subset").to_numpy(), mask)
-              and np.isfinite(t.column("p_given").to_numpy()).all())
+              and bool(np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all())
+              # trained with this plan's recipe (a key an older version did not write is not held against it)
+              and isinstance(saved, dict) and all(saved.get(key, v) == v for key, v in want.items()))
         info = {"train_acc": float(meta["train_acc"]), "held_out_acc": float(meta["held_out_acc"]), "seconds": 0.0}
     except Exception:
         ok = False
@@ -271,6 +322,9 @@ def read_memorization(path) -> tuple:
     p = Path(path)
     if p.is_dir():
         p = p / MEMORIZATION
+    if p.exists() and not _regular(p):
+        raise ReportError(f"'{p}' is not a file (a folder or a pipe); pass a memorization.parquet written by "
+                          "'memscan memorization'")
     try:
         t = pq.read_table(p)
         meta = json.loads(t.schema.metadata[b"memscan"])
@@ -284,12 +338,15 @@ def read_memorization(path) -> tuple:
     return t.to_pandas(), meta
 
 
-def _model_outputs(reference, paths):
-    """(in_mask [K, N], p_given [K, N]) in the order of ``paths`` from a memorization folder's model files,
-    or None (a bare memorization.parquet, or files that do not match it)."""
+def _model_outputs(reference, paths, models: int):
+    """(in_mask [K, N], p_given [K, N]) in the order of ``paths`` from the model files of the ``models`` models a
+    memorization folder's estimate averages, or None (a bare memorization.parquet, files missing or not matching
+    it; files of an interrupted extension beyond ``models`` are not the estimate's)."""
     folder = Path(reference)
-    files = sorted((folder / "models").glob("model-*.parquet")) if folder.is_dir() else []
-    if not files:
+    if not folder.is_dir() or not isinstance(models, int) or models < 2:
+        return None
+    files = [RunFolder(folder).model_file(k) for k in range(models)]
+    if not all(_regular(f) for f in files):
         return None
     try:
         tables = [pq.read_table(f, columns=["path", "in_subset", "p_given"]) for f in files]
@@ -318,8 +375,24 @@ def compare(run, reference, *, level: float = 0.5) -> dict:
     mem = joined["memorization"].to_numpy()
     rows = agreement(mem, {k: f(joined) for k, f in COMPARED.items()}, meta.get("split_half"))
     cats = {c: flag_precision(joined["category"].to_numpy() == c, mem, level) for c in ("memorized", "atypical")}
-    halves = _model_outputs(reference, ref["path"])
+    halves = _model_outputs(reference, ref["path"], meta.get("models"))
     for c in cats.values():   # the same number of flags taken from half the reference models, against the other
         c["split_half_precision"] = None if halves is None else split_half_precision(*halves, c["flagged"], level)
     return {"run": name, "reference": str(reference), "matched": len(joined), "of_run": len(df), "of_reference": len(ref),
-            "split_half": meta.get("split_half"), "agreement": rows, "categories": cats}
+            "split_half": meta.get("split_half"), "agreement": rows, "categories": cats,
+            "notes": _compare_notes(run, meta, len(joined), len(df), len(ref))}
+
+
+def _compare_notes(run, meta: dict, matched: int, of_run: int, of_reference: int) -> list[str]:
+    """What the reader of an agreement table must know: samples are matched by path alone."""
+    from .report import read_metadata
+    notes = []
+    if not hasattr(run, "columns"):
+        ours = (meta.get("dataset") or {}).get("fingerprint")
+        if ours is not None and read_metadata(run).dataset.fingerprint != ours:
+            notes.append("the run's dataset is not the reference's (other files, sizes, dates or labels): samples are "
+                         "matched by path alone, so the agreement is only meaningful if those paths hold the same images")
+    if matched < max(of_run, of_reference):
+        notes.append(f"{matched} samples are in both: {of_run - matched} of the run's and {of_reference - matched} of "
+                     "the reference's are not compared")
+    return notes

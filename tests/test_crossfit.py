@@ -60,9 +60,9 @@ def test_eval_noise_instance_kind_end_to_end(data, tmp_path, capsys):
     assert len(ref) == 45 and all(abs(sum(p) - 1) < 1e-4 for p in ref["probs"])
 
 
-def test_instance_noise_reference_ignores_the_audits_prior(data, tmp_path):
-    """The noise is a property of the data: a run that fine-tunes from a prior (or freezes it) gets the same
-    reference model, hence the same flips, as a run from scratch."""
+def test_instance_noise_reference_ignores_the_audits_prior_and_network(data, tmp_path):
+    """The noise is a property of the data: a run that fine-tunes from a prior (or freezes it), or audits with
+    another network and recipe, gets the same reference model, hence the same flips, as a run from scratch."""
     import torch
 
     from memscan.crossfit import reference_probabilities
@@ -75,3 +75,9 @@ def test_instance_noise_reference_ignores_the_audits_prior(data, tmp_path):
     paths2, with_prior = reference_probabilities(table, CFG.replace(weights=str(prior), freeze=True, new_head=True), epochs=2)
     assert list(paths) == list(paths2)
     np.testing.assert_array_equal(plain, with_prior)
+    _, other_net = reference_probabilities(table, CFG.replace(model="memscan-cnn-m", lr=0.05, batch_size=8,
+                                                              optimizer="adamw", anneal_epochs=3), epochs=2)
+    np.testing.assert_array_equal(plain, other_net)
+    # the data's own options still count: they decide what the reference model sees
+    _, larger = reference_probabilities(table, CFG.replace(image_size=16), epochs=2)
+    assert not np.array_equal(plain, larger)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from memscan.config import RunConfig
-from memscan.errors import ConfigError, OutputExistsError
+from memscan.errors import ConfigError, Interrupted, OutputExistsError, RunFolderError
 from memscan.memorization import agreement, estimate, flag_precision, split_half, subset_masks
 from memscan.memorization_run import Plan, compare, memorization, read_memorization
 
@@ -121,7 +121,9 @@ def test_resume_keeps_finished_models_and_gives_the_same_estimate(estimated, tmp
 
     monkeypatch.setattr(mr, "_train_one", dies_at_third)
     run2 = tmp_path / "m2"
-    with pytest.raises(KeyboardInterrupt):
+    # Ctrl-C / SIGTERM: one line saying what is kept and the command that goes on
+    with pytest.raises(Interrupted, match=r"2 of 8 models are saved in .*m2': continue with 'memscan memorization "
+                                          r".* --out .*m2 --resume --models 8'"):
         memorization(root, CFG, Plan(models=8, subset=0.5), out=run2)
     kept = {k: (run2 / "models" / f"model-{k:04d}.parquet").stat().st_mtime_ns for k in (0, 1)}
     monkeypatch.setattr(mr, "_train_one", real)
@@ -175,7 +177,7 @@ def test_an_interrupted_extension_resumes(estimated, tmp_path, monkeypatch):
         return real(prep, cfg, k, mask, folder, on_step)
 
     monkeypatch.setattr(mr, "_train_one", dies_at_ninth)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="8 of 9 models are saved .*its estimate over 8 models is intact"):
         memorization(root, CFG, Plan(models=9, subset=0.5), out=copy, resume=True)
     assert read_memorization(copy)[1]["models"] == 8   # the finished estimate is intact
     monkeypatch.setattr(mr, "_train_one", real)
@@ -209,6 +211,73 @@ def test_damaged_model_file_is_retrained(estimated, tmp_path):
                                atol=1e-6)
 
 
+def _edit_model_file(path, *, p_given=None, **config):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    t = pq.read_table(path)
+    meta = json.loads(t.schema.metadata[b"memscan"])
+    meta["config"].update(config)
+    if p_given is not None:
+        t = t.set_column(t.column_names.index("p_given"), "p_given", pa.array(np.full(len(t), p_given, np.float32)))
+    pq.write_table(t.replace_schema_metadata({b"memscan": json.dumps(meta).encode()}), path)
+
+
+def test_model_files_of_another_recipe_or_impossible_probabilities_are_retrained(estimated, tmp_path):
+    import shutil
+    import pyarrow.parquet as pq
+    root, _, out, _ = estimated
+    copy = tmp_path / "edited"
+    shutil.copytree(out, copy)
+    (copy / "memorization.parquet").unlink()
+    (copy / "checkpoint.pt").write_bytes(b"")   # not finished: resumable
+    _edit_model_file(copy / "models" / "model-0002.parquet", p_given=7.5)
+    _edit_model_file(copy / "models" / "model-0005.parquet", max_epochs=999)
+    memorization(root, CFG, Plan(models=8, subset=0.5), out=copy, resume=True)
+    p = pq.read_table(copy / "models" / "model-0002.parquet").column("p_given").to_numpy()
+    assert ((p >= 0) & (p <= 1)).all()
+    meta = json.loads(pq.read_schema(copy / "models" / "model-0005.parquet").metadata[b"memscan"])
+    assert meta["config"]["max_epochs"] == CFG.max_epochs
+    np.testing.assert_allclose(read_memorization(copy)[0]["memorization"], read_memorization(out)[0]["memorization"],
+                               atol=1e-6)
+
+
+def test_hostile_files_in_a_reference_folder_fail_in_one_line(estimated, tmp_path):
+    import os
+    import shutil
+    import signal
+    import pyarrow.parquet as pq
+    from memscan.files import write_bytes_atomic
+    root, _, out, _ = estimated
+    signal.signal(signal.SIGALRM, lambda *a: pytest.fail("blocked on a planted pipe"))
+    signal.alarm(60)
+    try:
+        fifo = tmp_path / "fifo"
+        shutil.copytree(out, fifo)
+        (fifo / "memorization.parquet").unlink()
+        os.mkfifo(fifo / "memorization.parquet")
+        with pytest.raises(RunFolderError, match="not a file .*remove it and resume"):
+            memorization(root, CFG, Plan(models=9, subset=0.5), out=fifo, resume=True)
+    finally:
+        signal.alarm(0)
+    folder_at_model = tmp_path / "dir"
+    shutil.copytree(out, folder_at_model)
+    (folder_at_model / "models" / "model-0008.parquet").mkdir()
+    with pytest.raises(RunFolderError, match="model-0008.parquet' is not a file.*model 9"):
+        memorization(root, CFG, Plan(models=9, subset=0.5), out=folder_at_model, resume=True)
+    assert read_memorization(folder_at_model)[1]["models"] == 8   # nothing lost
+    with pytest.raises(OutputExistsError, match="is a folder where memscan writes a file"):
+        write_bytes_atomic(folder_at_model / "models" / "model-0008.parquet", b"x")
+    # an estimate claiming more models than the folder ever planned was edited: refused, not trusted
+    edited = tmp_path / "count"
+    shutil.copytree(out, edited)
+    t = pq.read_table(edited / "memorization.parquet")
+    meta = json.loads(t.schema.metadata[b"memscan"])
+    pq.write_table(t.replace_schema_metadata({b"memscan": json.dumps(dict(meta, models=100)).encode()}),
+                   edited / "memorization.parquet")
+    with pytest.raises(RunFolderError, match="says it averages 100 models but .*planned 8: the folder was edited"):
+        memorization(root, CFG, Plan(models=10, subset=0.5), out=edited, resume=True)
+
+
 def test_bad_plans_and_foreign_files():
     for bad in ({"models": 2}, {"models": 8.5}, {"subset": 1.0}, {"subset": 0.0}):
         with pytest.raises(ConfigError):
@@ -238,8 +307,39 @@ def test_compare_a_run_against_the_reference(estimated, tmp_path):
     assert rows["1-p_given"]["spearman"] == pytest.approx(spearmanr(1 - df["p_given"], df["memorization"])[0])
     assert rows["mislabel_score"]["spearman"] == pytest.approx(spearmanr(df["mislabel_score"], df["memorization"])[0])
     assert set(res["categories"]) == {"memorized", "atypical"}
+    assert res["notes"] == []   # the same dataset, every sample in both
     from memscan.cli import main
     assert main(["memorization", str(out), "--compare", str(r.out_dir), "--json"]) == 0
+
+
+def test_compare_says_when_the_run_is_of_other_images(estimated, tmp_path):
+    """Paths alone match samples: a run of other images under the same names is compared, with a note."""
+    import shutil
+    from memscan.pipeline import run
+    root, _, out, _ = estimated
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    rng = np.random.default_rng(1)
+    for f in sorted(other.rglob("*.png"))[:30]:
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)).save(f)
+    r = run(other, RunConfig(max_epochs=2, batch_size=16, image_size=8, augment="none", min_epochs=1),
+            out=tmp_path / "run")
+    res = compare(r.out_dir, out)
+    assert any("not the reference's" in n for n in res["notes"])
+
+
+def test_compare_reads_only_the_models_of_the_estimate(estimated, tmp_path):
+    """An interrupted extension leaves model files the estimate does not average: the split-half ceiling
+    ignores them."""
+    import shutil
+    from memscan.memorization_run import _model_outputs
+    root, _, out, _ = estimated
+    copy = tmp_path / "extra"
+    shutil.copytree(out, copy)
+    shutil.copy(copy / "models" / "model-0000.parquet", copy / "models" / "model-0008.parquet")
+    df = read_memorization(copy)[0]
+    in_mask, p = _model_outputs(copy, df["path"], 8)
+    assert in_mask.shape == (8, len(df))
 
 
 def test_resume_refuses_a_folder_of_the_other_kind(estimated, tmp_path):

@@ -107,6 +107,8 @@ def print_compare(res: dict) -> None:
         t.add_row(row["column"], f"{row['pearson']:.3f}", f"{row['spearman']:.3f}", f"{row['cosine']:.3f}",
                   "-" if frac is None else f"{frac:.2f}")
     console.print(t)
+    for note in res.get("notes", ()):
+        console.print(f"[yellow]note:[/] {safe(note)}", highlight=False)
     for cat, v in res["categories"].items():
         p = "-" if v["precision"] is None else f"{v['precision']:.2f}"
         rc = "-" if v["recall"] is None else f"{v['recall']:.2f}"
