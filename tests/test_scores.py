@@ -151,15 +151,19 @@ def test_chunked_scoring_equals_whole_array_and_reads_a_memmap(tmp_path, monkeyp
     assert scores.class_thresholds(mm, labels)[k - 1] == 1.0
 
 
-def test_trust_warnings_name_an_underfit_model_and_a_small_set():
+def test_trust_warnings_name_an_underfit_model_a_fitted_one_and_a_small_set():
     from memscan.scores import trust_warnings
     y = np.arange(6000) % 10
-    assert trust_warnings(y, y) == []
+    good = y.copy()
+    good[:60] = (good[:60] + 1) % 10                           # 99% fitted: nothing to say
+    assert trust_warnings(y, good) == []
+    (fitted,) = trust_warnings(y, y)                           # every label learned, wrong ones included
+    assert "fits 100.00% of the given labels" in fitted and "'memorized' category" in fitted
     pred = y.copy()
     pred[:1200] = (pred[:1200] + 1) % 10                       # 80% fitted
     (w,) = trust_warnings(y, pred)
     assert "fits 80% of the given labels" in w and "--baseline" in w
-    small = trust_warnings(y[:2000], y[:2000])
+    small = trust_warnings(y[:2000], good[:2000])
     assert len(small) == 1 and small[0].startswith("2000 samples")
 
 
