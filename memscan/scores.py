@@ -223,7 +223,7 @@ def upper_fence(x: np.ndarray, *, log: bool = False) -> float:
 MEMORIZED_MIN_LOSS = 1.0
 UNDERFIT_ACCURACY = 0.9   # accuracy on the given labels at the stop below which the flags are mostly hard images
 # ... and above which the model has learned nearly every label, wrong ones included: on MNIST's test set (99.98%)
-# none of the 15 human-validated errors was flagged 'mislabeled' and 8 were flagged 'memorized' (BENCHMARKS.md §20)
+# none of the 15 human-validated errors was flagged 'mislabeled' on any of 3 seeds, 8-10 'memorized' (BENCHMARKS.md §20)
 FITTED_ACCURACY = 0.995
 SMALL_SET = 5000          # samples below which a short run learns too little for a noise estimate
 
