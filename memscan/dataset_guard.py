@@ -103,12 +103,15 @@ def guard_for_report(report_path) -> Guards:
     """The guards of the datasets a report was made from: its data (metadata and path column) and, for a run
     with ``--test``, the test set (indexed again when it is still there, else its location alone)."""
     import pyarrow.parquet as pq
-    from .report import read_metadata, resolve_report_path
+    from .report import checked_paths, read_metadata, resolve_report_path
     meta = read_metadata(report_path)
     ds = meta.dataset
     paths = []
     if ds.source != "parquet-bytes":
-        paths = pq.read_table(resolve_report_path(report_path), columns=["path"]).column("path").to_pylist()
+        rp = resolve_report_path(report_path)
+        t = pq.read_table(rp, columns=["path"])
+        checked_paths(t, rp)
+        paths = t.column("path").to_pylist()
     loc = Path(ds.location)
     guards = [DatasetGuard.for_dataset(ds.source, loc, loc.parent if ds.source != "folder" else loc, paths)]
     test = (meta.audit or {}).get("test") if isinstance(meta.audit, dict) else None

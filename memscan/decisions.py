@@ -25,6 +25,8 @@ from .text import printable
 DECISIONS = ("keep", "relabel", "remove")
 DECISION_COLUMNS = ("path", "given", "decision", "new_label", "note")
 MARK_COLUMN = "memscan_decision"      # in every manifest ``apply`` writes: the one file kind it may replace
+CSV_HEADER = ("path", "label_name", MARK_COLUMN)
+PARQUET_HEADER = (*CSV_HEADER, "image")
 MAX_DECISIONS_BYTES = 256 * 2 ** 20
 
 
@@ -52,11 +54,24 @@ def read_decisions(file, classes=None) -> dict[str, Decision]:
     except UnicodeDecodeError as e:
         raise ConfigError(f"decisions file '{p}' is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     rows = csv.DictReader(io.StringIO(text, newline=""))
-    cols = [c.strip() for c in (rows.fieldnames or [])]
-    missing = [c for c in ("path", "decision") if c not in cols]
-    if missing:
-        raise ConfigError(f"decisions file '{p}' lacks the column(s) {', '.join(missing)}; its header must name "
-                          f"path and decision (and may add {', '.join(DECISION_COLUMNS[1:])})")
+    try:
+        cols = [c.strip() for c in (rows.fieldnames or [])]
+        missing = [c for c in ("path", "decision") if c not in cols]
+        if missing:
+            optional = [c for c in DECISION_COLUMNS if c not in ("path", "decision")]
+            raise ConfigError(f"decisions file '{p}' lacks the column(s) {', '.join(missing)}; its header must name "
+                              f"path and decision (and may add {', '.join(optional)})")
+        twice = sorted({c for c in cols if cols.count(c) > 1})
+        if twice:
+            raise ConfigError(f"decisions file '{p}' names the column(s) {', '.join(map(printable, twice))} more than "
+                              "once; keep one of each")
+        return _decisions(rows, p, classes)
+    except csv.Error as e:   # e.g. a field over the csv module's 128 KiB limit
+        raise ConfigError(f"decisions file '{p}' is not readable CSV near row {rows.line_num + 1} ({e}); write "
+                          "one decision per row: path,decision[,given,new_label,note]") from None
+
+
+def _decisions(rows, p: Path, classes) -> dict[str, Decision]:
     out: dict[str, Decision] = {}
     for line, raw in enumerate(rows, start=2):
         r = {(k or "").strip(): (v if isinstance(v, str) else "") for k, v in raw.items()}
@@ -96,6 +111,9 @@ def match(decisions: dict[str, Decision], paths) -> dict[str, Decision]:
     exact = {d.path for d in out.values()}
     for key, d in decisions.items():
         if key not in exact and len(hits := tails.get(key, ())) == 1:
+            if hits[0] in out:   # two decisions, one sample: no order between rows decides which one holds
+                raise ConfigError(f"the decisions '{printable(out[hits[0]].path)}' and '{printable(key)}' both name "
+                                  f"the sample '{printable(hits[0])}'; keep one decision per sample")
             out[hits[0]] = d
     return out
 
@@ -129,12 +147,14 @@ class ApplyResult:
 
 
 def _existing_is_ours(p: Path) -> bool:
+    """A manifest ``apply`` wrote: its header (CSV) or schema (Parquet) is exactly the one it writes."""
     import pyarrow.parquet as pq
     try:
         if p.suffix.lower() in (".parquet", ".pq"):
-            return MARK_COLUMN in pq.read_schema(p).names
+            return pq.read_schema(p).names == list(PARQUET_HEADER)
         with open(p, "rb") as f:
-            return MARK_COLUMN.encode() in f.readline(65536)
+            head = f.readline(65536).decode("utf-8")
+        return next(csv.reader([head])) == list(CSV_HEADER)
     except Exception:
         return False
 
@@ -147,6 +167,9 @@ def _check_out(out: Path, guard, bytes_inside: bool) -> Path:
     if bytes_inside and suffix == ".csv":
         raise ConfigError(f"--out '{out}': this dataset keeps its images inside a Parquet file, so the cleaned "
                           "manifest must carry them too: give a .parquet path")
+    if not bytes_inside and suffix != ".csv":
+        raise ConfigError(f"--out '{out}': the cleaned manifest of a dataset of image files is a CSV of their paths; "
+                          f"give a .csv path, e.g. '{out.with_suffix('.csv')}'")
     guard.check_file(out)
     if out.is_dir():
         raise ConfigError(f"--out '{out}' is a folder; give a file path, e.g. '{out / 'cleaned.csv'}'")
@@ -154,7 +177,11 @@ def _check_out(out: Path, guard, bytes_inside: bool) -> Path:
         if out.is_symlink() or not out.is_file() or not _existing_is_ours(out):
             raise OutputExistsError(f"--out '{out}' exists and is not a manifest written by 'memscan apply'; "
                                     "refusing to overwrite it: choose another path")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out '{out}': cannot create its folder ({e.strerror or e}); give a path inside a "
+                          "folder") from None
     return out
 
 
@@ -198,12 +225,12 @@ def apply_decisions(report, decisions_file, out) -> ApplyResult:
             "label_name": names, MARK_COLUMN: marks}
     if ds.source == "parquet-bytes":
         cols["image"] = pa.array([table.read_bytes(i) for i in keep_rows], pa.binary())
-        t = pa.table(cols)
+        t = pa.table(cols).select(list(PARQUET_HEADER))
         write_atomic_with(out, lambda tmp: pq.write_table(t, tmp))
     else:
         buf = io.StringIO(newline="")
         w = csv.writer(buf)
-        w.writerow(["path", "label_name", MARK_COLUMN])
+        w.writerow(CSV_HEADER)
         w.writerows(zip(cols["path"], names, marks))
         write_atomic_with(out, lambda tmp: Path(tmp).write_text(buf.getvalue(), encoding="utf-8", newline=""))
     count = lambda kind: sum(d.decision == kind for d in matched.values())

@@ -106,15 +106,30 @@ def check_dest(report, out: Path, fmt: str) -> Path:
     from .files import check_output_file
     guard_for_report(report).check_file(out)
     sig = LABEL_STUDIO_SIGNATURE if fmt == "label-studio" else CSV_SIGNATURE
-    return check_output_file(out, signature=sig, example="suspects.json" if fmt == "label-studio" else "suspects.csv")
+    if fmt == "label-studio" and _empty_export(out):   # no suspects: the export is "[]", which bears no signature
+        sig = b"[]"
+    return check_output_file(out, signature=sig, example="suspects.json" if fmt == "label-studio" else "suspects.csv",
+                             at_start=True)
+
+
+def _empty_export(p: Path) -> bool:
+    try:
+        return p.is_file() and not p.is_symlink() and p.stat().st_size <= 16 and p.read_bytes().strip() == b"[]"
+    except OSError:
+        return False
+
+
+def tasks_json(tasks: list, indent: int | None = None) -> str:
+    """Strict JSON (a non-finite score becomes null: Label Studio's parser rejects Infinity)."""
+    from .files import dumps
+    return dumps(tasks, indent=indent)
 
 
 def write_export(report, out, fmt: str, **kw) -> Path:
-    import json
     from .files import write_text_atomic
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r} is not valid; choose one of: {', '.join(FORMATS)}")
     out = check_dest(report, Path(out), fmt)
-    text = json.dumps(label_studio_tasks(report, **kw), ensure_ascii=False) if fmt == "label-studio" \
+    text = tasks_json(label_studio_tasks(report, **kw)) if fmt == "label-studio" \
         else suspects_csv(report, **{k: v for k, v in kw.items() if k in ("category", "top")})
     return write_text_atomic(out, text)

@@ -106,9 +106,11 @@ def dumps(obj, *, indent: int | None = 1) -> str:
     return json.dumps(_finite(json.loads(json.dumps(obj, default=to_jsonable))), indent=indent)
 
 
-def check_output_file(path, *, signature: bytes, what: str = "--out", example: str = "out") -> Path:
+def check_output_file(path, *, signature: bytes, what: str = "--out", example: str = "out",
+                      at_start: bool = False) -> Path:
     """Refuse a folder, or an existing file memscan did not write (no ``signature`` in its first
-    4 KiB), as an output file; then create its parent folder."""
+    4 KiB; with ``at_start``, not starting with it: formats whose first bytes are always memscan's), as an
+    output file; then create its parent folder."""
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"{what} '{p}' is a folder; give a file path, e.g. '{p / example}'")
@@ -120,7 +122,7 @@ def check_output_file(path, *, signature: bytes, what: str = "--out", example: s
                                     "choose another path")
         with open(p, "rb") as f:
             head = f.read(4096)
-        if signature not in head:
+        if not (head.startswith(signature) if at_start else signature in head):
             raise OutputExistsError(f"{what} '{p}' exists and was not written by memscan; refusing to overwrite "
                                     "it: choose another path or remove the file yourself")
     try:

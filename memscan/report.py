@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,7 +185,21 @@ def resolve_report_path(path) -> Path:
         p = RunFolder(p).report
     if not p.exists():
         raise ReportError(f"no report at '{p}'; pass a run folder made by 'memscan run' or its report.parquet")
+    if not stat.S_ISREG(p.stat().st_mode):   # a pipe would block the read forever
+        raise ReportError(f"'{p}' is not a regular file; pass a report.parquet written by 'memscan run'")
     return p
+
+
+def checked_paths(table, p) -> None:
+    """A report's ``path`` column holds text in every row, or the report is damaged (every reader of paths
+    goes through here: a null or a number there would fail deep inside with a Python error)."""
+    import pyarrow as pa
+    if "path" not in table.column_names:
+        return
+    col = table.column("path")
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)) or col.null_count:
+        what = f"{col.null_count} empty cell(s)" if col.null_count else f"values of type {col.type}"
+        raise ReportError(f"'{p}' is damaged: its path column holds {what}; re-run 'memscan run' to write it again")
 
 
 def read_metadata(path) -> ReportMeta:
@@ -225,7 +240,9 @@ def read_frame(report, columns=None, optional=()):
     if missing:
         raise ReportError(f"'{p}' lacks the report column(s) {', '.join(missing)}; re-run 'memscan run' to write a "
                           "complete report")
-    return pq.read_table(p, columns=columns).to_pandas()
+    t = pq.read_table(p, columns=columns)
+    checked_paths(t, p)
+    return t.to_pandas()
 
 
 def frame_and_name(report, columns=None, optional=()):
@@ -241,7 +258,9 @@ def read_report(path):
     read_metadata(path)
     p = resolve_report_path(path)
     try:
-        return pq.read_table(p)
+        t = pq.read_table(p)
     except Exception as e:
         raise ReportError(f"cannot read '{p}' ({type(e).__name__}); pass a complete report.parquet written by "
                           "'memscan run'") from None
+    checked_paths(t, p)
+    return t

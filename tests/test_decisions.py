@@ -30,6 +30,9 @@ def write_csv(path, text):
     ("path,decision,new_label\na.png,relabel,zebra\n", "to 'zebra', which is not a class of the dataset"),
     ("path,decision\na.png,keep\na.png,remove\n", "row 3 repeats 'a.png'"),
     ("path,decision\n,keep\n", "row 2 has no path"),
+    ("path,decision,decision\na.png,remove,keep\n", "names the column(s) decision more than once"),
+    ("path,decision,note\na.png,remove," + "A" * 200_000 + "\n", "is not readable CSV near row 2"),
+    ("", "may add given, new_label, note)"),
 ])
 def test_bad_decisions_files_name_the_row_and_the_fix(tmp_path, text, message):
     f = write_csv(tmp_path / "d.csv", text)
@@ -189,3 +192,25 @@ def test_the_whole_loop_apply_run_check(digits_run, tmp_path):
     assert res.accepted["unmatched"] == 2                           # the removed sample and no/such.png
     kept = df2[df2["path"].str.endswith("/" + keep["path"])]
     assert len(kept) == 1 and kept.iloc[0]["label_name"] == keep["label_name"]
+
+
+def test_apply_replaces_only_its_own_manifests_and_says_why_it_cannot_write(digits_run, tmp_path):
+    data, run_dir = digits_run
+    f = decisions_for(run_dir, tmp_path)[0]
+    # a file that merely mentions the marker column is not a manifest memscan wrote: never replaced
+    lookalike = write_csv(tmp_path / "foreign.csv", "id,memscan_decision_notes,value\n1,2,3\n")
+    with pytest.raises(OutputExistsError, match="not a manifest written by 'memscan apply'"):
+        apply_decisions(run_dir, f, lookalike)
+    assert lookalike.read_text() == "id,memscan_decision_notes,value\n1,2,3\n"
+    with pytest.raises(ConfigError, match="cannot create its folder"):          # a file where a folder must be
+        apply_decisions(run_dir, f, f / "x.csv")
+    with pytest.raises(ConfigError, match="a CSV of their paths; give a .csv path"):
+        apply_decisions(run_dir, f, tmp_path / "cleaned.parquet")                # image files: no Parquet
+
+
+def test_two_decisions_for_one_sample_are_refused():
+    from memscan.decisions import Decision, match
+    d = {"c0/0036.png": Decision("c0/0036.png", None, "remove", None),
+         "0036.png": Decision("0036.png", None, "relabel", "c2")}
+    with pytest.raises(ConfigError, match="'c0/0036.png' and '0036.png' both name the sample 'ds/c0/0036.png'"):
+        match(d, ["ds/c0/0036.png", "ds/c1/0001.png"])

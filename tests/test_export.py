@@ -66,3 +66,46 @@ def test_export_files_replace_only_earlier_exports(digits_run, tmp_path, capsys)
     assert main(["export", str(run_dir), "--config"]) == 0
     assert "<View>" in capsys.readouterr().out
     assert main(["export", str(run_dir), "--format", "xml"]) == EXIT_CODES[ConfigError]
+
+
+def test_export_replaces_its_own_empty_file_and_never_a_lookalike(digits_run, tmp_path):
+    data, run_dir = digits_run
+    empty = tmp_path / "none.json"
+    empty.write_text("[]")                                                  # what an export with no suspects writes
+    write_export(run_dir, empty, "label-studio", top=1)                     # "[]" was an empty export: replaced
+    assert len(json.loads(empty.read_text())) == 1
+    # the signature somewhere in a file is not enough: it must be how the file starts
+    notes = tmp_path / "notes.json"
+    notes.write_text('My notes. memscan writes [{"data": {"memscan": ... at the start\nImportant\n')
+    script = tmp_path / "analyze.csv"
+    script.write_text("#!/usr/bin/env python\n# reads memscan export: columns memscan_rank, path\n")
+    for f, fmt in ((notes, "label-studio"), (script, "csv")):
+        before = f.read_text()
+        with pytest.raises(OutputExistsError):
+            write_export(run_dir, f, fmt)
+        assert f.read_text() == before
+
+
+def test_damaged_reports_fail_in_one_line(digits_run, tmp_path):
+    import math
+    import os
+    from memscan.errors import ReportError
+    from helpers import rewrite_report
+    data, run_dir = digits_run
+    df = read_frame(run_dir)
+    nulls = df.copy()
+    nulls.loc[nulls.index[:3], "path"] = None
+    bad = rewrite_report(run_dir, tmp_path / "nullpath" / "report.parquet", nulls)
+    with pytest.raises(ReportError, match="damaged: its path column holds 3 empty cell"):
+        write_export(bad.parent, tmp_path / "x.json", "label-studio")
+    assert main(["export", str(bad.parent), "-n", "1"]) == EXIT_CODES[ReportError]
+    inf = df.copy()
+    inf["mislabel_score"] = math.inf
+    bad_inf = rewrite_report(run_dir, tmp_path / "inf" / "report.parquet", inf)
+    out = write_export(bad_inf.parent, tmp_path / "inf.json", "label-studio", top=2)
+    json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    fifo = tmp_path / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "report.parquet")
+    with pytest.raises(ReportError, match="not a regular file"):             # a pipe would block the read
+        label_studio_tasks(fifo)

@@ -27,9 +27,8 @@ def export_cmd(
                                 "these tasks (for a new project) instead of the tasks."),
 ):
     """Export the suspects for review in a labelling tool."""
-    import json
     from ..errors import check_choice
-    from ..export import FORMATS, label_studio_config, label_studio_tasks, suspects_csv, write_export
+    from ..export import FORMATS, label_studio_config, label_studio_tasks, suspects_csv, tasks_json, write_export
     from ..report import read_metadata
     from ..run_folder import latest_run
     check_choice("--format", fmt, FORMATS)
@@ -45,6 +44,6 @@ def export_cmd(
         console.print(f"wrote [bold]{safe(dest)}[/]", highlight=False)
         return
     if fmt == "label-studio":
-        typer.echo(json.dumps(label_studio_tasks(path, **kw), ensure_ascii=False, indent=1))
+        typer.echo(tasks_json(label_studio_tasks(path, **kw), indent=1))
     else:
         typer.echo(suspects_csv(path, **kw), nl=False)
