@@ -143,6 +143,7 @@ class ApplyResult:
     relabelled: int
     removed: int
     unmatched: list[str] = field(default_factory=list)   # decisions naming no sample of the report
+    left_out: list[dict] = field(default_factory=list)   # image files the index could not list: not in the manifest
     changes: dict = field(default_factory=dict)          # "old -> new" -> count
 
 
@@ -234,7 +235,8 @@ def apply_decisions(report, decisions_file, out) -> ApplyResult:
         w.writerows(zip(cols["path"], names, marks))
         write_atomic_with(out, lambda tmp: Path(tmp).write_text(buf.getvalue(), encoding="utf-8", newline=""))
     count = lambda kind: sum(d.decision == kind for d in matched.values())
-    return ApplyResult(out, len(paths), count("keep"), count("relabel"), count("remove"), unmatched, changes)
+    return ApplyResult(out, len(paths), count("keep"), count("relabel"), count("remove"), unmatched=unmatched,
+                       left_out=list(table.unreadable), changes=changes)
 
 
 def _rel(file: Path, base: Path) -> str:

@@ -214,3 +214,19 @@ def test_two_decisions_for_one_sample_are_refused():
          "0036.png": Decision("0036.png", None, "relabel", "c2")}
     with pytest.raises(ConfigError, match="'c0/0036.png' and '0036.png' both name the sample 'ds/c0/0036.png'"):
         match(d, ["ds/c0/0036.png", "ds/c1/0001.png"])
+
+
+def test_apply_says_which_image_files_the_manifest_cannot_list(tmp_path):
+    import os
+    from helpers import digits_folder
+    from memscan.config import RunConfig
+    from memscan.pipeline import run
+    data = digits_folder(tmp_path / "ds", per_class=6, classes=2)
+    r = run(data, RunConfig(max_epochs=1, batch_size=8, image_size=8, augment="none", min_epochs=1),
+            out=tmp_path / "run")
+    first = next((data / "c0").iterdir())
+    os.link(first, os.path.join(os.fsencode(data / "c0"), b"bad-\xff.png"))   # a name that is not UTF-8
+    f = write_csv(tmp_path / "d.csv", "path,decision\n")
+    res = apply_decisions(r.out_dir, f, tmp_path / "clean.csv")
+    assert len(res.left_out) == 1 and "not UTF-8" in res.left_out[0]["error"]
+    assert res.samples == 12

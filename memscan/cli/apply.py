@@ -30,6 +30,10 @@ def apply_cmd(
                   f"{res.removed} removed, {res.kept} kept as they were)", highlight=False)
     for change, n in sorted(res.changes.items(), key=lambda kv: -kv[1])[:10]:
         console.print(f"  {n:5d}  {safe(change)}", highlight=False)
+    if res.left_out:   # e.g. a name that is not UTF-8: the cleaned manifest cannot list it
+        console.print(f"[yellow]warning:[/] {len(res.left_out)} image file(s) of the dataset could not be listed and "
+                      f"are not in the manifest, e.g. '{safe(res.left_out[0]['path'])}' "
+                      f"({safe(res.left_out[0]['error'])})", highlight=False)
     if res.unmatched:
         console.print(f"[yellow]warning:[/] {len(res.unmatched)} decision(s) name no sample of the dataset (removed "
                       f"since the run?), e.g. '{safe(res.unmatched[0])}'", highlight=False)
