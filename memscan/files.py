@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,15 @@ from .errors import ConfigError, OutputError, OutputExistsError
 
 TMP_NAME = re.compile(r"\.tmp\d+$")   # what write_atomic_with leaves behind when it is cut short
 NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+
+
+def is_regular_file(path) -> bool:
+    """``path`` (followed through links) is a regular file: not a folder, pipe or device, which a read would
+    fail on or block on for good."""
+    try:
+        return stat.S_ISREG(Path(path).stat().st_mode)
+    except OSError:
+        return False
 
 
 def write_atomic_with(dest, write) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from .data import load_index
 from .dataset_guard import DatasetGuard
 from .data.cache import default_cache_dir
 from .errors import ConfigError, Interrupted, OutputExistsError, ReportError, RunFolderError
+from .files import is_regular_file
 from .memorization import estimate, split_half, subset_masks, subset_size
 from .prepare import prepare
 from .run_folder import MEMORIZATION, RunFolder, default_run_path
@@ -169,7 +169,7 @@ def _check_resumable(folder: RunFolder, cfg: RunConfig, plan: Plan, table) -> No
     # ones it has are kept and the estimate is rewritten over all of them (the old file stays until then, so an
     # interrupted extension finds an estimate of fewer models than it asks for, and goes on)
     f = folder.memorization   # refused now, not after hours of training (a pipe there would block the read)
-    if f.exists() and not f.is_symlink() and not _regular(f):
+    if f.exists() and not f.is_symlink() and not is_regular_file(f):
         raise RunFolderError(f"'{f}' is not a file (a folder or a pipe where memscan writes its estimate); remove it "
                              "and resume")
     done = _estimate_models(folder)
@@ -184,7 +184,7 @@ def _check_resumable(folder: RunFolder, cfg: RunConfig, plan: Plan, table) -> No
 def _estimate_models(folder: RunFolder) -> int | None:
     """How many models the folder's written estimate averages (from its metadata alone), or None when there is
     none or it is unreadable."""
-    if not _regular(folder.memorization):   # a FIFO planted there would block the read forever
+    if not is_regular_file(folder.memorization):   # a FIFO planted there would block the read forever
         return None
     try:
         models = json.loads(pq.read_schema(folder.memorization).metadata[b"memscan"]).get("models")
@@ -242,26 +242,18 @@ def _predict_given(model, source, *, batch_size: int, dtype):
     return p_given, correct
 
 
-def _regular(path: Path) -> bool:
-    """``path`` is a regular file (not a folder, FIFO or device that a read would fail on or block on)."""
-    try:
-        return stat.S_ISREG(path.stat().st_mode)
-    except OSError:
-        return False
-
-
 def _load_model_file(folder: RunFolder, k: int, mask: np.ndarray, paths, kcfg: RunConfig) -> dict | None:
     """A finished model's file when it matches the plan (same samples, subset and recipe, probabilities in
     [0, 1]); None to (re)train."""
     f = folder.model_file(k)
     if not f.exists() and not f.is_symlink():
         return None
-    if not _regular(f) and not f.is_symlink():
+    if not is_regular_file(f) and not f.is_symlink():
         raise RunFolderError(f"'{f}' is not a file (a folder or a pipe where memscan keeps model {k + 1}); remove it "
                              "and resume")
     want = kcfg.to_dict()
     try:
-        if not _regular(f):
+        if not is_regular_file(f):
             raise ValueError("not a regular file")
         t = pq.read_table(f)
         meta = json.loads(t.schema.metadata[b"memscan"])
@@ -322,7 +314,7 @@ def read_memorization(path) -> tuple:
     p = Path(path)
     if p.is_dir():
         p = p / MEMORIZATION
-    if p.exists() and not _regular(p):
+    if p.exists() and not is_regular_file(p):
         raise ReportError(f"'{p}' is not a file (a folder or a pipe); pass a memorization.parquet written by "
                           "'memscan memorization'")
     try:
@@ -346,7 +338,7 @@ def _model_outputs(reference, paths, models: int):
     if not folder.is_dir() or not isinstance(models, int) or models < 2:
         return None
     files = [RunFolder(folder).model_file(k) for k in range(models)]
-    if not all(_regular(f) for f in files):
+    if not all(is_regular_file(f) for f in files):
         return None
     try:
         tables = [pq.read_table(f, columns=["path", "in_subset", "p_given"]) for f in files]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pyarrow.parquet as pq
 
 from .data_audit import COLUMNS as AUDIT_COLUMNS
 from .errors import ReportError
-from .files import to_jsonable
+from .files import is_regular_file, to_jsonable
 
 FORMAT_VERSION = 1
 META_KEY = b"memscan"
@@ -185,7 +184,7 @@ def resolve_report_path(path) -> Path:
         p = RunFolder(p).report
     if not p.exists():
         raise ReportError(f"no report at '{p}'; pass a run folder made by 'memscan run' or its report.parquet")
-    if not stat.S_ISREG(p.stat().st_mode):   # a pipe would block the read forever
+    if not is_regular_file(p):   # a pipe would block the read forever
         raise ReportError(f"'{p}' is not a regular file; pass a report.parquet written by 'memscan run'")
     return p
 
