@@ -77,7 +77,9 @@ def memorization_set(root, per_class=24, random_ones=8, seed=0):
     return root, special
 
 
-CFG = RunConfig(max_epochs=20, schedule="cosine", augment="none", batch_size=8, lr=0.05, image_size=8,
+# lr 0.1 fits the noise images well clear of the bound below: at 0.05 their mean memorization was 0.148 on
+# an AVX-512 Xeon (fp32 kernels differ by CPU kind), at 0.1 it is 0.26 with the learnable ones' 99th percentile 0.05
+CFG = RunConfig(max_epochs=20, schedule="cosine", augment="none", batch_size=8, lr=0.1, image_size=8,
                 stop="none", anneal_epochs=0, precision="fp32")
 
 
