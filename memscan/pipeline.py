@@ -26,7 +26,7 @@ from .data import load_index
 from .data.cache import default_cache_dir, load_images, memory_budget
 from .data_audit import audit_images, audit_leaks
 from .dataset_guard import DatasetGuard
-from .errors import ConfigError, Interrupted, OutputError, TrainingError
+from .errors import ConfigError, Interrupted, OutputError, RunFolderError, TrainingError
 from .explain import prediction_agreement, reasons, suggestion
 from .prepare import Prepared, prepare
 from .report import DatasetInfo, ReportMeta, StopInfo, build_table
@@ -34,7 +34,7 @@ from .run_folder import RunFolder, default_run_path
 from .scores import CATEGORIES, accumulate, compute_scores, trust_warnings
 from .signals import Recorder
 from .train import fit, predict_probs, resolve_device
-from .trajectories import read_epochs, read_predictions, write_epoch
+from .trajectories import check_epoch_files, read_epochs, read_predictions, write_epoch
 
 
 @dataclass
@@ -87,7 +87,7 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
         if dist.is_main:
             begin_run(folder, ck, cfg, resume=resume, dataset=dataset, cache_dir=cache_dir, val_dataset=val_dataset,
                       path_column=path_column, label_column=label_column, encoding=encoding, relabel=relabel,
-                      test_dataset=test_dataset)
+                      test_dataset=test_dataset, samples=(len(prep.table), prep.table.num_classes))
         dist.barrier()
 
         t = time.perf_counter()
@@ -161,6 +161,9 @@ def checked_checkpoint(folder: RunFolder, cfg: RunConfig, fingerprint: str) -> d
         raise ConfigError(f"--resume: options differ from the interrupted run in {', '.join(diff)} (was: "
                           + ", ".join(f"{k}={saved.get(k)!r}" for k in diff)
                           + "); drop them, or use 'memscan resume RUN' which reuses the saved options")
+    if ck["epoch"] >= cfg.max_epochs:
+        raise RunFolderError(f"checkpoint '{folder.checkpoint}' says epoch {ck['epoch'] + 1} of a run of at most "
+                             f"{cfg.max_epochs}: it is not this run's; start a new run with --overwrite")
     if ck.get("fingerprint") != fingerprint:
         raise ConfigError(f"--resume: the dataset changed since the run in '{folder.path}' started (files added, "
                           "removed or modified); start a new run instead")
@@ -168,12 +171,15 @@ def checked_checkpoint(folder: RunFolder, cfg: RunConfig, fingerprint: str) -> d
 
 
 def begin_run(folder: RunFolder, ck, cfg: RunConfig, *, resume: bool, dataset, cache_dir, val_dataset, path_column,
-              label_column, encoding, relabel, test_dataset=None) -> None:
+              label_column, encoding, relabel, test_dataset=None, samples=None) -> None:
     """Only now, with data and model proven good, replace an earlier run's files (``--overwrite``),
-    or drop the epochs after the checkpoint (``--resume``)."""
+    or drop the epochs after the checkpoint and check the ones it builds on (``--resume``; ``samples``:
+    (samples, classes) of the data, which each kept epoch file must match)."""
     folder.begun = True
     if ck is not None:
         folder.drop_epochs_after(ck["epoch"])
+        if samples is not None:
+            check_epoch_files(folder.trajectories, *samples, last_epoch=ck["epoch"])
         if ck["curves"]:
             folder.write_table(pa.Table.from_pylist(ck["curves"]), folder.curves)
         return

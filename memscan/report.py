@@ -125,9 +125,34 @@ class ReportMeta:
         except (TypeError, KeyError, AttributeError) as e:
             raise ReportError(f"'{source}' lacks report metadata ({e}); it was not written by 'memscan run' or "
                               "was edited: re-run 'memscan run'") from None
-        if not isinstance(meta.config, dict) or not isinstance(meta.curves, dict) or not isinstance(meta.audit, dict):
-            raise ReportError(f"'{source}' has damaged report metadata (config/curves/audit); re-run 'memscan run'")
+        bad = _metadata_problem(meta)
+        if bad:
+            raise ReportError(f"'{source}' has damaged report metadata ({bad}); re-run 'memscan run' to write it again")
         return meta
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _metadata_problem(meta: "ReportMeta") -> str | None:
+    """What is mistyped in metadata every reader relies on (None when nothing): readers index class names by
+    label, plot the curves and print the warnings."""
+    ds = meta.dataset
+    if not isinstance(meta.config, dict) or not isinstance(meta.audit, dict):
+        return "config/audit"
+    if not isinstance(ds.classes, list) or not ds.classes or not all(isinstance(c, str) for c in ds.classes):
+        return "dataset.classes is not a list of class names"
+    if not isinstance(ds.location, str) or not isinstance(ds.n, int):
+        return "dataset.location/n"
+    if not isinstance(meta.curves, dict) or not all(
+            isinstance(v, list) and all(x is None or _is_number(x) for x in v) for v in meta.curves.values()):
+        return "curves are not lists of numbers"
+    if not isinstance(meta.warnings, list) or not all(isinstance(w, str) for w in meta.warnings):
+        return "warnings are not a list of text"
+    if not isinstance(meta.categories, dict) or not isinstance(meta.timings, dict):
+        return "categories/timings"
+    return None
 
 
 def _known(cls, d: dict) -> dict:
@@ -189,16 +214,45 @@ def resolve_report_path(path) -> Path:
     return p
 
 
-def checked_paths(table, p) -> None:
-    """A report's ``path`` column holds text in every row, or the report is damaged (every reader of paths
-    goes through here: a null or a number there would fail deep inside with a Python error)."""
-    import pyarrow as pa
-    if "path" not in table.column_names:
-        return
-    col = table.column("path")
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)) or col.null_count:
-        what = f"{col.null_count} empty cell(s)" if col.null_count else f"values of type {col.type}"
-        raise ReportError(f"'{p}' is damaged: its path column holds {what}; re-run 'memscan run' to write it again")
+TEXT_COLUMNS = ("path", "label_name", "pred_name", "suggested_label_name", "category", "reason")
+CLASS_COLUMNS = ("label", "pred", "suggested_label")   # indices into the metadata's class names
+CORE_COLUMNS = ("path", "label_name", "category")   # what every whole-report reader (report, plot, export) uses
+
+
+def checked_paths(table, p, classes=None) -> None:
+    """The columns every reader relies on have the types memscan writes, or the report is damaged: text where
+    text is written (no empty path), numbers where numbers are, scores and ranks without NaN, a known
+    category, labels that index ``classes``. Checked once here, where a report is read, instead of failing
+    deep inside a reader with a Python error."""
+    def damaged(what):
+        raise ReportError(f"'{p}' is damaged: {what}; re-run 'memscan run' to write it again")
+    names = table.column_names
+    for c in TEXT_COLUMNS:
+        if c in names:
+            col = table.column(c)
+            if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+                damaged(f"its {c} column holds values of type {col.type}")
+            if col.null_count and c in ("path", "category"):
+                damaged(f"its {c} column holds {col.null_count} empty cell(s)")
+    for c in names:
+        if c in TEXT_COLUMNS or c not in COLUMNS or c in AUDIT_COLUMNS:
+            continue
+        col = table.column(c)
+        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)):
+            damaged(f"its {c} column holds values of type {col.type}, not numbers")
+        if (c.endswith("_score") or c.endswith("_rank")) and (col.null_count or (
+                pa.types.is_floating(col.type) and np.isnan(col.to_numpy(zero_copy_only=False)).any())):
+            damaged(f"its {c} column has empty or NaN cells")
+    if "category" in names:
+        from .scores import CATEGORIES
+        unknown = set(table.column("category").unique().to_pylist()) - set(CATEGORIES)
+        if unknown:
+            damaged(f"its category column holds {sorted(map(str, unknown))[:3]}, not one of {', '.join(CATEGORIES)}")
+    for c in CLASS_COLUMNS:
+        if classes is not None and c in names and len(table):
+            v = table.column(c).to_numpy(zero_copy_only=False)
+            if pa.types.is_integer(table.column(c).type) and (v.min() < 0 or v.max() >= len(classes)):
+                damaged(f"its {c} column holds class indices outside 0..{len(classes) - 1}")
 
 
 def read_metadata(path) -> ReportMeta:
@@ -230,7 +284,7 @@ def read_frame(report, columns=None, optional=()):
     fraction of the time when a ranking needs 8 of its 25 columns), plus those of ``optional`` the
     report has (columns added after older reports were written)."""
     p = resolve_report_path(report)
-    read_metadata(p)
+    meta = read_metadata(p)
     if columns is None:
         return read_report(p).to_pandas()
     names = pq.read_schema(p).names
@@ -240,7 +294,7 @@ def read_frame(report, columns=None, optional=()):
         raise ReportError(f"'{p}' lacks the report column(s) {', '.join(missing)}; re-run 'memscan run' to write a "
                           "complete report")
     t = pq.read_table(p, columns=columns)
-    checked_paths(t, p)
+    checked_paths(t, p, meta.dataset.classes)
     return t.to_pandas()
 
 
@@ -254,12 +308,16 @@ def frame_and_name(report, columns=None, optional=()):
 def read_report(path):
     """The report as a pyarrow Table (``.to_pandas()`` for a DataFrame) with its metadata in
     ``table.schema.metadata``; ``read_metadata(path)`` gives that metadata as a dict."""
-    read_metadata(path)
+    meta = read_metadata(path)
     p = resolve_report_path(path)
     try:
         t = pq.read_table(p)
     except Exception as e:
         raise ReportError(f"cannot read '{p}' ({type(e).__name__}); pass a complete report.parquet written by "
                           "'memscan run'") from None
-    checked_paths(t, p)
+    missing = [c for c in CORE_COLUMNS if c not in t.column_names]
+    if missing:
+        raise ReportError(f"'{p}' lacks the report column(s) {', '.join(missing)}; re-run 'memscan run' to write a "
+                          "complete report")
+    checked_paths(t, p, meta.dataset.classes)
     return t

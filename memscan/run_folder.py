@@ -16,13 +16,14 @@ import json
 import os
 import re
 import socket
+import stat
 import sys
 from datetime import datetime
 from pathlib import Path
 
 from . import __version__
 from .errors import ConfigError, FolderInUseError, OutputError, OutputExistsError, RunFolderError
-from .files import TMP_NAME, write_atomic_with, write_bytes_atomic, write_json_atomic
+from .files import TMP_NAME, is_regular_file, write_atomic_with, write_bytes_atomic, write_json_atomic
 
 MARKER = "memscan-run.json"
 LOCK = "memscan.lock"
@@ -106,21 +107,27 @@ class RunFolder:
 
     # ------------------------------------------------------------ identity
     @staticmethod
+    def _read_marker(path) -> dict | None:
+        """The marker's JSON, or None. Only a regular file is read: a pipe planted there would block for good."""
+        marker = Path(path) / MARKER
+        if not is_regular_file(marker):
+            return None
+        try:
+            info = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
+
+    @staticmethod
     def is_run(path) -> bool:
         """True when ``path`` holds memscan's marker (a folder memscan started)."""
-        try:
-            info = json.loads((Path(path) / MARKER).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        return isinstance(info, dict) and info.get("tool") == "memscan"
+        info = RunFolder._read_marker(path)
+        return info is not None and info.get("tool") == "memscan"
 
     def kind(self) -> str:
         """The marker's kind ("run" for folders of versions that wrote none)."""
-        try:
-            info = json.loads(self.marker.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return "run"
-        return str(info.get("kind") or "run") if isinstance(info, dict) else "run"
+        info = self._read_marker(self.path)
+        return str(info.get("kind") or "run") if info is not None else "run"
 
     def _write_marker(self, kind: str) -> None:
         write_json_atomic(self.marker, {"tool": "memscan", "version": __version__, "kind": kind,
@@ -208,6 +215,10 @@ class RunFolder:
         except OSError as e:
             raise RunFolderError(f"cannot open the lock file '{self.path / LOCK}' ({e.strerror or e}); remove it if it "
                                  "is a link, or choose another --out") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):   # a pipe or device: unlockable, unseekable
+            os.close(fd)
+            raise RunFolderError(f"the lock file '{self.path / LOCK}' is not a regular file; remove it, or choose "
+                                 "another --out")
         lf = os.fdopen(fd, "r+", encoding="utf-8")
         try:
             fcntl.flock(lf.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -283,6 +294,8 @@ class RunFolder:
         if not self.run_args.exists():
             raise RunFolderError(f"'{self.path}' is not a resumable memscan run (no {RUN_ARGS}); pass the --out "
                                  "folder of the interrupted run")
+        if not is_regular_file(self.run_args):
+            raise RunFolderError(f"'{self.run_args}' is not a regular file; the run cannot be resumed: start a new run")
         try:
             args = json.loads(self.run_args.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
@@ -292,6 +305,11 @@ class RunFolder:
         if missing or not isinstance(args.get("config"), dict) or not isinstance(args.get("dataset"), str):
             raise RunFolderError(f"'{self.run_args}' lacks {', '.join(missing) or 'a valid config'}; the run cannot "
                                  "be resumed: start a new run")
+        wrong = [k for k in RUN_ARGS_KEYS + ("test_dataset", "encoding")
+                 if k not in ("dataset", "config", "relabelled") and not isinstance(args.get(k), (str, type(None)))]
+        if wrong or not isinstance(args.get("relabelled"), (bool, type(None))):
+            raise RunFolderError(f"'{self.run_args}' holds an invalid {', '.join(wrong) or 'relabelled'} (a path or "
+                                 "null expected); the run cannot be resumed: start a new run")
         from .config import RunConfig
         try:
             RunConfig.from_dict(args["config"])
@@ -321,13 +339,16 @@ class RunFolder:
         from .models import load_weights_only
         if not self.checkpoint.exists():
             return None
+        if not is_regular_file(self.checkpoint):
+            raise RunFolderError(f"checkpoint '{self.checkpoint}' is not a regular file; it was not loaded: start a "
+                                 "new run with --overwrite")
         try:
             ck = load_weights_only(self.checkpoint)
         except Exception as e:
             raise RunFolderError(f"checkpoint '{self.checkpoint}' is unreadable or not a memscan checkpoint "
                                  f"({type(e).__name__}); it was not loaded: start a new run with --overwrite") \
                 from None
-        if not isinstance(ck, dict) or not {"epoch", "config", "fingerprint"} <= set(ck):
+        if not isinstance(ck, dict) or not CHECKPOINT_KEYS <= set(ck) or not _checkpoint_types_ok(ck):
             raise RunFolderError(f"checkpoint '{self.checkpoint}' is not a memscan checkpoint; start a new run "
                                  "with --overwrite")
         return ck
@@ -336,13 +357,13 @@ class RunFolder:
         """Trajectory files of epochs after a checkpoint are redone on resume."""
         for f in self.trajectories.iterdir() if self.trajectories.is_dir() else ():
             if EPOCH_FILE.fullmatch(f.name) and int(f.stem.split("-")[1]) > epoch:
-                f.unlink()
+                _unlink_own(f)
 
     def restart_in_place(self) -> None:
         """Killed before the first checkpoint: the same run starts over in this folder."""
         for f in self.trajectories.iterdir() if self.trajectories.is_dir() else ():
             if EPOCH_FILE.fullmatch(f.name):
-                f.unlink()
+                _unlink_own(f)
 
     # ------------------------------------------------------------ results
     def write_table(self, table, dest: Path) -> None:
@@ -361,6 +382,30 @@ class RunFolder:
     def finish(self) -> None:
         """The run is complete: ``model.pt`` holds the final weights, the checkpoint goes."""
         self.checkpoint.unlink(missing_ok=True)
+
+
+CHECKPOINT_KEYS = frozenset({"epoch", "config", "fingerprint", "model", "optimizer", "scheduler", "scaler", "rng",
+                             "rule", "curves", "stopped"})
+
+
+def _checkpoint_types_ok(ck: dict) -> bool:
+    """The shapes ``train.fit`` relies on; the values themselves are checked when they are applied."""
+    import torch
+    epoch = ck["epoch"]
+    return (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0
+            and isinstance(ck["config"], dict) and isinstance(ck["model"], dict)
+            and all(isinstance(v, torch.Tensor) for v in ck["model"].values())
+            and all(isinstance(ck[k], dict) for k in ("optimizer", "scheduler", "scaler", "rule"))
+            and isinstance(ck["rng"], torch.Tensor) and ck["rng"].dtype == torch.uint8
+            and isinstance(ck["curves"], list) and all(isinstance(c, dict) for c in ck["curves"])
+            and isinstance(ck["stopped"], bool))
+
+
+def _unlink_own(path: Path) -> None:
+    """Remove one of memscan's files; a folder planted under its name is refused, not followed."""
+    if path.is_dir() and not path.is_symlink():
+        raise RunFolderError(f"'{path}' is a folder where memscan keeps a file; move it away and resume again")
+    path.unlink(missing_ok=True)
 
 
 def latest_run(base=DEFAULT_BASE) -> Path:

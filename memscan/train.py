@@ -335,6 +335,46 @@ def _oom_types():
                              getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None), MemoryError) if t)
 
 
+def _tensors(state):
+    """Every tensor in a nested dict/list state (the stop rule's)."""
+    if isinstance(state, torch.Tensor):
+        yield state
+    elif isinstance(state, dict):
+        for v in state.values():
+            yield from _tensors(v)
+    elif isinstance(state, (list, tuple)):
+        for v in state:
+            yield from _tensors(v)
+
+
+def _apply_checkpoint(resume: dict, model, opt, sched, scaler, rule, n: int) -> list[dict]:
+    """Restore the training state of a checkpoint (``RunFolder.load_checkpoint`` checked its keys and types);
+    one that does not fit this model, optimizer or data is refused in one line, never half applied to a run."""
+    from .errors import RunFolderError
+    if len(resume["optimizer"].get("param_groups", ())) != len(opt.param_groups):
+        raise RunFolderError("the checkpoint's optimizer has a different layout (a fine-tuning run saved by an "
+                             "older memscan, or other --freeze/--body-lr): start the run again with --overwrite")
+    try:
+        unwrap(model).load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        torch.set_rng_state(resume["rng"])
+        rule.load_state_dict(resume["rule"])
+        for p in (p for g in opt.param_groups for p in g["params"]):
+            for v in opt.state.get(p, {}).values():
+                if isinstance(v, torch.Tensor) and v.dim() and v.shape != p.shape:
+                    raise ValueError(f"an optimizer buffer of shape {tuple(v.shape)} for a parameter of {tuple(p.shape)}")
+        per_sample = [v for v in _tensors(resume["rule"]) if v.dim() == 1 and v.dtype != torch.uint8]
+        if any(len(v) != n for v in per_sample):
+            raise ValueError(f"the stop rule's per-sample state does not have {n} samples")
+        return [dict(c) for c in resume["curves"]]
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise RunFolderError(f"the run folder's checkpoint does not fit this run ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:160] if str(e) else 'damaged'}); it was not resumed: start "
+                             "a new run with --overwrite") from None
+
+
 def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_record=None, on_epoch=None,
         on_step=None, val_source=None, rank: int = 0, world: int = 1, resume: dict | None = None,
         on_checkpoint=None, stop_decider=None, stem_grad: bool = True, on_anneal=None) -> FitResult:
@@ -356,18 +396,8 @@ def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_reco
     curves, t0 = [], time.perf_counter()
     start_epoch, stopped = 0, False
     if resume is not None:
-        unwrap(model).load_state_dict(resume["model"])
-        if len(resume["optimizer"]["param_groups"]) != len(opt.param_groups):
-            from .errors import RunFolderError
-            raise RunFolderError("the checkpoint's optimizer has a different layout (a fine-tuning run saved by an "
-                                 "older memscan, or other --freeze/--body-lr): start the run again with --overwrite")
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        scaler.load_state_dict(resume["scaler"])
-        torch.set_rng_state(resume["rng"])
-        rule.load_state_dict(resume["rule"])
-        curves = [dict(c) for c in resume["curves"]]
-        start_epoch, stopped = resume["epoch"] + 1, resume["stopped"]
+        curves = _apply_checkpoint(resume, model, opt, sched, scaler, rule, n)
+        start_epoch, stopped = resume["epoch"] + 1, bool(resume["stopped"])
     epoch = start_epoch - 1
     step_state = {"stem": None, "tried": False, "net": None,
                   "rotation": grad_rotation(n, cfg.input_grad_every, cfg.seed)}

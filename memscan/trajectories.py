@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .files import write_atomic_with
+from .errors import RunFolderError
+from .files import is_regular_file, write_atomic_with
 from .run_folder import EPOCH_FILE
 from .signals import EpochRecord
 
@@ -45,6 +46,45 @@ def write_epoch(folder: Path, rec: EpochRecord) -> Path:
     ], schema=SCHEMA)
     return write_atomic_with(epoch_file(folder, rec.epoch),
                              lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+
+
+def check_epoch_files(folder: Path, n: int, num_classes: int, last_epoch: int) -> None:
+    """Before a resumed run builds on them: epochs 0..``last_epoch`` each have a regular file of memscan's schema
+    with one row per sample (ids 0..n-1) and predicted classes in range. A damaged or planted file is named in a
+    ``RunFolderError``, instead of failing deep in the scores or entering them silently."""
+    folder = Path(folder)
+    names = {f.name for f in epoch_files(folder)} if folder.is_dir() else set()
+    for e in range(last_epoch + 1):
+        f = epoch_file(folder, e)
+        why = _epoch_file_problem(f, n, num_classes) if f.name in names else "is missing"
+        if why:
+            raise RunFolderError(f"trajectory file '{f}' {why}; the run cannot be resumed from its checkpoint: "
+                                 "start a new run with --overwrite")
+
+
+def _epoch_file_problem(f: Path, n: int, num_classes: int) -> str | None:
+    if f.is_symlink() or not is_regular_file(f):
+        return "is not a regular file"
+    try:
+        schema = pq.read_schema(f)
+        want = {fld.name: fld.type for fld in SCHEMA}
+        missing = [k for k in want if k != "pred" and k not in schema.names]
+        wrong = [k for k in schema.names if k in want and schema.field(k).type != want[k]]
+        if missing or wrong:
+            return f"lacks or mistypes {', '.join(missing + wrong)}"
+        t = pq.read_table(f, columns=["sample_id"] + (["pred"] if "pred" in schema.names else []))
+    except Exception as e:   # pyarrow raises several types for a damaged file
+        return f"is unreadable ({type(e).__name__})"
+    if t.num_rows != n:
+        return f"has {t.num_rows} rows for {n} samples"
+    ids = np.sort(t.column("sample_id").to_numpy())
+    if not np.array_equal(ids, np.arange(n)):
+        return "does not hold each sample id once"
+    if "pred" in t.column_names:
+        pred = t.column("pred").to_numpy()
+        if len(pred) and (pred.min() < -1 or pred.max() >= num_classes):
+            return "holds predicted classes out of range"
+    return None
 
 
 def read_epochs(folder: Path, *, upto: int | None = None):

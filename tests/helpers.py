@@ -22,6 +22,14 @@ def digits_folder(root: Path, per_class: int = 30, classes: int = 4, flip_every:
     return root
 
 
+def checkpoint_dict(**fields) -> dict:
+    """A checkpoint with every key ``RunFolder.load_checkpoint`` requires, empty where a test does not care."""
+    import torch
+    ck = {"epoch": 0, "config": {}, "fingerprint": "x", "model": {}, "optimizer": {}, "scheduler": {}, "scaler": {},
+          "rng": torch.get_rng_state(), "rule": {}, "curves": [], "stopped": False}
+    return dict(ck, **fields)
+
+
 def snapshot(folder: Path) -> dict:
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in sorted(Path(folder).rglob("*"))}

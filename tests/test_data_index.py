@@ -271,6 +271,30 @@ def test_manifest_duplicated_path(tmp_path):
     _raises_naming(m, match="'a.png' more than once")
 
 
+def test_manifest_same_image_under_two_spellings(tmp_path):
+    """'./a.png' and 'a.png' are one image: listed both ways it entered the report twice."""
+    write_img(tmp_path / "a.png")
+    write_img(tmp_path / "b.png")
+    m = tmp_path / "m.csv"
+    m.write_text("path,label\na.png,x\nb.png,y\n./a.png,y\n")
+    _raises_naming(m, match="'./a.png' more than once (also as 'a.png')")
+
+
+def test_manifest_without_rows(tmp_path):
+    m = tmp_path / "m.csv"
+    m.write_text("path,label\n")
+    _raises_naming(m, match="has no rows")
+
+
+@pytest.mark.parametrize("column", ["label", "label_name"])
+def test_manifest_with_list_labels(tmp_path, column):
+    imgs = [png_bytes((i, 0, 0)) for i in range(3)]
+    cols = {"image": pa.array(imgs, pa.binary()), "label": [0, 1, 1], "label_name": ["a", "b", "b"]}
+    cols[column] = [[0], [1], [1]] if column == "label" else [["a"], ["b"], ["b"]]
+    pq.write_table(pa.table(cols), tmp_path / "d.parquet")
+    _raises_naming(tmp_path / "d.parquet", match=f"column '{column}' holds list")
+
+
 def test_manifest_without_label_column(tmp_path):
     write_img(tmp_path / "a.png")
     m = tmp_path / "m.csv"

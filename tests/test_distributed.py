@@ -94,7 +94,8 @@ def test_a_dying_rank_ends_the_run_instead_of_hanging(data, tmp_path):
                                      *ARGS[:1], "40", *ARGS[2:]), env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     t = time.time()
-    while not (out / "trajectories" / "epoch-0000.parquet").exists():
+    # the first checkpoint, not the first trajectory file: killed between the two, no checkpoint would be left
+    while not (out / "checkpoint.pt").exists():
         assert proc.poll() is None and time.time() - t < 300, "run ended early"
         time.sleep(0.05)
     workers = [int(x) for x in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,

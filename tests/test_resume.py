@@ -1,5 +1,6 @@
 """Checkpoints, resume after SIGKILL / Ctrl-C, a full disk, out of memory, and the memory-mapped cache."""
 import errno
+import re
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from memscan.pipeline import run
 from memscan.run_folder import CHECKPOINT, RunFolder
 from memscan.report import read_report
 
-from helpers import digits_folder
+from helpers import checkpoint_dict, digits_folder
 
 CFG = dict(max_epochs=8, stop="none", batch_size=16, image_size=8, augment="crop-flip", min_epochs=1)
 ARGS = ["--max-epochs", "8", "--stop", "none", "--batch-size", "16", "--image-size", "8", "--min-epochs", "1"]
@@ -130,14 +131,14 @@ def test_resume_refuses_changed_options_and_finished_runs(data, tmp_path):
     with pytest.raises(OutputExistsError, match="already finished"):
         run(data, cfg, out=out, resume=True)
     (out / "report.parquet").unlink()
-    torch.save({"config": cfg.to_dict(), "fingerprint": "x", "epoch": 0}, out / CHECKPOINT)
+    torch.save(checkpoint_dict(config=cfg.to_dict()), out / CHECKPOINT)
     with pytest.raises(ConfigError, match="differ from the interrupted run in lr"):
         run(data, cfg.replace(lr=0.01), out=out, resume=True)
     with pytest.raises(ConfigError, match="dataset changed"):
         run(data, cfg, out=out, resume=True)
     # a checkpoint written before an option existed (here: annealing) is not "different options"
     older = {k: v for k, v in cfg.to_dict().items() if not k.startswith("anneal")}
-    torch.save({"config": older, "fingerprint": "x", "epoch": 0}, out / CHECKPOINT)
+    torch.save(checkpoint_dict(config=older), out / CHECKPOINT)
     with pytest.raises(ConfigError, match="dataset changed"):
         run(data, cfg, out=out, resume=True)
     with pytest.raises(ConfigError, match="no run folder"):
@@ -182,3 +183,98 @@ def test_mapped_decode_compacts_skipped_images(tmp_path):
     assert mm.images.shape[0] == 19 and np.array_equal(np.asarray(mm.images), ram.images)
     assert [s["path"] for s in mm.skipped] == [str(bad.relative_to(d))]
     assert not list((tmp_path / "c2").glob("*.tmp*"))
+
+
+# ---------------------------------------------------------------- a tampered run folder (adversarial review)
+@pytest.fixture(scope="module")
+def interrupted(data, tmp_path_factory):
+    """A run folder as an interruption after its last training epoch leaves it: checkpoint, no report."""
+    import memscan.run_folder as rf
+    out = tmp_path_factory.mktemp("intr") / "run"
+    finish = rf.RunFolder.finish
+    rf.RunFolder.finish = lambda self: None   # keep the checkpoint, as a kill before the report would
+    try:
+        run(data, RunConfig(**dict(CFG, max_epochs=3)), out=out)
+    finally:
+        rf.RunFolder.finish = finish
+    (out / "report.parquet").unlink()
+    assert (out / CHECKPOINT).exists()
+    return out
+
+
+def tampered_copy(src, dest, edit):
+    import shutil
+    shutil.copytree(src, dest, symlinks=True)
+    edit(dest)
+    return dest
+
+
+def edit_checkpoint(change):
+    def edit(out):
+        ck = torch.load(out / CHECKPOINT, weights_only=True)
+        change(ck)
+        torch.save(ck, out / CHECKPOINT)
+    return edit
+
+
+def replace_with_fifo(name):
+    def edit(out):
+        (out / name).unlink()
+        os.mkfifo(out / name)
+    return edit
+
+
+def rewrite_epoch(change):
+    def edit(out):
+        import pyarrow.parquet as pq
+        f = out / "trajectories" / "epoch-0000.parquet"
+        pq.write_table(change(pq.read_table(f)), f)
+    return edit
+
+
+def set_run_arg(key, value):
+    def edit(out):
+        import json
+        args = json.loads((out / "run-args.json").read_text())
+        args[key] = value
+        (out / "run-args.json").write_text(json.dumps(args))
+    return edit
+
+
+TAMPERED = {
+    "checkpoint a pipe": (replace_with_fifo(CHECKPOINT), "not a regular file"),
+    "run-args a pipe": (replace_with_fifo("run-args.json"), "not a regular file"),
+    "lock a pipe": (replace_with_fifo("memscan.lock"), "lock file .* not a regular file"),
+    "marker a pipe": (replace_with_fifo("memscan-run.json"), "not a memscan run folder"),
+    "negative epoch": (edit_checkpoint(lambda ck: ck.update(epoch=-3)), "not a memscan checkpoint"),
+    "epoch past the run": (edit_checkpoint(lambda ck: ck.update(epoch=10 ** 6)), "epoch 1000001 of a run of at most 3"),
+    "string epoch": (edit_checkpoint(lambda ck: ck.update(epoch="1")), "not a memscan checkpoint"),
+    "other head": (edit_checkpoint(lambda ck: ck["model"].update({"head.weight": torch.zeros(5, 128)})),
+                   "does not fit this run"),
+    "no optimizer state": (edit_checkpoint(lambda ck: ck.update(optimizer={})), "different layout"),
+    "stop rule of 3 samples": (edit_checkpoint(lambda ck: ck["rule"].update(cum_margin=torch.zeros(3))),
+                               "does not fit this run"),
+    "rng not bytes": (edit_checkpoint(lambda ck: ck.update(rng=torch.zeros(3))), "not a memscan checkpoint"),
+    "epoch file cut to 5 rows": (rewrite_epoch(lambda t: t.slice(0, 5)), "has 5 rows"),
+    "epoch file without loss": (rewrite_epoch(lambda t: t.drop(["loss"])), "lacks or mistypes loss"),
+    "epoch file missing": (lambda out: (out / "trajectories" / "epoch-0001.parquet").unlink(), "is missing"),
+    "folder at a later epoch file": (lambda out: (out / "trajectories" / "epoch-0009.parquet").mkdir(),
+                                     "is a folder where memscan keeps a file"),
+    "cache_dir a number": (set_run_arg("cache_dir", 1), "invalid cache_dir"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERED))
+def test_a_tampered_run_folder_fails_resume_in_one_line(interrupted, tmp_path, capsys, case):
+    """Each gave a hang or an internal error (exit 70), or resumed into a wrong report; now exit 2, one line."""
+    edit, message = TAMPERED[case]
+    out = tampered_copy(interrupted, tmp_path / "run", edit)
+    assert main(["resume", str(out), "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert re.search(message, err), err
+    assert "Traceback" not in err and not (out / "report.parquet").exists()
+
+
+def test_the_untouched_interrupted_folder_resumes(interrupted, tmp_path):
+    out = tampered_copy(interrupted, tmp_path / "run", lambda out: None)
+    assert main(["resume", str(out), "-q"]) == 0 and (out / "report.parquet").exists()

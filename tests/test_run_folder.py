@@ -13,6 +13,8 @@ from memscan.errors import ConfigError, FolderInUseError, OutputExistsError, Run
 from memscan.run_folder import CHECKPOINT, LOCK, MARKER, RunFolder, latest_run
 from memscan.stopping import StopRule
 
+from helpers import checkpoint_dict
+
 
 def started(path, **kw):
     f = RunFolder.start(path, **kw)
@@ -126,8 +128,8 @@ def test_checkpoint_is_plain_data_and_round_trips_the_stop_rule(tmp_path):
     for e, m in enumerate(([-1, 2, 3, -2], [-1, 2, 3, 1], [-1, 2, -3, 1])):
         rule.update(Rec(m), {"weight_norm": 1.0 + e})
     f = started(tmp_path / "run")
-    f.save_checkpoint({"epoch": 2, "config": cfg.to_dict(), "fingerprint": "f", "rule": rule.state_dict(),
-                       "curves": [{"loss_mean": 1.0, "val_loss": float("nan")}]})
+    f.save_checkpoint(checkpoint_dict(epoch=2, config=cfg.to_dict(), fingerprint="f", rule=rule.state_dict(),
+                                      curves=[{"loss_mean": 1.0, "val_loss": float("nan")}]))
     ck = f.load_checkpoint()        # weights_only=True inside: it would refuse any live object
     again = StopRule(cfg)
     again.load_state_dict(ck["rule"])

@@ -114,9 +114,12 @@ def test_non_finite_predictions_write_no_report(data, tmp_path, monkeypatch):
 
 def test_a_gate_never_passes_on_non_finite_scores(a_run, tmp_path, capsys):
     df = pd.read_parquet(a_run / "report.parquet")
-    df["mislabel_score"] = np.nan
+    df["mislabel_score"] = np.inf
     bad = rewrite_report(a_run, tmp_path / "bad" / "report.parquet", df)
     fails(capsys, ["check", str(bad), "--max-mislabeled", "0"], match="non-finite")
+    df["mislabel_score"] = np.nan      # refused where every reader reads a report
+    bad = rewrite_report(a_run, tmp_path / "nan" / "report.parquet", df)
+    fails(capsys, ["check", str(bad), "--max-mislabeled", "0"], match="mislabel_score column has empty or NaN")
 
 
 def test_damaged_or_foreign_reports_are_usage_errors(a_run, tmp_path, capsys):
@@ -351,3 +354,43 @@ def test_a_location_memscan_may_not_write_is_not_an_internal_error(data, tmp_pat
 
     monkeypatch.setattr(pipeline, "write_epoch", denied)
     fails(capsys, ["run", str(data), "--out", str(tmp_path / "r"), *FAST], code=74, match="permission denied")
+
+
+def _tamper_meta(meta, change):
+    change(meta)
+    return meta
+
+
+REPORT_TAMPERING = {
+    "scores as text": (lambda df: df.assign(mislabel_score=df["mislabel_score"].astype(str)), None,
+                       "mislabel_score column holds values of type large_string"),
+    "unknown category": (lambda df: df.assign(category="weird"), None, "not one of mislabeled"),
+    "label out of range": (lambda df: df.assign(label=99), None, "class indices outside"),
+    "no category column": (lambda df: df.drop(columns=["category"]), None, "lacks the report column(s) category"),
+    "no class names": (None, lambda m: m["dataset"].update(classes=[]), "dataset.classes"),
+    "curves of text": (None, lambda m: m.update(curves={"weight_norm": "x"}), "curves are not lists of numbers"),
+    "warnings a number": (None, lambda m: m.update(warnings=5), "warnings"),
+    "location a number": (None, lambda m: m["dataset"].update(location=5), "dataset.location"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REPORT_TAMPERING))
+@pytest.mark.parametrize("command", [["rank", "--summary"], ["plot"], ["report"]])
+def test_readers_refuse_a_tampered_report_in_one_line(a_run, tmp_path, capsys, case, command):
+    """Each crashed a reader with an internal error (exit 70); the report is now checked where it is read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    edit_df, edit_meta, match = REPORT_TAMPERING[case]
+    t = pq.read_table(a_run / "report.parquet")
+    if edit_df is not None:
+        t = pa.Table.from_pandas(edit_df(t.to_pandas()), preserve_index=False).replace_schema_metadata(
+            t.schema.metadata)
+    if edit_meta is not None:
+        md = dict(t.schema.metadata)
+        md[b"memscan"] = json.dumps(_tamper_meta(json.loads(md[b"memscan"]), edit_meta)).encode()
+        t = t.replace_schema_metadata(md)
+    p = tmp_path / "run" / "report.parquet"
+    p.parent.mkdir()
+    pq.write_table(t, p)
+    extra = {"plot": ["--out", str(tmp_path / "plots")], "report": ["--out", str(tmp_path / "r.html")]}
+    fails(capsys, [command[0], str(p), *command[1:], *extra.get(command[0], [])], match=match)

@@ -373,9 +373,14 @@ def _index_manifest(loc: Path, path_column, label_column, encoding) -> SampleTab
     def _missing(v):  # CSV reads an empty string cell as "" (not null) in a text column
         return v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip())
 
+    if table.num_rows == 0:
+        raise DatasetError(f"manifest '{loc}' has no rows; list one image a row, with its label")
     label_cols = [label_col] + ([c for c in ("label", "label_name") if c != label_col]
                                 if "label" in cols and "label_name" in cols else [])
     for c in label_cols:
+        t = table.schema.field(c).type
+        if pa.types.is_nested(t):
+            raise DatasetError(f"manifest '{loc}' column '{c}' holds {t}; labels must be text or whole numbers")
         values = table.column(c).to_pylist()
         if any(_missing(v) for v in values):
             bad = next(i for i, v in enumerate(values) if _missing(v))
@@ -405,9 +410,15 @@ def _index_manifest(loc: Path, path_column, label_column, encoding) -> SampleTab
     else:
         width = len(str(len(names)))
         paths = [f"row-{i:0{width}d}" for i in range(len(names))]
-    if len(set(paths)) != len(paths):
-        dup = next(p for i, p in enumerate(paths) if p in set(paths[:i]))
-        raise DatasetError(f"manifest '{loc}' lists '{dup}' more than once; each image must appear once")
+    # one image under two spellings ("a/x.png", "./a/x.png", "a//x.png") is still one image
+    spelled = [os.path.normpath(p) for p in paths] if path_col is not None else paths
+    if len(set(spelled)) != len(spelled):
+        seen: dict[str, str] = {}
+        for p, q in zip(paths, spelled):
+            if q in seen:
+                also = "" if seen[q] == p else f" (also as '{seen[q]}')"
+                raise DatasetError(f"manifest '{loc}' lists '{p}' more than once{also}; each image must appear once")
+            seen[q] = p
 
     image_bytes = None
     if bytes_col is not None:
