@@ -32,6 +32,37 @@ def prediction_agreement(predictions, target: np.ndarray, *, window_start: int) 
         return np.where(seen > 0, hits / np.maximum(seen, 1), np.nan).astype(np.float32)
 
 
+def before_learned(predictions, labels: np.ndarray, learning_time: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                                        np.ndarray]:
+    """(class, count, epochs) per sample: the class other than the given label that the training steps predicted
+    most often before the sample was learned (epochs < ``learning_time``, 0-based), how many of those epochs
+    predicted it, and how many were recorded. A label error the model learned late was, until then, mostly
+    predicted as its true class: on MNIST's 15 human-validated test-set errors that class was the raters' in
+    13 (BENCHMARKS.md §21). Count 0 where no such epoch predicted another class."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    votes: np.ndarray | None = None
+    seen = np.zeros(n, np.int32)
+    for epoch, pred in predictions:
+        if pred is None:
+            continue
+        before = (epoch < learning_time) & (pred >= 0) & (pred != labels)
+        seen += (epoch < learning_time) & (pred >= 0)
+        idx = np.flatnonzero(before)
+        k = int(max(labels.max(initial=0), pred.max(initial=0))) + 1
+        if votes is None or votes.shape[1] < k:
+            grown = np.zeros((n, k), np.int32)
+            if votes is not None:
+                grown[:, :votes.shape[1]] = votes
+            votes = grown
+        np.add.at(votes, (idx, pred[idx].astype(np.int64)), 1)
+    if votes is None:
+        return np.full(n, -1, np.int64), np.zeros(n, np.int32), seen
+    cls = votes.argmax(1)
+    count = votes[np.arange(n), cls]
+    return np.where(count > 0, cls, -1), count, seen
+
+
 def suggestion(scores: dict) -> tuple[np.ndarray, np.ndarray]:
     """(suggested class, its probability at the stop point) from ``compute_scores``' output."""
     return np.asarray(scores["pred"]), np.asarray(scores["p_pred"])
@@ -42,13 +73,15 @@ def _late_count(share: float, late_epochs: int) -> str:
 
 
 def reasons(sig: Signals, scores: dict, labels: np.ndarray, class_names, *, agreement: np.ndarray,
-            late_epochs: int) -> np.ndarray:
+            late_epochs: int, earlier=None) -> np.ndarray:
     """A short explanation for every sample whose category is not "ok" ("" for the others), e.g.
     "given label never predicted in training; predicted ship in 4 of 4 late epochs (p 0.93 at the stop);
     margin -3.1 over the late window; learned: never". Parts: the given label's history (never predicted,
     or the last epoch it was), the suggestion when it differs from the given label, the late-window
     margin (AUM, negative: another class wins on average), when it was learned and how often forgotten,
-    and the loss to the peak (SGAL) or the input gradient (CSG) when in the top 5% of the dataset.
+    what training predicted before it was learned when the stop point predicts the given label (``earlier``:
+    ``before_learned``'s output; a learned label error's likely true class), and the loss to the peak (SGAL)
+    or the input gradient (CSG) when in the top 5% of the dataset.
     Epochs are 1-based, as in every file memscan writes."""
     labels = np.asarray(labels)
     cat = np.asarray(scores["category"])
@@ -74,6 +107,10 @@ def reasons(sig: Signals, scores: dict, labels: np.ndarray, class_names, *, agre
         forgot = int(sig.forgetting[i])
         parts.append(f"learned: {learned}" + (f", after {forgot} forgetting event{'s' * (forgot != 1)}"
                                                if forgot else ""))
+        if earlier is not None and sugg[i] == labels[i] and earlier[1][i] > 0:
+            until = "before it was learned" if lt < epochs else "in training"
+            parts.append(f"{until}, predicted {class_names[earlier[0][i]]} in {int(earlier[1][i])} of "
+                         f"{int(earlier[2][i])} epochs")
         if sgal_pct[i] > 0.95:
             parts.append(f"loss to the peak in the top {max(1, round(100 * (1 - sgal_pct[i]))):d}%")
         elif csg_pct[i] > 0.95:

@@ -27,7 +27,7 @@ from .data.cache import default_cache_dir, load_images, memory_budget
 from .data_audit import audit_images, audit_leaks
 from .dataset_guard import DatasetGuard
 from .errors import ConfigError, Interrupted, OutputError, RunFolderError, TrainingError
-from .explain import prediction_agreement, reasons, suggestion
+from .explain import before_learned, prediction_agreement, reasons, suggestion
 from .prepare import Prepared, prepare
 from .report import DatasetInfo, ReportMeta, StopInfo, build_table
 from .run_folder import RunFolder, default_run_path
@@ -305,7 +305,9 @@ def explain(sig, scores: dict, prep: Prepared, folder: RunFolder, *, window_star
     """The suggested label, the late window's agreement with it, and a reason for every flagged sample."""
     sugg, p_sugg = suggestion(scores)
     agree = prediction_agreement(read_predictions(folder.trajectories), sugg, window_start=window_start)
-    why = reasons(sig, scores, prep.labels, prep.table.class_names, agreement=agree, late_epochs=late_epochs)
+    earlier = before_learned(read_predictions(folder.trajectories), prep.labels, sig.learning_time)
+    why = reasons(sig, scores, prep.labels, prep.table.class_names, agreement=agree, late_epochs=late_epochs,
+                  earlier=earlier)
     return {"suggested_label": sugg, "p_suggested": p_sugg, "suggestion_agreement": agree, "reason": why}
 
 

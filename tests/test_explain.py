@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from memscan.explain import prediction_agreement, reasons, suggestion
+from memscan.explain import before_learned, prediction_agreement, reasons, suggestion
 from memscan.scores import accumulate
 from memscan.signals import EpochRecord
 from memscan.trajectories import read_epochs, read_predictions, sample_history, write_epoch
@@ -50,6 +50,26 @@ def test_reasons_from_hand_made_trajectories():
     assert why[3].startswith("given label last predicted in training at epoch 1 of 4; predicted dog in 2 of 2 "
                              "late epochs")
     assert "learned: never, after 1 forgetting event" in why[3]
+
+
+def test_what_training_predicted_before_a_sample_was_learned():
+    labels = np.array([0, 1, 2, 0])
+    # 0: cat, predicted ship twice and dog once, learned at epoch 4 (a learned label error: "ship" is the hint);
+    # 1: dog, right from the start (nothing before); 2: ship, never learned (every epoch counts); 3: not seen once
+    preds = [[2, 1, 1, 1], [1, 1, 1, -1], [2, 1, 1, 1], [0, 1, 0, 0]]
+    recs = history(preds, labels)
+    sig = accumulate(recs, 4, peak_epoch=None, window_start=2)
+    cls, count, seen = before_learned(((r.epoch, r.pred) for r in recs), labels, sig.learning_time)
+    assert sig.learning_time.tolist() == [3, 0, 4, 3]
+    assert cls.tolist() == [2, -1, 1, 1] and count.tolist() == [2, 0, 3, 2] and seen.tolist() == [3, 0, 4, 2]
+    scores = {"pred": np.array([0, 1, 2, 0]), "p_pred": np.full(4, 0.9),
+              "category": np.array(["memorized", "ok", "atypical", "memorized"], dtype=object)}
+    agree = prediction_agreement(((r.epoch, r.pred) for r in recs), scores["pred"], window_start=2)
+    why = reasons(sig, scores, labels, CLASSES, agreement=agree, late_epochs=2, earlier=(cls, count, seen))
+    assert "learned: at epoch 4 of 4; before it was learned, predicted ship in 2 of 3 epochs" in why[0]
+    assert "learned: never; in training, predicted dog in 3 of 4 epochs" in why[2]
+    assert "predicted dog in 2 of 2 epochs" in why[3]
+    assert before_learned([(0, None)], labels, sig.learning_time)[0].tolist() == [-1] * 4
 
 
 def test_top_loss_is_named():
