@@ -23,26 +23,10 @@ import numpy as np
 import pandas as pd
 
 from memscan.evaluate import detection_metrics
+from memscan.explain import before_learned
 from memscan.report import read_report
 from memscan.scores import percentile
 from memscan.trajectories import read_predictions
-
-
-def pre_learning_votes(run: Path, labels: np.ndarray, learned: np.ndarray, k: int):
-    """(modal other class, its share of the pre-learning epochs, number of pre-learning epochs seen)."""
-    n = len(labels)
-    votes = np.zeros((n, k), np.int32)
-    seen = np.zeros(n, np.int32)
-    for e, pred in read_predictions(run / "trajectories"):
-        before = (e < learned) & (pred >= 0)
-        idx = np.flatnonzero(before)
-        np.add.at(votes, (idx, pred[idx]), 1)
-        seen += before
-    other = votes.copy()
-    other[np.arange(n), labels] = -1
-    alt = other.argmax(1)
-    share = np.where(seen > 0, votes[np.arange(n), alt] / np.maximum(seen, 1), 0.0)
-    return alt, share, seen
 
 
 def main():
@@ -54,9 +38,9 @@ def main():
     a = ap.parse_args()
     df = read_report(a.run / "report.parquet").to_pandas().sort_values("sample_id").reset_index(drop=True)
     labels = df["label"].to_numpy()
-    k = int(max(labels.max(), df["pred"].max())) + 1
     learned = df["learning_time"].to_numpy()
-    alt, share, seen = pre_learning_votes(a.run, labels, learned, k)
+    alt, count, seen = before_learned(read_predictions(a.run / "trajectories"), labels, learned)
+    share = np.where(seen > 0, count / np.maximum(seen, 1), 0.0)
     truth = None
     if a.truth_json:
         errs = {e["path"] for e in json.loads(a.truth_json.read_text())["error_list"]}

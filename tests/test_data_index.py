@@ -263,21 +263,15 @@ def test_manifest_missing_label_index_in_pair(tmp_path):
     _raises_naming(tmp_path / "d.parquet", match="row 2 has no label in column 'label'")   # no header in Parquet
 
 
-def test_manifest_duplicated_path(tmp_path):
+@pytest.mark.parametrize("again, message", [("a.png", "'a.png' more than once"),
+                                            # one image under two spellings entered the report twice
+                                            ("./a.png", "'./a.png' more than once (also as 'a.png')")])
+def test_manifest_duplicated_path(tmp_path, again, message):
     write_img(tmp_path / "a.png")
     write_img(tmp_path / "b.png")
     m = tmp_path / "m.csv"
-    m.write_text("path,label\na.png,x\nb.png,y\na.png,y\n")
-    _raises_naming(m, match="'a.png' more than once")
-
-
-def test_manifest_same_image_under_two_spellings(tmp_path):
-    """'./a.png' and 'a.png' are one image: listed both ways it entered the report twice."""
-    write_img(tmp_path / "a.png")
-    write_img(tmp_path / "b.png")
-    m = tmp_path / "m.csv"
-    m.write_text("path,label\na.png,x\nb.png,y\n./a.png,y\n")
-    _raises_naming(m, match="'./a.png' more than once (also as 'a.png')")
+    m.write_text(f"path,label\na.png,x\nb.png,y\n{again},y\n")
+    _raises_naming(m, match=message)
 
 
 def test_manifest_without_rows(tmp_path):
