@@ -91,7 +91,7 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
         dist.barrier()
 
         t = time.perf_counter()
-        result, curves = train(prep, cfg, folder, ck, emit)
+        result, curves = train(prep, cfg, folder, ck, emit, fingerprint=table.fingerprint())
         timings["train_s"] = time.perf_counter() - t
         if not dist.is_main:   # rank 0 scores and writes the report; the others are done
             dist.barrier()
@@ -194,8 +194,10 @@ def begin_run(folder: RunFolder, ck, cfg: RunConfig, *, resume: bool, dataset, c
                       "test_dataset": absolute(test_dataset)})
 
 
-def train(prep: Prepared, cfg: RunConfig, folder: RunFolder, ck, emit):
-    """``train.fit`` with the run folder's trajectory, curve and checkpoint writers (rank 0)."""
+def train(prep: Prepared, cfg: RunConfig, folder: RunFolder, ck, emit, *, fingerprint: str):
+    """``train.fit`` with the run folder's trajectory, curve and checkpoint writers (rank 0). ``fingerprint``:
+    the indexed dataset's, which ``checked_checkpoint`` compares on resume (the decoded table's leaves out
+    unreadable images, so a dataset holding one could never be resumed)."""
     main, dist = prep.dist.is_main, prep.dist
     curves: list[dict] = [] if ck is None else [dict(c) for c in ck["curves"]]
     last = {"epoch": None if ck is None else ck["epoch"]}
@@ -208,7 +210,7 @@ def train(prep: Prepared, cfg: RunConfig, folder: RunFolder, ck, emit):
 
     def on_checkpoint(state):
         if main:
-            folder.save_checkpoint(dict(state, config=cfg.to_dict(), fingerprint=prep.table.fingerprint()))
+            folder.save_checkpoint(dict(state, config=cfg.to_dict(), fingerprint=fingerprint))
             last["epoch"] = state["epoch"]
 
     if ck is not None:

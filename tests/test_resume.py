@@ -278,3 +278,22 @@ def test_a_tampered_run_folder_fails_resume_in_one_line(interrupted, tmp_path, c
 def test_the_untouched_interrupted_folder_resumes(interrupted, tmp_path):
     out = tampered_copy(interrupted, tmp_path / "run", lambda out: None)
     assert main(["resume", str(out), "-q"]) == 0 and (out / "report.parquet").exists()
+
+
+def test_a_dataset_with_an_unreadable_image_resumes(data, tmp_path):
+    """The checkpoint kept the decoded table's fingerprint, which leaves unreadable images out, and resume compared
+    it with the index's: such a dataset was always 'changed' and could never be resumed."""
+    import shutil
+    import memscan.run_folder as rf
+    d = tmp_path / "data"
+    shutil.copytree(data, d)
+    (d / "c0" / "broken.png").write_bytes(b"\x89PNG, but not an image")
+    out = tmp_path / "run"
+    finish = rf.RunFolder.finish
+    rf.RunFolder.finish = lambda self: None   # keep the checkpoint, as a kill before the report would
+    try:
+        run(d, RunConfig(**dict(CFG, max_epochs=2)), out=out)
+    finally:
+        rf.RunFolder.finish = finish
+    (out / "report.parquet").unlink()
+    assert main(["resume", str(out), "-q"]) == 0 and (out / "report.parquet").exists()
