@@ -18,7 +18,7 @@ from .text import printable
 
 # In the first bytes of every file these writers produce: ``files.check_output_file`` replaces only such files.
 JUNIT_SIGNATURE = b'<testsuites name="memscan"'
-MARKDOWN_SIGNATURE = b"## memscan"
+MARKDOWN_SIGNATURE = b"## memscan data check"   # the whole title: "## memscan setup" is a user's heading
 
 
 def _offender_line(o: dict) -> str:

@@ -32,7 +32,19 @@ EVAL_SCORES = {
 
 
 def evaluate_run(report, flipped) -> dict:
+    from .errors import ReportError
     df = read_report(report).to_pandas()
+    need = [c for c in EVAL_SCORES if c != "one_minus_p_given"] + ["label", "p_given"]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise ReportError(f"'{report}' lacks the report column(s) {', '.join(missing)}; re-run 'memscan run' to "
+                          "write a complete report")
+    bad = [c for c in need if not np.isfinite(df[c].to_numpy(np.float64)).all()]
+    if bad:
+        raise ReportError(f"'{report}' holds non-finite values in {', '.join(bad)}; re-run 'memscan run'")
+    if df["path"].duplicated().any():
+        raise ReportError(f"'{report}' lists '{df['path'][df['path'].duplicated()].iloc[0]}' more than once; re-run "
+                          "'memscan run'")
     flipped = np.asarray(flipped, bool)
     df["one_minus_p_given"] = 1 - df["p_given"]
     metrics = {name: detection_metrics(sign * df[name].to_numpy(np.float64), flipped)
@@ -42,37 +54,67 @@ def evaluate_run(report, flipped) -> dict:
             "n": len(df), "flipped": int(flipped.sum()), "stop": dataclasses.asdict(meta.stop), "timings": meta.timings}
 
 
+MAX_TRUTH_BYTES = 256 << 20   # a truth file has a short line per image: far more is not one (and /dev/zero never ends)
+TRUE_VALUES, FALSE_VALUES = ("1", "true", "yes"), ("0", "false", "no")
+
+
 def read_truth(truth_file, paths, labels=None, class_names=None) -> np.ndarray:
     """Flip mask aligned with ``paths`` from a CSV with a ``path`` column and either ``flipped``
-    (1/true = the given label is wrong) or ``true_label`` (class index or name)."""
+    (1/true/yes = the given label is wrong, 0/false/no = right) or ``true_label`` (class index or name).
+    Every problem is one ``DatasetError`` naming the file, the row and the fix."""
     import csv
+    import io
     from .errors import DatasetError
+    from .files import is_regular_file
+    p = Path(truth_file)
+    if not is_regular_file(p):
+        raise DatasetError(f"truth file '{p}' does not exist or is not a regular file; pass the truth.csv that "
+                           "eval-noise wrote, or a CSV with path,flipped")
+    if p.stat().st_size > MAX_TRUTH_BYTES:
+        raise DatasetError(f"truth file '{p}' is over {MAX_TRUTH_BYTES >> 20} MiB; it cannot be a truth file")
     try:
-        with open(truth_file, newline="") as f:
-            rows = list(csv.DictReader(f))
+        text = p.read_bytes().decode("utf-8-sig")   # a byte-order mark, as spreadsheets write it, is not a column
     except OSError as e:
-        raise DatasetError(f"cannot read truth file '{truth_file}' ({e.strerror}); pass a CSV file") from None
-    cols = set(rows[0]) if rows else set()
-    if "path" not in cols or not ({"flipped", "true_label"} & cols):
-        raise DatasetError(f"truth file '{truth_file}' needs a 'path' column and a 'flipped' or 'true_label' "
-                           "column")
-    by_path = {r["path"]: r for r in rows}
-    missing = [p for p in paths if p not in by_path]
-    if missing:
-        raise DatasetError(f"truth file '{truth_file}' has no row for '{missing[0]}' ({len(missing)} of the "
-                           f"{len(paths)} dataset paths missing); its paths must be the report's relative paths")
-    if "flipped" in cols:
-        return np.array([by_path[p]["flipped"].strip().lower() in ("1", "true", "yes") for p in paths], bool)
-    names = {n: i for i, n in enumerate(class_names or [])}
-    def idx(v):
-        v = v.strip()
-        return names[v] if v in names else int(v)
+        raise DatasetError(f"cannot read truth file '{p}' ({e.strerror}); pass a CSV file") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"truth file '{p}' is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
-        true = np.array([idx(by_path[p]["true_label"]) for p in paths])
-    except ValueError:
-        raise DatasetError(f"truth file '{truth_file}': true_label values must be class indices or names "
-                           f"({', '.join(class_names or [])})") from None
-    return true != np.asarray(labels)
+        rows = list(reader)
+    except csv.Error as e:   # e.g. a field over the csv module's 128 KiB limit
+        raise DatasetError(f"truth file '{p}' is not readable CSV near row {reader.line_num + 1} ({e})") from None
+    cols = set(reader.fieldnames or ())
+    if "path" not in cols or not ({"flipped", "true_label"} & cols):
+        raise DatasetError(f"truth file '{p}' needs a 'path' column and a 'flipped' or 'true_label' column")
+    column = "flipped" if "flipped" in cols else "true_label"
+    by_path: dict[str, str] = {}
+    for row, r in enumerate(rows, start=2):
+        path, value = r.get("path"), r.get(column)
+        if not isinstance(path, str) or not isinstance(value, str) or not value.strip():
+            raise DatasetError(f"truth file '{p}' row {row} has no {column}; every row needs path and {column}")
+        if path in by_path:
+            raise DatasetError(f"truth file '{p}' row {row} names '{path}' again; keep one row per image")
+        by_path[path] = value.strip()
+    missing = [q for q in paths if q not in by_path]
+    if missing:
+        raise DatasetError(f"truth file '{p}' has no row for '{missing[0]}' ({len(missing)} of the "
+                           f"{len(paths)} dataset paths missing); its paths must be the report's relative paths")
+    values = [by_path[q] for q in paths]
+    if column == "flipped":
+        bad = next((v for v in values if v.lower() not in TRUE_VALUES + FALSE_VALUES), None)
+        if bad is not None:
+            raise DatasetError(f"truth file '{p}': flipped value {bad[:40]!r} is neither 1/true/yes nor 0/false/no")
+        return np.array([v.lower() in TRUE_VALUES for v in values], bool)
+    names = {n: i for i, n in enumerate(class_names or [])}
+    k = len(class_names or [])
+    true = []
+    for v in values:
+        i = names[v] if v in names else int(v) if v.lstrip("-").isdigit() else None
+        if i is None or (k and not 0 <= i < k):
+            raise DatasetError(f"truth file '{p}': true_label {v[:40]!r} is not a class index (0..{k - 1}) or name "
+                               f"({', '.join(class_names or [])})")
+        true.append(i)
+    return np.array(true) != np.asarray(labels)
 
 
 def evaluate_report_with_truth(report, truth_file) -> dict:
@@ -118,6 +160,16 @@ def eval_noise(dataset, cfg: RunConfig | None = None, *, rate: float = 0.2, kind
     if kind != "matrix" and int(round(rate * len(table))) < 1:   # fail now, not after training
         raise ConfigError(f"--rate {rate} flips no label among the {len(table)} samples (round(rate x N) = 0); "
                           f"use a rate of at least {0.5 / len(table):.2g}")
+    if kind != "matrix" and int(round(rate * len(table))) >= len(table):
+        raise ConfigError(f"--rate {rate} flips every one of the {len(table)} labels; detection needs clean samples "
+                          "too: use a lower rate")
+    if matrix_file is not None:   # a bad matrix is refused before any folder or training
+        m = load_matrix(matrix_file, table.num_classes)
+        if np.allclose(np.diag(m), 0):
+            raise ConfigError(f"transition matrix '{matrix_file}' has a zero diagonal: it flips every label; "
+                              "detection needs clean samples too")
+    if len(set(seeds)) != len(list(seeds)):
+        raise ConfigError(f"--seeds {','.join(map(str, seeds))} repeats a seed; each seed is one noise draw and run")
     folder = RunFolder.start(out if out is not None else default_run_path(dataset, suffix="-eval"),
                              guard=DatasetGuard.for_table(table), overwrite=overwrite, kind="eval-noise")
     with folder:

@@ -360,6 +360,14 @@ def compare(run, reference, *, level: float = 0.5) -> dict:
     ref, meta = read_memorization(reference)
     df, name = frame_and_name(run, ["path", "category", "memorization_score", "csg", "sgal", "csl", "learning_time",
                                     "aum", "p_given", "mislabel_score"])
+    if df["path"].duplicated().any():
+        raise ReportError(f"'{name}' lists '{df['path'][df['path'].duplicated()].iloc[0]}' more than once; re-run "
+                          "'memscan run' to write the report again")
+    numeric = ["memorization_score", "csg", "sgal", "csl", "learning_time", "aum", "p_given", "mislabel_score"]
+    bad = [c for c in numeric if not np.isfinite(df[c].to_numpy(np.float64)).all()]
+    if bad:
+        raise ReportError(f"'{name}' holds non-finite values in {', '.join(bad)}; re-run 'memscan run' to write the "
+                          "report again")
     joined = df.merge(ref[["path", "memorization"]], on="path", how="inner")
     if len(joined) < 10:
         raise ReportError(f"only {len(joined)} samples of '{name}' are in the reference (matched by path); compare a "

@@ -164,6 +164,20 @@ def test_check_cli_exit_codes_and_files(edited, tmp_path, capsys, monkeypatch):
     assert json.loads(capsys.readouterr().out) == check_report(run_dir, max_mislabeled=1).to_dict()
 
 
+def test_summary_md_never_replaces_a_users_markdown(edited, tmp_path, capsys):
+    """A note with a '## memscan setup' heading passed the signature check and was overwritten (data loss)."""
+    run_dir, _, _ = edited
+    notes = tmp_path / "NOTES.md"
+    notes.write_text("# Project notes\n\n## memscan setup\n\nWe gate CI with memscan.\n")
+    before = notes.read_text()
+    assert main(["check", str(run_dir), "--max-mislabeled", "1", "--summary-md", str(notes)]) == 2
+    assert "was not written by memscan" in " ".join(capsys.readouterr().err.split())
+    assert notes.read_text() == before
+    ours = tmp_path / "s.md"
+    assert main(["check", str(run_dir), "--max-mislabeled", "1", "--summary-md", str(ours)]) == 0
+    assert main(["check", str(run_dir), "--max-mislabeled", "1", "--summary-md", str(ours)]) == 0   # its own
+
+
 def test_check_baseline_and_diff_cli(edited, capsys):
     run_dir, new, added = edited
     rc = main(["check", str(new), "--baseline", str(run_dir), "--max-new", "1"])

@@ -108,3 +108,72 @@ def test_aggregate_mean_std():
     assert agg["scores"]["a"]["auroc"]["mean"] == pytest.approx(0.85)
     assert agg["scores"]["a"]["auroc"]["std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
     assert agg["category"]["precision"]["mean"] == pytest.approx(0.6)
+
+
+def _truth_file(tmp_path, name, paths, row, header="path,flipped", raw=None):
+    f = tmp_path / name
+    if raw is not None:
+        f.write_bytes(raw)
+        return f
+    f.write_text(header + "\n" + "".join(row(i, p) for i, p in enumerate(paths)))
+    return f
+
+
+TRUTH_CASES = {   # each gave a hang, an internal error (exit 70) or wrong metrics silently (adversarial review)
+    "a pipe": ("fifo", "not a regular file"),
+    "a short row": (lambda i, p: f"{p}\n" if i == 0 else f"{p},{int(i % 5 == 0)}\n", "row 2 has no flipped"),
+    "not true or false": (lambda i, p: f"{p},{'maybe' if i == 3 else int(i % 5 == 0)}\n", "neither 1/true/yes"),
+    "a path twice": (lambda i, p: f"{p},{int(i % 5 == 0)}\n" + (f"{p},1\n" if i == 0 else ""), "again"),
+    "latin-1": (b"path,flipped\n\xe9,1\n", "is not UTF-8"),
+    "a field over 128 KiB": (b"path,flipped\n" + b"a" * 200_000 + b",1\n", "not readable CSV"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRUTH_CASES))
+def test_hostile_truth_files_fail_in_one_line(result, tmp_path, capsys, case):
+    import os
+    run = result["per_seed"][0]["run"]
+    paths = read_report(run).to_pandas()["path"].tolist()
+    spec, match = TRUTH_CASES[case]
+    if spec == "fifo":
+        f = tmp_path / "t.csv"
+        os.mkfifo(f)
+    elif isinstance(spec, bytes):
+        f = _truth_file(tmp_path, "t.csv", paths, None, raw=spec)
+    else:
+        f = _truth_file(tmp_path, "t.csv", paths, spec)
+    assert main(["eval-noise", "--from-run", run, "--truth", str(f)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert match in err and "Traceback" not in err, err
+
+
+def test_truth_with_a_byte_order_mark_and_class_range(result, tmp_path):
+    run = result["per_seed"][0]["run"]
+    df = read_report(run).to_pandas()
+    paths = df["path"].tolist()
+    bom = _truth_file(tmp_path, "bom.csv", paths, None,
+                      raw=b"\xef\xbb\xbf" + ("path,flipped\n" + "".join(f"{p},{int(i % 5 == 0)}\n"
+                                                                       for i, p in enumerate(paths))).encode())
+    assert read_truth(bom, paths).sum() == len(range(0, len(paths), 5))
+    far = _truth_file(tmp_path, "far.csv", paths, lambda i, p: f"{p},99\n", header="path,true_label")
+    with pytest.raises(DatasetError, match="not a class index"):
+        read_truth(far, paths, df["label"].to_numpy(), sorted(set(df["label_name"])))
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--rate", "0.9999"], "flips every one"),
+    (["--seeds", "3,3"], "repeats a seed"),
+    (["--kind", "matrix:FIFO"], "not a regular file"),   # it hung
+    (["--kind", "matrix:PERM"], "zero diagonal"),
+])
+def test_eval_noise_refuses_before_training(digits, tmp_path, capsys, argv, match):
+    """These trained a whole run first, then failed (exit 70 or 2), or hung on a pipe; no folder is made now."""
+    import os
+    os.mkfifo(tmp_path / "fifo.csv")
+    k = 10
+    (tmp_path / "perm.csv").write_text("\n".join(",".join("1" if j == (i + 1) % k else "0" for j in range(k))
+                                                 for i in range(k)) + "\n")
+    argv = [a.replace("FIFO", str(tmp_path / "fifo.csv")).replace("PERM", str(tmp_path / "perm.csv")) for a in argv]
+    assert main(["eval-noise", str(digits), "--out", str(tmp_path / "o"), "--max-epochs", "1", *argv]) == 2
+    assert match in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "o").exists()

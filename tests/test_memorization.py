@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from memscan.config import RunConfig
-from memscan.errors import ConfigError, Interrupted, OutputExistsError, RunFolderError
+from memscan.errors import ConfigError, Interrupted, OutputExistsError, ReportError, RunFolderError
 from memscan.memorization import agreement, estimate, flag_precision, split_half, subset_masks
 from memscan.memorization_run import Plan, compare, memorization, read_memorization
 
@@ -312,6 +312,24 @@ def test_compare_a_run_against_the_reference(estimated, tmp_path):
     assert res["notes"] == []   # the same dataset, every sample in both
     from memscan.cli import main
     assert main(["memorization", str(out), "--compare", str(r.out_dir), "--json"]) == 0
+
+
+def test_compare_refuses_a_tampered_run(estimated, tmp_path):
+    """NaN scores or a path listed twice were compared silently (a NaN row, one sample counted twice)."""
+    import pandas as pd
+    from memscan.pipeline import run
+    from helpers import rewrite_report
+    root, _, out, _ = estimated
+    r = run(root, RunConfig(max_epochs=2, batch_size=16, image_size=8, augment="none", min_epochs=1),
+            out=tmp_path / "run")
+    df = pd.read_parquet(r.out_dir / "report.parquet")
+    nan = rewrite_report(r.out_dir, tmp_path / "nan" / "report.parquet", df.assign(csg=np.nan))
+    with pytest.raises(ReportError, match="non-finite values in csg"):
+        compare(nan, out)
+    twice = rewrite_report(r.out_dir, tmp_path / "twice" / "report.parquet",
+                           df.assign(path=[df["path"].iloc[0]] + df["path"].iloc[:-1].tolist()))
+    with pytest.raises(ReportError, match="more than once"):
+        compare(twice, out)
 
 
 def test_compare_says_when_the_run_is_of_other_images(estimated, tmp_path):

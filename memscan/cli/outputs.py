@@ -29,7 +29,7 @@ def check_ci_paths(report, *, junit: Optional[Path] = None, summary_md: Optional
                                      (summary_md, MARKDOWN_SIGNATURE, "--summary-md", "check.md")):
         if path:
             guard.check_file(path, what=what)
-            check_output_file(path, signature=sig, what=what, example=example)
+            check_output_file(path, signature=sig, what=what, example=example, at_start=sig is MARKDOWN_SIGNATURE)
     if step_summary:
         guard.check_file(step_summary, what="$GITHUB_STEP_SUMMARY")
 

@@ -19,6 +19,7 @@ noisy labels and the flip mask. Kinds:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -38,8 +39,15 @@ class NoisyLabels:
 
 
 def load_matrix(path, num_classes: int) -> np.ndarray:
+    import warnings
+    from ..files import is_regular_file
+    if not is_regular_file(path) or Path(path).stat().st_size > 64 << 20:   # a pipe or /dev/zero: never ends
+        raise ConfigError(f"cannot read transition matrix '{path}' (missing, not a regular file, or over 64 MiB); give "
+                          "a CSV of K rows of K numbers")
     try:
-        m = np.loadtxt(path, delimiter=",", ndmin=2)
+        with warnings.catch_warnings():   # numpy warns about an empty file before the error says so
+            warnings.simplefilter("ignore")
+            m = np.loadtxt(path, delimiter=",", ndmin=2)
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read transition matrix '{path}' ({e}); give a CSV of K rows of K "
                           "numbers") from None
