@@ -186,20 +186,23 @@ def test_mapped_decode_compacts_skipped_images(tmp_path):
 
 
 # ---------------------------------------------------------------- a tampered run folder (adversarial review)
-@pytest.fixture(scope="module")
-def interrupted(data, tmp_path_factory):
+def interrupted_run(data, out, epochs):
     """A run folder as an interruption after its last training epoch leaves it: checkpoint, no report."""
     import memscan.run_folder as rf
-    out = tmp_path_factory.mktemp("intr") / "run"
     finish = rf.RunFolder.finish
     rf.RunFolder.finish = lambda self: None   # keep the checkpoint, as a kill before the report would
     try:
-        run(data, RunConfig(**dict(CFG, max_epochs=3)), out=out)
+        run(data, RunConfig(**dict(CFG, max_epochs=epochs)), out=out)
     finally:
         rf.RunFolder.finish = finish
     (out / "report.parquet").unlink()
     assert (out / CHECKPOINT).exists()
     return out
+
+
+@pytest.fixture(scope="module")
+def interrupted(data, tmp_path_factory):
+    return interrupted_run(data, tmp_path_factory.mktemp("intr") / "run", 3)
 
 
 def tampered_copy(src, dest, edit):
@@ -284,16 +287,8 @@ def test_a_dataset_with_an_unreadable_image_resumes(data, tmp_path):
     """The checkpoint kept the decoded table's fingerprint, which leaves unreadable images out, and resume compared
     it with the index's: such a dataset was always 'changed' and could never be resumed."""
     import shutil
-    import memscan.run_folder as rf
     d = tmp_path / "data"
     shutil.copytree(data, d)
     (d / "c0" / "broken.png").write_bytes(b"\x89PNG, but not an image")
-    out = tmp_path / "run"
-    finish = rf.RunFolder.finish
-    rf.RunFolder.finish = lambda self: None   # keep the checkpoint, as a kill before the report would
-    try:
-        run(d, RunConfig(**dict(CFG, max_epochs=2)), out=out)
-    finally:
-        rf.RunFolder.finish = finish
-    (out / "report.parquet").unlink()
+    out = interrupted_run(d, tmp_path / "run", 2)
     assert main(["resume", str(out), "-q"]) == 0 and (out / "report.parquet").exists()
