@@ -274,8 +274,10 @@ def _leak_gate(report, name: str, lim: int, top: int) -> GateResult:
     except (KeyError, TypeError, ValueError):
         raise ReportError(f"'{name}' has damaged leak figures in its metadata; re-run 'memscan run --test'") from None
     ok = m <= lim
+    skipped = test.get("skipped") if isinstance(test.get("skipped"), int) else 0
     msg = (f"{m} of {n} test images duplicate training images ({differs} with another label) "
-           + (f"<= limit {lim}" if ok else f"> limit {lim}: over by {m - lim}"))
+           + (f"<= limit {lim}" if ok else f"> limit {lim}: over by {m - lim}")
+           + (f"; {skipped} unreadable test images were not checked" if skipped else ""))
     offenders = []
     leaks_file = resolve_report_path(report).parent / "leaks.parquet"
     if not ok and leaks_file.is_file():

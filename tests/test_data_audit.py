@@ -195,3 +195,17 @@ def test_run_check_max_leaks_needs_test(tmp_path, capsys):
     assert main(["run", str(data), "--out", str(tmp_path / "r"), "--check", "max-leaks=0"]) == 2
     assert "add --test" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_unreadable_test_images_are_named_in_the_summary_and_the_leak_gate(tmp_path, capsys):
+    """They were skipped without a word, and the leak gate passed as if it had checked them."""
+    from memscan.cli import main
+    data = digits_folder(tmp_path / "train", per_class=20, classes=2)
+    test = digits_folder(tmp_path / "test", per_class=5, classes=2)
+    (test / "c0" / "broken.png").write_bytes(b"\x89PNG, but not an image")
+    assert main(["run", str(data), "--test", str(test), "--out", str(tmp_path / "run"), "--max-epochs", "2",
+                 "--image-size", "8", "--batch-size", "16", "--min-epochs", "1"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "1 unreadable test images skipped: the leak check does not cover them" in out
+    gate = check_report(tmp_path / "run", max_leaks=100).gates[0]
+    assert gate.passed and "1 unreadable test images were not checked" in gate.message

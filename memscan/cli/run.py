@@ -29,6 +29,10 @@ def print_summary(s: dict, title: str = "memscan run") -> None:
     if s["skipped"]:
         console.print(f"[yellow]{len(s['skipped'])} unreadable images skipped[/], e.g. {safe(s['skipped'][0]['path'])} "
                       f"({safe(s['skipped'][0]['error'])})", highlight=False)
+    test = (s.get("audit") or {}).get("test") or {}
+    if test.get("skipped"):   # their leaks were not checked: say so, as for unreadable training images
+        console.print(f"[yellow]{test['skipped']} unreadable test images skipped[/]: the leak check does not cover them",
+                      highlight=False)
     t = Table(title="top 10 suspects (by mislabel_score)", title_justify="left")
     for col in ("rank", "path", "given", "predicted", "p", "score", "category"):
         t.add_column(col, overflow="fold")
