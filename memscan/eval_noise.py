@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .evaluate import detection_metrics, flag_metrics
 from .files import write_json_atomic, write_text_atomic
 from .pipeline import run
-from .report import read_metadata, read_report
+from .report import checked_scores, read_metadata, read_report
 from .run_folder import RunFolder, default_run_path
 
 # score column -> sign that makes "higher = more suspicious"
@@ -32,19 +32,8 @@ EVAL_SCORES = {
 
 
 def evaluate_run(report, flipped) -> dict:
-    from .errors import ReportError
     df = read_report(report).to_pandas()
-    need = [c for c in EVAL_SCORES if c != "one_minus_p_given"] + ["label", "p_given"]
-    missing = [c for c in need if c not in df.columns]
-    if missing:
-        raise ReportError(f"'{report}' lacks the report column(s) {', '.join(missing)}; re-run 'memscan run' to "
-                          "write a complete report")
-    bad = [c for c in need if not np.isfinite(df[c].to_numpy(np.float64)).all()]
-    if bad:
-        raise ReportError(f"'{report}' holds non-finite values in {', '.join(bad)}; re-run 'memscan run'")
-    if df["path"].duplicated().any():
-        raise ReportError(f"'{report}' lists '{df['path'][df['path'].duplicated()].iloc[0]}' more than once; re-run "
-                          "'memscan run'")
+    checked_scores(df, [c for c in EVAL_SCORES if c != "one_minus_p_given"] + ["label", "p_given"], report)
     flipped = np.asarray(flipped, bool)
     df["one_minus_p_given"] = 1 - df["p_given"]
     metrics = {name: detection_metrics(sign * df[name].to_numpy(np.float64), flipped)
@@ -163,9 +152,10 @@ def eval_noise(dataset, cfg: RunConfig | None = None, *, rate: float = 0.2, kind
     if kind != "matrix" and int(round(rate * len(table))) >= len(table):
         raise ConfigError(f"--rate {rate} flips every one of the {len(table)} labels; detection needs clean samples "
                           "too: use a lower rate")
-    if matrix_file is not None:   # a bad matrix is refused before any folder or training
-        m = load_matrix(matrix_file, table.num_classes)
-        if np.allclose(np.diag(m), 0):
+    matrix = None
+    if matrix_file is not None:   # a bad matrix is refused before any folder or training, and read once
+        matrix = load_matrix(matrix_file, table.num_classes)
+        if np.allclose(np.diag(matrix), 0):
             raise ConfigError(f"transition matrix '{matrix_file}' has a zero diagonal: it flips every label; "
                               "detection needs clean samples too")
     if len(set(seeds)) != len(list(seeds)):
@@ -176,7 +166,7 @@ def eval_noise(dataset, cfg: RunConfig | None = None, *, rate: float = 0.2, kind
         folder.begun = True
         folder.reset(kind="eval-noise")
         reference = _reference(table, cfg, folder, cache_dir, progress) if kind == "instance" else None
-        per_seed = [_one_seed(dataset, cfg, folder, seed, rate=rate, kind=kind, matrix_file=matrix_file,
+        per_seed = [_one_seed(dataset, cfg, folder, seed, rate=rate, kind=kind, matrix=matrix,
                               overwrite=overwrite, cache_dir=cache_dir, progress=progress, encoding=encoding,
                               reference=reference)
                     for seed in seeds]
@@ -196,14 +186,13 @@ def _reference(table, cfg, folder, cache_dir, progress) -> dict:
     return {p: row for p, row in zip(paths, probs)}
 
 
-def _one_seed(dataset, cfg, folder, seed, *, rate, kind, matrix_file, overwrite, cache_dir, progress, encoding,
+def _one_seed(dataset, cfg, folder, seed, *, rate, kind, matrix, overwrite, cache_dir, progress, encoding,
               reference=None):
     holder = {}
 
     def relabel(table):
-        m = load_matrix(matrix_file, table.num_classes) if matrix_file else None
         probs = None if reference is None else np.stack([reference[p] for p in table.paths])
-        noisy = inject_noise(table.labels, table.num_classes, rate=rate, kind=kind, seed=seed, matrix=m, probs=probs)
+        noisy = inject_noise(table.labels, table.num_classes, rate=rate, kind=kind, seed=seed, matrix=matrix, probs=probs)
         if not noisy.flipped.any():
             raise ConfigError(f"--kind {kind} at --rate {rate} flipped no label; use a higher rate")
         holder["noise"] = noisy

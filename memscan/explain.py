@@ -32,32 +32,24 @@ def prediction_agreement(predictions, target: np.ndarray, *, window_start: int) 
         return np.where(seen > 0, hits / np.maximum(seen, 1), np.nan).astype(np.float32)
 
 
-def before_learned(predictions, labels: np.ndarray, learning_time: np.ndarray) -> tuple[np.ndarray, np.ndarray,
-                                                                                        np.ndarray]:
+def before_learned(predictions, labels: np.ndarray, learning_time: np.ndarray, num_classes: int) -> tuple[
+        np.ndarray, np.ndarray, np.ndarray]:
     """(class, count, epochs) per sample: the class other than the given label that the training steps predicted
     most often before the sample was learned (epochs < ``learning_time``, 0-based), how many of those epochs
     predicted it, and how many were recorded. A label error the model learned late was, until then, mostly
     predicted as its true class: on MNIST's 15 human-validated test-set errors that class was the raters' in
-    13 (BENCHMARKS.md §21). Count 0 where no such epoch predicted another class."""
+    13 (BENCHMARKS.md §21). Class -1 and count 0 where no such epoch predicted another class."""
     labels = np.asarray(labels)
     n = len(labels)
-    votes: np.ndarray | None = None
+    votes = np.zeros((n, num_classes), np.int32)
     seen = np.zeros(n, np.int32)
     for epoch, pred in predictions:
         if pred is None:
             continue
-        before = (epoch < learning_time) & (pred >= 0) & (pred != labels)
-        seen += (epoch < learning_time) & (pred >= 0)
-        idx = np.flatnonzero(before)
-        k = int(max(labels.max(initial=0), pred.max(initial=0))) + 1
-        if votes is None or votes.shape[1] < k:
-            grown = np.zeros((n, k), np.int32)
-            if votes is not None:
-                grown[:, :votes.shape[1]] = votes
-            votes = grown
+        before = (epoch < learning_time) & (pred >= 0)
+        seen += before
+        idx = np.flatnonzero(before & (pred != labels))
         np.add.at(votes, (idx, pred[idx].astype(np.int64)), 1)
-    if votes is None:
-        return np.full(n, -1, np.int64), np.zeros(n, np.int32), seen
     cls = votes.argmax(1)
     count = votes[np.arange(n), cls]
     return np.where(count > 0, cls, -1), count, seen

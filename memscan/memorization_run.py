@@ -356,18 +356,12 @@ def compare(run, reference, *, level: float = 0.5) -> dict:
     against reference memorization above ``level``, each beside ``split_half_precision``: what the same number
     of flags reaches when taken from half the reference models (when the folder holds the model files)."""
     from .memorization import COMPARED, agreement, flag_precision, split_half_precision
-    from .report import frame_and_name
+    from .report import checked_scores, frame_and_name
     ref, meta = read_memorization(reference)
     df, name = frame_and_name(run, ["path", "category", "memorization_score", "csg", "sgal", "csl", "learning_time",
                                     "aum", "p_given", "mislabel_score"])
-    if df["path"].duplicated().any():
-        raise ReportError(f"'{name}' lists '{df['path'][df['path'].duplicated()].iloc[0]}' more than once; re-run "
-                          "'memscan run' to write the report again")
-    numeric = ["memorization_score", "csg", "sgal", "csl", "learning_time", "aum", "p_given", "mislabel_score"]
-    bad = [c for c in numeric if not np.isfinite(df[c].to_numpy(np.float64)).all()]
-    if bad:
-        raise ReportError(f"'{name}' holds non-finite values in {', '.join(bad)}; re-run 'memscan run' to write the "
-                          "report again")
+    checked_scores(df, ["memorization_score", "csg", "sgal", "csl", "learning_time", "aum", "p_given",
+                        "mislabel_score"], name)
     joined = df.merge(ref[["path", "memorization"]], on="path", how="inner")
     if len(joined) < 10:
         raise ReportError(f"only {len(joined)} samples of '{name}' are in the reference (matched by path); compare a "

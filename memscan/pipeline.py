@@ -307,7 +307,8 @@ def explain(sig, scores: dict, prep: Prepared, folder: RunFolder, *, window_star
     """The suggested label, the late window's agreement with it, and a reason for every flagged sample."""
     sugg, p_sugg = suggestion(scores)
     agree = prediction_agreement(read_predictions(folder.trajectories), sugg, window_start=window_start)
-    earlier = before_learned(read_predictions(folder.trajectories), prep.labels, sig.learning_time)
+    earlier = before_learned(read_predictions(folder.trajectories), prep.labels, sig.learning_time,
+                             prep.table.num_classes)
     why = reasons(sig, scores, prep.labels, prep.table.class_names, agreement=agree, late_epochs=late_epochs,
                   earlier=earlier)
     return {"suggested_label": sugg, "p_suggested": p_sugg, "suggestion_agreement": agree, "reason": why}

@@ -255,6 +255,23 @@ def checked_paths(table, p, classes=None) -> None:
                 damaged(f"its {c} column holds class indices outside 0..{len(classes) - 1}")
 
 
+def checked_scores(df, columns, name) -> None:
+    """A reader that computes with ``columns`` of a report frame needs them present and finite, and one row per
+    path (a row listed twice would count one sample twice): otherwise the report is damaged, in one line."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ReportError(f"'{name}' lacks the report column(s) {', '.join(missing)}; re-run 'memscan run' to write "
+                          "a complete report")
+    bad = [c for c in columns if not np.isfinite(df[c].to_numpy(np.float64)).all()]
+    if bad:
+        raise ReportError(f"'{name}' holds non-finite values in {', '.join(bad)}; re-run 'memscan run' to write the "
+                          "report again")
+    twice = df["path"][df["path"].duplicated()]
+    if len(twice):
+        raise ReportError(f"'{name}' lists '{twice.iloc[0]}' more than once; re-run 'memscan run' to write the report "
+                          "again")
+
+
 def read_metadata(path) -> ReportMeta:
     p = resolve_report_path(path)
     try:

@@ -24,7 +24,7 @@ import pandas as pd
 
 from memscan.evaluate import detection_metrics
 from memscan.explain import before_learned
-from memscan.report import read_report
+from memscan.report import read_metadata, read_report
 from memscan.scores import percentile
 from memscan.trajectories import read_predictions
 
@@ -39,7 +39,8 @@ def main():
     df = read_report(a.run / "report.parquet").to_pandas().sort_values("sample_id").reset_index(drop=True)
     labels = df["label"].to_numpy()
     learned = df["learning_time"].to_numpy()
-    alt, count, seen = before_learned(read_predictions(a.run / "trajectories"), labels, learned)
+    alt, count, seen = before_learned(read_predictions(a.run / "trajectories"), labels, learned,
+                                       len(read_metadata(a.run / "report.parquet").dataset.classes))
     share = np.where(seen > 0, count / np.maximum(seen, 1), 0.0)
     truth = None
     if a.truth_json:

@@ -59,7 +59,7 @@ def test_what_training_predicted_before_a_sample_was_learned():
     preds = [[2, 1, 1, 1], [1, 1, 1, -1], [2, 1, 1, 1], [0, 1, 0, 0]]
     recs = history(preds, labels)
     sig = accumulate(recs, 4, peak_epoch=None, window_start=2)
-    cls, count, seen = before_learned(((r.epoch, r.pred) for r in recs), labels, sig.learning_time)
+    cls, count, seen = before_learned(((r.epoch, r.pred) for r in recs), labels, sig.learning_time, 3)
     assert sig.learning_time.tolist() == [3, 0, 4, 3]
     assert cls.tolist() == [2, -1, 1, 1] and count.tolist() == [2, 0, 3, 2] and seen.tolist() == [3, 0, 4, 2]
     scores = {"pred": np.array([0, 1, 2, 0]), "p_pred": np.full(4, 0.9),
@@ -69,7 +69,7 @@ def test_what_training_predicted_before_a_sample_was_learned():
     assert "learned: at epoch 4 of 4; before it was learned, predicted ship in 2 of 3 epochs" in why[0]
     assert "learned: never; in training, predicted dog in 3 of 4 epochs" in why[2]
     assert "predicted dog in 2 of 2 epochs" in why[3]
-    assert before_learned([(0, None)], labels, sig.learning_time)[0].tolist() == [-1] * 4
+    assert before_learned([(0, None)], labels, sig.learning_time, 3)[0].tolist() == [-1] * 4
 
 
 def test_top_loss_is_named():
