@@ -12,14 +12,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import distributed
+from . import distributed, whitening
 from .config import RunConfig
 from .data import load_images, load_index
 from .data.cache import memory_budget
 from .data.index import SampleTable
 from .data.loader import InMemorySource, channel_stats
 from .errors import ConfigError
-from .models import create_model, freeze_body, is_conv_net
+from .models import BUILTIN, create_model, freeze_body, is_conv_net
 from .train import resolve_device, resolve_precision
 
 
@@ -45,6 +45,7 @@ class Prepared:
     val_source: InMemorySource | None = None
     notes: list = field(default_factory=list)       # one-line notes for the user (e.g. a rebuilt cache)
     sizes: np.ndarray | None = None                 # int32 [N, 2]: each image's own (width, height)
+    stem_weight: torch.Tensor | None = None         # the whitened first layer every fresh model starts from
 
     def subset(self, idx) -> InMemorySource:
         """The samples ``idx`` as a source with the same normalisation, device and layout (a fold of
@@ -57,6 +58,8 @@ class Prepared:
         """A newly initialised model (seed with ``torch.manual_seed`` first) on the same device and layout."""
         cfg = cfg or self.cfg
         model = build_model(cfg, self.table.num_classes)
+        if self.stem_weight is not None and whitens(cfg):
+            whitening.apply_stem(model, self.stem_weight)
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
@@ -73,6 +76,11 @@ def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
     if cfg.freeze:
         freeze_body(model)
     return model
+
+
+def whitens(cfg: RunConfig) -> bool:
+    """The whitened stem is for memscan's own CNNs trained from scratch (``--stem whiten``)."""
+    return cfg.stem == "whiten" and cfg.model in BUILTIN and not (cfg.weights or cfg.pretrained)
 
 
 def model_input_size(model_name: str, model) -> int:
@@ -112,6 +120,10 @@ def prepare(table: SampleTable, cfg: RunConfig, *, dist: distributed.Dist | None
         mean, std = list(pcfg["mean"]), list(pcfg["std"])
     else:
         mean, std = channel_stats(decoded.images)
+    stem_weight = None
+    if whitens(cfg):   # the same images and seed on every rank give every rank the same weight
+        stem_weight = whitening.stem_weight(decoded.images, mean, std, whitening.first_conv(model), seed=cfg.seed)
+        whitening.apply_stem(model, stem_weight)
     channels_last = cfg.channels_last if cfg.channels_last is not None else (
         device.type in ("cpu", "cuda") and is_conv_net(model))
     model = model.to(device)
@@ -123,7 +135,7 @@ def prepare(table: SampleTable, cfg: RunConfig, *, dist: distributed.Dist | None
                     source=source, device=device, dtype=dtype, dist=dist, channels_last=channels_last, mean=mean,
                     std=std, image_size=int(decoded.images.shape[-1]), skipped=table.unreadable + decoded.skipped,
                     from_cache=decoded.from_cache, mapped=isinstance(decoded.images, np.memmap),
-                    notes=list(decoded.notes), sizes=decoded.sizes)
+                    notes=list(decoded.notes), sizes=decoded.sizes, stem_weight=stem_weight)
     if val_dataset is not None:
         prep.val_source = _validation_source(val_dataset, prep, cfg, cache_dir)
     return prep

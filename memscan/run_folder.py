@@ -311,6 +311,8 @@ class RunFolder:
             raise RunFolderError(f"'{self.run_args}' holds an invalid {', '.join(wrong) or 'relabelled'} (a path or "
                                  "null expected); the run cannot be resumed: start a new run")
         from .config import RunConfig
+        # a run started before --stem existed trained its first layer from a random init, whatever the default
+        args["config"].setdefault("stem", "learned")
         try:
             RunConfig.from_dict(args["config"])
         except ConfigError as e:

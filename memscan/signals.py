@@ -201,14 +201,21 @@ def weight_norms(model: nn.Module) -> dict:
     * ``norm``: normalisation-layer scales and shifts, which weight decay shrinks from their
       initial 1 from the first epoch on and which would hide the peak in a total;
     * ``total``: every parameter, biases included.
+
+    A whitened stem (``whitening.apply_stem``) is left out of all three: it is fixed, and its large constant
+    norm would flatten the curve's relative rise that the peak detector reads.
     """
-    norm_params = set()
+    norm_params, fixed = set(), set()
     for m in model.modules():
         if isinstance(m, NORM_LAYERS):
             norm_params.update(id(p) for p in m.parameters(recurse=False))
+        if getattr(m, "memscan_fixed", False):
+            fixed.update(id(p) for p in m.parameters(recurse=False))
     sq = {"weight": 0.0, "norm": 0.0, "bias": 0.0}
     with torch.no_grad():
         for p in model.parameters():
+            if id(p) in fixed:
+                continue
             v = float(p.detach().float().pow(2).sum())
             if id(p) in norm_params:
                 sq["norm"] += v

@@ -213,12 +213,14 @@ def test_damaged_model_file_is_retrained(estimated, tmp_path):
                                atol=1e-6)
 
 
-def _edit_model_file(path, *, p_given=None, **config):
+def _edit_model_file(path, *, p_given=None, drop=(), **config):
     import pyarrow as pa
     import pyarrow.parquet as pq
     t = pq.read_table(path)
     meta = json.loads(t.schema.metadata[b"memscan"])
     meta["config"].update(config)
+    for key in drop:
+        del meta["config"][key]
     if p_given is not None:
         t = t.set_column(t.column_names.index("p_given"), "p_given", pa.array(np.full(len(t), p_given, np.float32)))
     pq.write_table(t.replace_schema_metadata({b"memscan": json.dumps(meta).encode()}), path)
@@ -234,13 +236,37 @@ def test_model_files_of_another_recipe_or_impossible_probabilities_are_retrained
     (copy / "checkpoint.pt").write_bytes(b"")   # not finished: resumable
     _edit_model_file(copy / "models" / "model-0002.parquet", p_given=7.5)
     _edit_model_file(copy / "models" / "model-0005.parquet", max_epochs=999)
+    # written before --stem existed: its model had a learned stem, which this plan trains too, so it is kept
+    assert CFG.stem == "learned"
+    _edit_model_file(copy / "models" / "model-0006.parquet", drop=("stem",))
     memorization(root, CFG, Plan(models=8, subset=0.5), out=copy, resume=True)
+    meta6 = json.loads(pq.read_schema(copy / "models" / "model-0006.parquet").metadata[b"memscan"])
+    assert "stem" not in meta6["config"]
     p = pq.read_table(copy / "models" / "model-0002.parquet").column("p_given").to_numpy()
     assert ((p >= 0) & (p <= 1)).all()
     meta = json.loads(pq.read_schema(copy / "models" / "model-0005.parquet").metadata[b"memscan"])
     assert meta["config"]["max_epochs"] == CFG.max_epochs
     np.testing.assert_allclose(read_memorization(copy)[0]["memorization"], read_memorization(out)[0]["memorization"],
                                atol=1e-6)
+
+
+def test_a_model_file_from_before_the_stem_option_is_not_taken_for_a_whitened_one(estimated, tmp_path):
+    import shutil
+    import pyarrow.parquet as pq
+    import memscan.memorization_run as mr
+    from memscan.run_folder import RunFolder
+    _, _, out, _ = estimated
+    copy = tmp_path / "legacy"
+    shutil.copytree(out, copy)
+    f = copy / "models" / "model-0003.parquet"
+    _edit_model_file(f, drop=("stem",))
+    t = pq.read_table(f)
+    mask, paths = t.column("in_subset").to_numpy(), t.column("path").to_pylist()
+    folder = RunFolder(copy)
+    learned, whiten = mr.model_config(CFG, 3), mr.model_config(CFG.replace(stem="whiten"), 3)
+    assert mr._load_model_file(folder, 3, mask, paths, learned) is not None     # kept: learned, as it was
+    assert mr._load_model_file(folder, 3, mask, paths, whiten) is None          # retrained
+    assert not f.exists()
 
 
 def test_hostile_files_in_a_reference_folder_fail_in_one_line(estimated, tmp_path):

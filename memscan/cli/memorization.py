@@ -25,6 +25,8 @@ def memorization_cmd(
     schedule: str = typer.Option("cosine", help="Learning-rate schedule of each model: cosine fits to the end."),
     model: str = typer.Option("memscan-cnn", help="Architecture (as in 'memscan run')."),
     weights: Optional[str] = typer.Option(None, help="Local pretrained weights each model starts from."),
+    stem: str = typer.Option("learned", help="memscan's CNNs from scratch: learned | whiten (a fixed, whitened "
+                             "first layer, as 'memscan run --stem whiten')."),
     image_size: Optional[int] = typer.Option(None, help="Pixels (default: native size when all agree)."),
     augment: str = typer.Option("crop-flip", help="crop-flip | crop | none."),
     lr: float = typer.Option(0.05, help="Peak learning rate (0.05 with the cosine schedule fitted 98% of a 1,400-image "
@@ -59,7 +61,7 @@ def memorization_cmd(
         typer.echo(dumps(res)) if as_json else print_compare(res)
         return
     from ..memorization_run import Plan, memorization
-    cfg = RunConfig(model=model, weights=weights, image_size=image_size, augment=augment, lr=lr, batch_size=batch_size,
+    cfg = RunConfig(model=model, weights=weights, stem=stem, image_size=image_size, augment=augment, lr=lr, batch_size=batch_size,
                     max_epochs=epochs, schedule=schedule, seed=seed, device=device, precision=precision,
                     workers=workers, stop="none", anneal_epochs=0)
     with RunProgress(quiet=quiet or as_json) as prog:

@@ -34,6 +34,9 @@ RUN_OPTIONS = [  # (name, type, default, typer option)
                                               "--body-lr 0.1).")),
     ("body_lr", Optional[float], None, _O(None, help="With a prior model: learning-rate factor of every layer but "
                                           "the head (default: 0.1; 1 from scratch).")),
+    ("stem", str, "learned", _O("learned", help="memscan's CNNs from scratch: learned | whiten: the first layer "
+                                "fixed to the data's whitened patch directions (25% faster epochs, better ranking "
+                                "at the stop, more flags on nearly clean data; BENCHMARKS.md §22).")),
     ("image_size", Optional[int], None, _O(None, help="Pixels (default: native size when all agree).")),
     ("augment", str, "crop-flip", _O("crop-flip", help="crop-flip | crop | none (batched on the device).")),
     ("no_augment", bool, False, _O(False, "--no-augment", help="Same as --augment none.")),

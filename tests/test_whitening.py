@@ -1,0 +1,166 @@
+"""The whitened stem: its weight decorrelates the data's patches, is the same on every run, stays fixed in
+training, and reaches exactly the models it is meant for."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from memscan import whitening
+from memscan.config import RunConfig
+from memscan.crossfit import reference_config
+from memscan.data import load_index
+from memscan.models import MemscanCNN
+from memscan.prepare import prepare
+from memscan.run_folder import RunFolder
+from memscan.signals import Recorder
+from memscan.train import fit
+
+from helpers import digits_folder
+
+CFG = RunConfig(max_epochs=2, batch_size=16, image_size=8, augment="crop", min_epochs=1, stop="none",
+                precision="fp32", stem="whiten")
+
+
+def correlated_images(n=400, size=12, seed=0):
+    """uint8 [n, 3, size, size] with strongly correlated channels and smooth, correlated pixels."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n, 1, size + 2, size + 2))
+    smooth = (base[..., :-2, :-2] + base[..., 1:-1, 1:-1] + base[..., 2:, 2:]) / 3
+    colour = smooth * np.array([1.0, 0.8, 0.6]).reshape(1, 3, 1, 1) + 0.2 * rng.normal(size=(n, 3, size, size))
+    return np.clip(128 + 50 * colour, 0, 255).astype(np.uint8)
+
+
+def normalised(images):
+    x = images.astype(np.float64) / 255
+    mean = x.mean(axis=(0, 2, 3))
+    std = x.std(axis=(0, 2, 3))
+    return list(mean), list(std)
+
+
+def test_the_weight_whitens_the_strongest_patch_directions():
+    images = correlated_images()
+    mean, std = normalised(images)
+    conv = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+    w = whitening.stem_weight(images, mean, std, conv)
+    assert w.shape == (16, 3, 3, 3) and torch.isfinite(w).all()
+    assert torch.equal(w[8:], -w[:8])                                   # +/- pairs
+    x = (torch.from_numpy(images).double() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(
+        1, 3, 1, 1)
+    out = nn.functional.conv2d(x, w[:8].double())                       # valid positions: the patches themselves
+    flat = out.transpose(0, 1).reshape(8, -1)
+    cov = torch.cov(flat, correction=0)
+    var = torch.diagonal(cov)
+    # each direction's variance v comes out as v / (v + EPS): about 1 for the strong ones, less for the weak ones
+    val = np.linalg.eigvalsh(whitening.patch_covariance(images, mean, std, 3))[::-1][:8]
+    assert np.allclose(var.numpy(), val / (val + whitening.EPS), rtol=1e-5)  # float32 weight
+    assert var[0] > 0.99 and bool((var[:-1] >= var[1:] - 1e-9).all())
+    off = cov - torch.diag(var)
+    assert float(off.abs().max()) < 1e-6                                # decorrelated
+
+
+def test_the_weight_is_deterministic_and_its_signs_canonical():
+    images = correlated_images()
+    mean, std = normalised(images)
+    conv = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+    a = whitening.stem_weight(images, mean, std, conv)
+    b = whitening.stem_weight(images.copy(), mean, std, conv)
+    assert torch.equal(a, b)
+    rows = a[:8].flatten(1)
+    assert bool((rows.gather(1, rows.abs().argmax(1, keepdim=True)) > 0).all())
+
+
+def test_grey_images_and_odd_filter_counts_give_finite_weights():
+    grey = np.repeat(correlated_images()[:, :1], 3, axis=1)             # R = G = B: a rank-deficient covariance
+    mean, std = normalised(grey)
+    w = whitening.stem_weight(grey, mean, std, nn.Conv2d(3, 7, 3, bias=False))
+    assert w.shape == (7, 3, 3, 3) and torch.isfinite(w).all()
+    assert torch.equal(w[3:6], -w[:3]) and torch.equal(w[6], w[0])
+    with pytest.raises(ValueError, match="cannot whiten"):
+        whitening.stem_weight(grey, mean, std, nn.Conv2d(3, 6, 3, groups=3, bias=False))
+
+
+def test_large_sets_are_sampled_with_the_seed(monkeypatch):
+    monkeypatch.setattr(whitening, "SAMPLE_IMAGES", 100)
+    images = correlated_images(n=300)
+    mean, std = normalised(images)
+    a = whitening.patch_covariance(images, mean, std, 3, seed=0)
+    assert np.array_equal(a, whitening.patch_covariance(images, mean, std, 3, seed=0))
+    assert not np.array_equal(a, whitening.patch_covariance(images, mean, std, 3, seed=1))
+
+
+def test_the_stem_stays_fixed_in_training_and_the_input_gradient_flows():
+    images = correlated_images(n=64, size=16)
+    mean, std = normalised(images)
+    model = MemscanCNN(3)
+    w = whitening.stem_weight(images, mean, std, model.features[0])
+    whitening.apply_stem(model, w)
+    assert not model.features[0].weight.requires_grad
+    x = torch.randn(4, 3, 16, 16, requires_grad=True)
+    model(x).sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    assert model.features[0].weight.grad is None and torch.equal(model.features[0].weight, w)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return digits_folder(tmp_path_factory.mktemp("whiten") / "digits", per_class=12, classes=3)
+
+
+def test_prepare_whitens_memscan_cnn_from_scratch_and_every_fresh_model(data):
+    prep = prepare(load_index(data), CFG)
+    stem = prep.model.features[0].weight
+    assert prep.stem_weight is not None and torch.equal(stem, prep.stem_weight) and not stem.requires_grad
+    torch.manual_seed(1)
+    fresh = prep.fresh_model()
+    assert torch.equal(fresh.features[0].weight, prep.stem_weight) and not fresh.features[0].weight.requires_grad
+    assert not torch.equal(fresh.features[3].weight, prep.model.features[3].weight)   # the rest starts anew
+    fit(prep.model, prep.source, CFG, recorder=Recorder(len(prep.source)))
+    assert torch.equal(prep.model.features[0].weight, prep.stem_weight)
+    assert fresh.features[0].weight.data_ptr() != prep.model.features[0].weight.data_ptr()
+
+
+def test_learned_stems_priors_and_timm_models_are_left_alone(data, tmp_path):
+    prep = prepare(load_index(data), CFG.replace(stem="learned"))
+    assert prep.stem_weight is None and prep.model.features[0].weight.requires_grad
+    weights = tmp_path / "prior.pt"
+    torch.save(MemscanCNN(3).state_dict(), weights)
+    prior = prepare(load_index(data), CFG.replace(weights=str(weights)))
+    assert prior.stem_weight is None and prior.model.features[0].weight.requires_grad
+    assert torch.equal(prior.model.features[0].weight, torch.load(weights)["features.0.weight"])
+
+
+def test_the_instance_noise_reference_keeps_a_learned_stem():
+    assert reference_config(RunConfig()).stem == "learned"
+
+
+def test_the_stem_is_opt_in():
+    assert RunConfig().stem == "learned"
+
+
+def test_a_run_started_before_the_option_resumes_with_a_learned_stem(tmp_path):
+    from memscan.errors import ConfigError
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    cfg = RunConfig().to_dict()
+    del cfg["stem"]
+    args = {"dataset": "d", "config": cfg, "cache_dir": None, "val_dataset": None, "path_column": None,
+            "label_column": None, "relabelled": False}
+    folder.run_args.write_text(json.dumps(args))
+    assert folder.load_args()["config"]["stem"] == "learned"
+    with pytest.raises(ConfigError, match="stem"):
+        RunConfig(stem="pca")
+
+
+def test_the_fixed_stem_stays_out_of_the_weight_norm():
+    from memscan.signals import weight_norms
+    images = correlated_images(n=64, size=16)
+    mean, std = normalised(images)
+    model = MemscanCNN(3)
+    with torch.no_grad():
+        model.features[0].weight.zero_()
+    before = weight_norms(model)
+    whitening.apply_stem(model, whitening.stem_weight(images, mean, std, model.features[0]))
+    model = model.to(memory_format=torch.channels_last)                # the mark survives a layout change
+    assert weight_norms(model) == pytest.approx(before, rel=1e-6)        # the layout changes the summation order
