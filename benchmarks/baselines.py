@@ -58,6 +58,8 @@ def main():
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-cleanlab", action="store_true")
+    ap.add_argument("--stem", default="learned", choices=["learned", "whiten"],
+                    help="memscan-cnn's first layer on both sides (BENCHMARKS.md §22)")
     ap.add_argument("--weights", help="a prior model both sides fine-tune from (memscan's automatic fine-tuning "
                                       "recipe; cleanlab's fold models start from it too)")
     ap.add_argument("--manifest", type=Path, help="audit this Parquet manifest instead of the first --per-class "
@@ -72,7 +74,7 @@ def main():
     (work / "data").mkdir(exist_ok=True)
     manifest = a.manifest or subset_manifest(a.dataset, a.per_class, work / "data" / "subset.parquet")
     augment = "crop-flip" if a.dataset == "cifar10" else "crop"
-    base = RunConfig(augment=augment, seed=a.seed, max_epochs=a.epochs, weights=a.weights)
+    base = RunConfig(augment=augment, seed=a.seed, max_epochs=a.epochs, weights=a.weights, stem=a.stem)
     holder = {}
 
     def relabel(table):

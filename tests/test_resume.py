@@ -292,3 +292,23 @@ def test_a_dataset_with_an_unreadable_image_resumes(data, tmp_path):
     (d / "c0" / "broken.png").write_bytes(b"\x89PNG, but not an image")
     out = interrupted_run(d, tmp_path / "run", 2)
     assert main(["resume", str(out), "-q"]) == 0 and (out / "report.parquet").exists()
+
+
+def test_a_whitened_run_killed_and_resumed_gives_the_same_report(data, tmp_path):
+    """The fixed stem is rebuilt from the data on resume; the checkpoint's weights and optimizer (which holds no
+    state for it) must fit it exactly."""
+    ref = tmp_path / "ref"
+    p = subprocess.run(cli(data, ref, "--stem", "whiten"), env=env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    out = tmp_path / "run"
+    proc = subprocess.Popen(cli(data, out, "--stem", "whiten"), env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    wait_for(out / "trajectories" / "epoch-0002.parquet", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (out / "report.parquet").exists()
+    p = subprocess.run([sys.executable, "-m", "memscan", "resume", str(out), "--json"], env=env(),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert RunFolder(out).load_args()["config"]["stem"] == "whiten"
+    same_report(read_report(out).to_pandas(), read_report(ref).to_pandas())
