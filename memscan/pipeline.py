@@ -154,8 +154,9 @@ def checked_checkpoint(folder: RunFolder, cfg: RunConfig, fingerprint: str) -> d
     ck = folder.load_checkpoint()
     if ck is None:
         return None
-    saved = ck["config"]
-    # an option the saved config lacks did not exist when the run started: its default applies
+    # an option the saved config lacks did not exist when the run started: its default then applies, and a
+    # stem from before --stem was learned whatever today's default is
+    saved = {"stem": "learned", **ck["config"]}
     diff = sorted(k for k, v in cfg.to_dict().items() if k in saved and saved[k] != v)
     if diff:
         raise ConfigError(f"--resume: options differ from the interrupted run in {', '.join(diff)} (was: "

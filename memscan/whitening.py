@@ -18,8 +18,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-#: patches are drawn from at most this many images (about 5 M patches at 32 px)
+#: patches are drawn from at most this many images, and from at most SAMPLE_PIXELS pixels in all (5,000 images
+#: at 32 px, about 100 at 224 px: a 27 x 27 covariance needs no more)
 SAMPLE_IMAGES = 5000
+SAMPLE_PIXELS = 5000 * 32 * 32
+#: patches unfolded at a time (256 images at 32 px): about 110 MB of working memory whatever the image size
+CHUNK_PIXELS = 256 * 32 * 32
 #: added to each direction's variance before the inverse square root: the weakest directions kept get a
 #: large, effectively fixed scale instead of an unbounded one
 EPS = 1e-2
@@ -32,12 +36,14 @@ def first_conv(model: nn.Module) -> nn.Conv2d | None:
     return None
 
 
-def patch_covariance(images, mean, std, kernel: int, *, seed: int = 0, chunk: int = 256) -> np.ndarray:
+def patch_covariance(images, mean, std, kernel: int, *, seed: int = 0) -> np.ndarray:
     """[C k k, C k k] covariance of the normalised ``kernel`` x ``kernel`` patches of up to ``SAMPLE_IMAGES``
-    images (uint8 [N, C, H, W], drawn with ``seed``), accumulated in float64 a chunk at a time."""
-    n = len(images)
-    idx = np.arange(n) if n <= SAMPLE_IMAGES else np.sort(
-        np.random.default_rng(seed).choice(n, size=SAMPLE_IMAGES, replace=False))
+    images (uint8 [N, C, H, W], drawn with ``seed``; fewer for large images), accumulated in float64 a chunk at
+    a time."""
+    n, pixels = len(images), images.shape[2] * images.shape[3]
+    most = min(SAMPLE_IMAGES, max(1, SAMPLE_PIXELS // pixels))
+    chunk = min(256, max(1, CHUNK_PIXELS // pixels))
+    idx = np.arange(n) if n <= most else np.sort(np.random.default_rng(seed).choice(n, size=most, replace=False))
     c = images.shape[1]
     m = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
@@ -55,19 +61,23 @@ def patch_covariance(images, mean, std, kernel: int, *, seed: int = 0, chunk: in
 
 def stem_weight(images, mean, std, conv: nn.Conv2d, *, seed: int = 0) -> torch.Tensor:
     """The whitened weight of ``conv`` (out, in, k, k): the top ``out // 2`` principal directions of the
-    patches divided by sqrt(variance + EPS), then the same negated (an odd count repeats the first). Each
-    direction's sign is fixed (its largest entry positive) so every LAPACK gives the same weight."""
+    patches (at most as many as a patch has values) divided by sqrt(variance + EPS), then the same negated.
+    Filters beyond those pairs (an odd count; memscan-cnn-l's 64 against 27 directions) keep ``conv``'s own
+    initial weights. Each direction's sign is fixed (its largest entry positive) so every LAPACK gives the
+    same weight."""
     out, cin, k, k2 = conv.weight.shape
     if k != k2 or cin != images.shape[1] or conv.groups != 1:
         raise ValueError(f"cannot whiten a {tuple(conv.weight.shape)} convolution of groups={conv.groups} "
                          f"for {images.shape[1]}-channel images")
     val, vec = np.linalg.eigh(patch_covariance(images, mean, std, k, seed=seed))
     val, vec = val[::-1], vec[:, ::-1].T                      # rows, strongest first
-    half = max(1, out // 2)
+    half = max(1, min(out // 2, len(val)))
     rows = vec[:half] * np.sign(vec[:half][np.arange(half), np.abs(vec[:half]).argmax(1)])[:, None]
     w = rows / np.sqrt(np.clip(val[:half], 0, None) + EPS)[:, None]
-    w = np.concatenate([w, -w, w])[:out]
-    return torch.from_numpy(np.ascontiguousarray(w).reshape(out, cin, k, k)).float()
+    w = np.concatenate([w, -w]).reshape(-1, cin, k, k)
+    weight = conv.weight.detach().float().cpu().clone()
+    weight[:min(len(w), out)] = torch.from_numpy(np.ascontiguousarray(w[:out])).float()
+    return weight
 
 
 def apply_stem(model: nn.Module, weight: torch.Tensor) -> None:

@@ -74,11 +74,40 @@ def test_the_weight_is_deterministic_and_its_signs_canonical():
 def test_grey_images_and_odd_filter_counts_give_finite_weights():
     grey = np.repeat(correlated_images()[:, :1], 3, axis=1)             # R = G = B: a rank-deficient covariance
     mean, std = normalised(grey)
-    w = whitening.stem_weight(grey, mean, std, nn.Conv2d(3, 7, 3, bias=False))
+    conv = nn.Conv2d(3, 7, 3, bias=False)
+    w = whitening.stem_weight(grey, mean, std, conv)
     assert w.shape == (7, 3, 3, 3) and torch.isfinite(w).all()
-    assert torch.equal(w[3:6], -w[:3]) and torch.equal(w[6], w[0])
+    assert torch.equal(w[3:6], -w[:3]) and torch.equal(w[6], conv.weight.detach()[6])   # the odd one keeps its init
     with pytest.raises(ValueError, match="cannot whiten"):
         whitening.stem_weight(grey, mean, std, nn.Conv2d(3, 6, 3, groups=3, bias=False))
+
+
+@pytest.mark.parametrize("name", ["memscan-cnn", "memscan-cnn-m", "memscan-cnn-l"])
+def test_every_builtin_width_gets_a_stem(name):
+    """memscan-cnn-l's 64 stem filters outnumber the 27 values of a 3x3 RGB patch: 27 pairs, the rest as
+    initialised."""
+    from memscan.models import BUILTIN
+    images = correlated_images()
+    mean, std = normalised(images)
+    model = BUILTIN[name](3)
+    conv = model.features[0]
+    init = conv.weight.detach().clone()
+    w = whitening.stem_weight(images, mean, std, conv)
+    pairs = min(conv.out_channels // 2, 27)
+    assert w.shape == init.shape and torch.isfinite(w).all()
+    assert torch.equal(w[pairs:2 * pairs], -w[:pairs]) and torch.equal(w[2 * pairs:], init[2 * pairs:])
+    whitening.apply_stem(model, w)
+    model(torch.randn(2, 3, 16, 16)).sum().backward()
+
+
+def test_large_images_are_sampled_by_pixels_and_unfolded_in_small_chunks(monkeypatch):
+    images = correlated_images(n=40, size=16)
+    mean, std = normalised(images)
+    idx = np.sort(np.random.default_rng(0).choice(40, size=10, replace=False))
+    whole = whitening.patch_covariance(images[idx], mean, std, 3)        # the 10 images in one chunk
+    monkeypatch.setattr(whitening, "SAMPLE_PIXELS", 10 * 16 * 16)       # room for 10 of the 40 images
+    monkeypatch.setattr(whitening, "CHUNK_PIXELS", 3 * 16 * 16)         # unfolded 3 at a time
+    assert np.allclose(whitening.patch_covariance(images, mean, std, 3), whole, rtol=1e-12, atol=1e-14)
 
 
 def test_large_sets_are_sampled_with_the_seed(monkeypatch):
@@ -137,6 +166,18 @@ def test_the_instance_noise_reference_keeps_a_learned_stem():
 
 def test_the_stem_is_opt_in():
     assert RunConfig().stem == "learned"
+
+
+def test_resuming_a_run_from_before_the_option_with_a_whitened_stem_names_the_option():
+    from types import SimpleNamespace
+    from memscan.errors import ConfigError
+    from memscan.pipeline import checked_checkpoint
+    saved = RunConfig().to_dict()
+    del saved["stem"]
+    folder = SimpleNamespace(load_checkpoint=lambda: {"config": saved, "epoch": 1, "fingerprint": "f"})
+    assert checked_checkpoint(folder, RunConfig(), "f")["epoch"] == 1
+    with pytest.raises(ConfigError, match=r"options differ .* in stem \(was: stem='learned'\)"):
+        checked_checkpoint(folder, RunConfig(stem="whiten"), "f")
 
 
 def test_a_run_started_before_the_option_resumes_with_a_learned_stem(tmp_path):
