@@ -22,7 +22,7 @@ import torch.nn as nn
 #: at 32 px, about 100 at 224 px: a 27 x 27 covariance needs no more)
 SAMPLE_IMAGES = 5000
 SAMPLE_PIXELS = 5000 * 32 * 32
-#: patches unfolded at a time (256 images at 32 px): about 110 MB of working memory whatever the image size
+#: patches unfolded at a time (256 images at 32 px): a few hundred MB of working memory whatever the image size
 CHUNK_PIXELS = 256 * 32 * 32
 #: added to each direction's variance before the inverse square root: the weakest directions kept get a
 #: large, effectively fixed scale instead of an unbounded one
