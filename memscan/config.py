@@ -22,6 +22,15 @@ STOP_SIGNALS = ("auto", "weight-norm", "total-norm", "grad-mean", "rank-stabilit
 AUGMENTS = ("crop-flip", "crop", "none")
 STEMS = ("whiten", "learned")
 
+#: what a run did before an option existed, whatever that option's default is now: a config saved by an older
+#: memscan (run-args.json, a checkpoint, a memorization model file) is read with these filled in
+BEFORE_OPTION = {"stem": "learned"}
+
+
+def saved_config(d: dict) -> dict:
+    """A saved config dict with the options it predates filled in as they were (``BEFORE_OPTION``)."""
+    return {**BEFORE_OPTION, **d}
+
 
 @dataclass(frozen=True)
 class RunConfig:

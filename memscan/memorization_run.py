@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from . import __version__, distributed
-from .config import RunConfig
+from .config import RunConfig, saved_config
 from .data import load_index
 from .dataset_guard import DatasetGuard
 from .data.cache import default_cache_dir
@@ -259,8 +259,8 @@ def _load_model_file(folder: RunFolder, k: int, mask: np.ndarray, paths, kcfg: R
         meta = json.loads(t.schema.metadata[b"memscan"])
         p = t.column("p_given").to_numpy()
         saved = meta.get("config")
-        if isinstance(saved, dict):   # a model file written before --stem existed had a learned stem
-            saved = {"stem": "learned", **saved}
+        if isinstance(saved, dict):
+            saved = saved_config(saved)
         ok = (t.column("path").to_pylist() == list(paths)
               and np.array_equal(t.column("in_subset").to_numpy(), mask)
               and bool(np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all())

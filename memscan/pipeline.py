@@ -21,7 +21,7 @@ import pyarrow as pa
 import torch
 
 from . import __version__, distributed
-from .config import RunConfig
+from .config import RunConfig, saved_config
 from .data import load_index
 from .data.cache import default_cache_dir, load_images, memory_budget
 from .data_audit import audit_images, audit_leaks
@@ -154,9 +154,8 @@ def checked_checkpoint(folder: RunFolder, cfg: RunConfig, fingerprint: str) -> d
     ck = folder.load_checkpoint()
     if ck is None:
         return None
-    # an option the saved config lacks did not exist when the run started: its default then applies, and a
-    # stem from before --stem was learned whatever today's default is
-    saved = {"stem": "learned", **ck["config"]}
+    # an option the saved config lacks did not exist when the run started: what it did then applies
+    saved = saved_config(ck["config"])
     diff = sorted(k for k, v in cfg.to_dict().items() if k in saved and saved[k] != v)
     if diff:
         raise ConfigError(f"--resume: options differ from the interrupted run in {', '.join(diff)} (was: "

@@ -310,9 +310,8 @@ class RunFolder:
         if wrong or not isinstance(args.get("relabelled"), (bool, type(None))):
             raise RunFolderError(f"'{self.run_args}' holds an invalid {', '.join(wrong) or 'relabelled'} (a path or "
                                  "null expected); the run cannot be resumed: start a new run")
-        from .config import RunConfig
-        # a run started before --stem existed trained its first layer from a random init, whatever the default
-        args["config"].setdefault("stem", "learned")
+        from .config import RunConfig, saved_config
+        args["config"] = saved_config(args["config"])
         try:
             RunConfig.from_dict(args["config"])
         except ConfigError as e:
