@@ -58,7 +58,8 @@ def main():
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-cleanlab", action="store_true")
-    ap.add_argument("--stem", default="learned", choices=["learned", "whiten"],
+    ap.add_argument("--skip-full", action="store_true", help="skip the run of --epochs epochs without the stop")
+    ap.add_argument("--stem", default="auto", choices=["auto", "learned", "whiten"],
                     help="memscan-cnn's first layer on both sides (BENCHMARKS.md §22)")
     ap.add_argument("--weights", help="a prior model both sides fine-tune from (memscan's automatic fine-tuning "
                                       "recipe; cleanlab's fold models start from it too)")
@@ -92,7 +93,8 @@ def main():
     run(manifest, base.replace(max_epochs=1, stop="none"), out=work / "warm", overwrite=True, relabel=relabel)
     res = {"dataset": a.dataset, "per_class": a.per_class, "rate": a.rate, "kind": a.kind, "epochs": a.epochs,
            "weights": a.weights, "manifest": None if a.manifest is None else str(a.manifest),
-           "seed": a.seed, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
+           "seed": a.seed, "stem": base.resolved().stem, "rank_threshold": base.resolved().rank_threshold,
+           "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
                                       f"torch {torch.__version__}", "date": str(date.today()), "methods": {}}
 
     t = time.perf_counter()
@@ -107,15 +109,16 @@ def main():
         "sgal": metrics(df["sgal"], truth),
         "category": flag_metrics(df["category"].to_numpy() == "mislabeled", truth)}
 
-    t = time.perf_counter()
-    r = run(manifest, base.replace(stop="none"), out=work / "full", overwrite=True, relabel=relabel)
-    wall = time.perf_counter() - t
-    df = read_report(r.report_path).to_pandas()
-    res["methods"][f"full run ({a.epochs} epochs, no stop)"] = {
-        "seconds": wall, "epochs": a.epochs, "mislabel_score": metrics(df["mislabel_score"], truth),
-        "csl": metrics(df["csl"], truth), "aum": metrics(-df["aum"], truth),
-        "forgetting": metrics(df["forgetting"], truth), "1-p_given": metrics(1 - df["p_given"], truth),
-        "csg": metrics(df["csg"], truth)}
+    if not a.skip_full:
+        t = time.perf_counter()
+        r = run(manifest, base.replace(stop="none"), out=work / "full", overwrite=True, relabel=relabel)
+        wall = time.perf_counter() - t
+        df = read_report(r.report_path).to_pandas()
+        res["methods"][f"full run ({a.epochs} epochs, no stop)"] = {
+            "seconds": wall, "epochs": a.epochs, "mislabel_score": metrics(df["mislabel_score"], truth),
+            "csl": metrics(df["csl"], truth), "aum": metrics(-df["aum"], truth),
+            "forgetting": metrics(df["forgetting"], truth), "1-p_given": metrics(1 - df["p_given"], truth),
+            "csg": metrics(df["csg"], truth)}
 
     if not a.skip_cleanlab:
         from cleanlab.filter import find_label_issues

@@ -3,8 +3,8 @@ at low noise? The regime of a CI gate: published audits put CIFAR-10's test-set 
 MNIST's near 0.15%.
 
 For each set of ../shared/data (as shipped, or a per-class subset) it runs ``memscan run`` with the
-shipped defaults and records the fraction flagged ``mislabeled`` (with the epochs, the accuracy on the
-given labels at the stop and the time); with ``--rates`` it also injects that much symmetric (or
+shipped defaults (the JSON records their model, stem and threshold) and records the fraction flagged
+``mislabeled`` (with the epochs, the accuracy on the given labels at the stop and the time); with ``--rates`` it also injects that much symmetric (or
 ``--kind``) noise and records the estimated vs the true rate and the category's precision and recall.
 Run folders are kept under ``--work`` so that category rules can be replayed offline.
 
@@ -80,7 +80,8 @@ def main():
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     res = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                      f"torch {torch.__version__}", "date": str(date.today()), "config": "shipped defaults",
+                      f"torch {torch.__version__}", "date": str(date.today()),
+           "config": {k: getattr(RunConfig().resolved(), k) for k in ("model", "stem", "rank_threshold")},
            "per_class": a.per_class, "sets": {}}
     rates = [float(r) for r in a.rates.split(",") if r.strip()]
     for name in a.sets:

@@ -106,7 +106,7 @@ def overhead(a):
 
 def _overhead(a, table):
     cfg = RunConfig(model=a.model, batch_size=a.batch_size, device=a.device, precision=a.precision,
-                    channels_last=True)
+                    channels_last=True, stem=a.stem)
     prep = prepare(table, cfg)   # decode cache, normalisation, device, precision: as memscan run does
     device, dtype, src, table = prep.device, prep.dtype, prep.source, prep.table
     # "control" is a second bare loop: its difference from "bare" is the measurement's noise floor
@@ -149,7 +149,7 @@ def _overhead(a, table):
             pq.write_table(pa.table({"path": table.paths, "label": table.labels,
                                      "image": pa.array(table.image_bytes, pa.binary())}), manifest)
             rcfg = RunConfig(model=a.model, batch_size=a.batch_size, stop="none", max_epochs=a.epochs + 1,
-                             device=a.device, precision=a.precision)
+                             device=a.device, precision=a.precision, stem=a.stem)
             run(manifest, rcfg.replace(max_epochs=1), out=Path(tmp) / "warm")     # builds the decode cache
             r = run(manifest, rcfg, out=Path(tmp) / "r")
             t = r.summary["timings"]
@@ -219,6 +219,8 @@ def main():
     ap.add_argument("--per-class", type=int, default=500)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--model", default="memscan-cnn")
+    ap.add_argument("--stem", default="auto", choices=["auto", "whiten", "learned"],
+                    help="memscan's CNNs: the whitened, fixed first layer (auto: as memscan run) or a learned one")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--run", action="store_true", help="also time memscan.run end to end")
     ap.add_argument("--variants", action="store_true", help="precision/layout train-step speed instead")
@@ -236,6 +238,8 @@ def main():
         res["gpu"] = torch.cuda.get_device_name()
     res["device"], res["precision"] = a.device, a.precision
     res["stem_path"] = not a.no_stem
+    if not a.variants:   # --variants builds bare models (create_model): no whitened stem there
+        res["stem"] = a.stem
     text = json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}, indent=1)
     print(text)
     if a.out:

@@ -20,16 +20,30 @@ SIGNALS = ("inloop", "exact")
 STOPS = ("peak", "none")
 STOP_SIGNALS = ("auto", "weight-norm", "total-norm", "grad-mean", "rank-stability")
 AUGMENTS = ("crop-flip", "crop", "none")
-STEMS = ("whiten", "learned")
+STEMS = ("auto", "whiten", "learned")
 
 #: what a run did before an option existed, whatever that option's default is now: a config saved by an older
 #: memscan (run-args.json, a checkpoint, a memorization model file) is read with these filled in
 BEFORE_OPTION = {"stem": "learned"}
 
+#: ``rank_threshold`` when none is given, by whether the stem is whitened: a whitened stem's suspects settle an
+#: epoch sooner, at a fit where nearly clean CIFAR-10 still shows 2.3-3.0% hard images as flags; at 0.9 it stops
+#: an epoch later, flags 1.6-2.0% and ranks injected noise better (BENCHMARKS.md §22). A learned stem (timm
+#: models, fine-tuned priors) keeps 0.87
+RANK_THRESHOLD = {True: 0.9, False: 0.87}
+
 
 def saved_config(d: dict) -> dict:
-    """A saved config dict with the options it predates filled in as they were (``BEFORE_OPTION``)."""
-    return {**BEFORE_OPTION, **d}
+    """A saved config dict as it ran: the options it predates filled in as they were (``BEFORE_OPTION``), and a
+    stem the model never took (``whiten`` or ``auto`` for a prior or a timm model) read as the learned one."""
+    d = {**BEFORE_OPTION, **d}
+    if d.get("stem") in ("auto", "whiten"):
+        try:
+            keys = ("stem", "model", "weights", "pretrained")
+            d["stem"] = RunConfig(**{k: d[k] for k in keys if k in d}).resolved().stem
+        except (ConfigError, TypeError):
+            pass    # an invalid saved value: the caller's validation names it
+    return d
 
 
 @dataclass(frozen=True)
@@ -38,10 +52,11 @@ class RunConfig:
     model: str = "memscan-cnn"          # built-in name or any timm model name
     weights: str | None = None          # local pretrained weights file (safetensors / state dict)
     pretrained: bool = False            # timm hub weights (needs network)
-    stem: str = "learned"               # memscan's CNNs from scratch: "learned" from a random init; "whiten"
-                                        # fixes the first conv to the data's whitened patch directions
-                                        # (airbench): 25% faster epochs and better ranking at the stop, but
-                                        # more flags on nearly clean data (BENCHMARKS.md §22), so opt-in
+    stem: str = "auto"                  # "whiten": the first conv fixed to the data's whitened patch directions
+                                        # (airbench), for memscan's CNNs from scratch: better ranking at the
+                                        # stop, fewer false flags on nearly clean data (BENCHMARKS.md §22,
+                                        # §23); "learned": from a random init; "auto": whiten where it
+                                        # applies (``whitened``)
     # data
     image_size: int | None = None       # pixels (square); None: native size when all agree
     augment: str = "crop-flip"          # batched tensor ops on the training device
@@ -72,7 +87,9 @@ class RunConfig:
     signal: str = "inloop"              # "inloop": from the training step; "exact": extra eval pass
     stop: str = "peak"                  # "peak": stop after the confirmed peak; "none": max_epochs
     stop_signal: str = "auto"           # "auto": weight-norm peak, or the ranking converged, first
-    rank_threshold: float = 0.87        # suspect-set agreement beyond chance between epochs = converged
+    rank_threshold: float | None = None # suspect-set agreement beyond chance between epochs = converged;
+                                        # None: 0.9 with the whitened stem, whose suspects settle an epoch
+                                        # sooner, else 0.87 (RunConfig.resolved)
     smoothing: int = 3                  # epochs in the trailing moving average of the stop curve
     patience: int = 3                   # epochs the smoothed curve must stay below its peak
     min_epochs: int = 3                 # never stop before this many epochs
@@ -138,7 +155,7 @@ class RunConfig:
             raise ConfigError(f"head_epochs={self.head_epochs} must be between 0 and 1000")
         if self.body_lr is not None and not 0 <= self.body_lr <= 10:
             raise ConfigError(f"body_lr={self.body_lr} must be between 0 and 10, a factor of --lr (e.g. 0.1)")
-        if not 0 < self.rank_threshold < 1:
+        if self.rank_threshold is not None and not 0 < self.rank_threshold < 1:
             raise ConfigError(f"rank_threshold={self.rank_threshold} must be in (0, 1), e.g. 0.87")
         if not 0 <= self.weight_decay <= 1:
             raise ConfigError(f"weight_decay={self.weight_decay} must be between 0 and 1 (default 5e-4)")
@@ -159,6 +176,19 @@ class RunConfig:
             _int_in("max_image_pixels", self.max_image_pixels, 64, 2 ** 31)
         if self.weights and self.pretrained:
             raise ConfigError("pass either --weights FILE or --pretrained, not both")
+
+    @property
+    def whitened(self) -> bool:
+        """Fresh models get the whitened stem: memscan's own CNNs from scratch, with stem ``auto`` or ``whiten``;
+        a prior's or a timm model's first layer stays as it is."""
+        from .models import BUILTIN   # torch: imported only once a run is being set up
+        return self.stem in ("auto", "whiten") and self.model in BUILTIN and not (self.weights or self.pretrained)
+
+    def resolved(self) -> "RunConfig":
+        """The config with ``auto`` and None made concrete where they depend on the model, as a run records it."""
+        w = self.whitened
+        return self.replace(stem="whiten" if w else "learned",
+                            rank_threshold=RANK_THRESHOLD[w] if self.rank_threshold is None else self.rank_threshold)
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)

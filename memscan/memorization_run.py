@@ -38,6 +38,9 @@ from .train import fit, resolve_device
 DEFAULT_EPOCHS = 30
 DEFAULT_MODELS = 32
 DEFAULT_SUBSET = 0.7
+#: the stop rule's options: every model trains a fixed number of epochs (stop "none"), so a folder or model file
+#: matches the plan whatever they were
+STOP_RULE_OPTIONS = frozenset({"stop_signal", "rank_threshold", "smoothing", "patience", "min_epochs"})
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ def memorization(dataset, cfg: RunConfig, plan: Plan, *, out=None, overwrite: bo
     that ``--json`` prints."""
     emit = progress or (lambda event, **info: None)
     t0 = time.perf_counter()
+    cfg = cfg.replace(stem=cfg.resolved().stem)   # the folder records whether its models are whitened
     dist = distributed.setup(resolve_device(cfg.device).type)
     table = load_index(dataset, path_column=path_column, label_column=label_column, encoding=encoding)
     guard = DatasetGuard.for_table(table)
@@ -155,7 +159,7 @@ def _check_resumable(folder: RunFolder, cfg: RunConfig, plan: Plan, table) -> No
     had = saved.get("models")
     was = {"subset": saved.get("subset"), **{k: v for k, v in args["config"].items()}}
     now = {"subset": plan.subset, **cfg.to_dict()}
-    diff = sorted(k for k in now if k in was and was[k] != now[k])
+    diff = sorted(k for k in now if k in was and was[k] != now[k] and k not in STOP_RULE_OPTIONS)
     if isinstance(had, int) and plan.models < had:
         diff.insert(0, "models")
         was["models"], now["models"] = had, plan.models
@@ -265,7 +269,8 @@ def _load_model_file(folder: RunFolder, k: int, mask: np.ndarray, paths, kcfg: R
               and np.array_equal(t.column("in_subset").to_numpy(), mask)
               and bool(np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all())
               # trained with this plan's recipe (a key an older version did not write is not held against it)
-              and isinstance(saved, dict) and all(saved.get(key, v) == v for key, v in want.items()))
+              and isinstance(saved, dict) and all(saved.get(key, v) == v for key, v in want.items()
+                                                   if key not in STOP_RULE_OPTIONS))
         info = {"train_acc": float(meta["train_acc"]), "held_out_acc": float(meta["held_out_acc"]), "seconds": 0.0}
     except Exception:
         ok = False

@@ -21,8 +21,8 @@ class MemscanCNN(nn.Module):
     """A 4-stage BatchNorm CNN (airbench-like conv-pool blocks) that trains fast on CPU.
 
     stem conv (w) -> 3 blocks [conv, maxpool/2, BN, GELU, conv, BN, GELU] of widths 2w, 4w, 8w
-    -> global max pool -> linear. Any input size of 16 px or more. Trained from scratch with ``--stem whiten``,
-    the stem conv is set from the data's whitened patch directions and kept fixed (``whitening``).
+    -> global max pool -> linear. Any input size of 16 px or more. Trained from scratch (``--stem auto``, the
+    default), the stem conv is set from the data's whitened patch directions and kept fixed (``whitening``).
     """
 
     def __init__(self, num_classes: int, width: int = 16):

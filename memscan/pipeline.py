@@ -57,7 +57,7 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
     duplicates of training images are written as ``leaks.parquet``. Returns a ``RunResult`` whose
     ``summary`` is what ``--json`` prints.
     """
-    cfg = cfg or RunConfig()
+    cfg = (cfg or RunConfig()).resolved()   # run.json and the report record the stem and threshold used
     t_all, timings = time.perf_counter(), {}
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % (2 ** 32))

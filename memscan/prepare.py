@@ -19,7 +19,7 @@ from .data.cache import memory_budget
 from .data.index import SampleTable
 from .data.loader import InMemorySource, channel_stats
 from .errors import ConfigError
-from .models import BUILTIN, create_model, freeze_body, is_conv_net
+from .models import create_model, freeze_body, is_conv_net
 from .train import resolve_device, resolve_precision
 
 
@@ -58,7 +58,7 @@ class Prepared:
         """A newly initialised model (seed with ``torch.manual_seed`` first) on the same device and layout."""
         cfg = cfg or self.cfg
         model = build_model(cfg, self.table.num_classes)
-        if self.stem_weight is not None and whitens(cfg):
+        if self.stem_weight is not None and cfg.whitened:
             whitening.apply_stem(model, self.stem_weight)
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
@@ -76,11 +76,6 @@ def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
     if cfg.freeze:
         freeze_body(model)
     return model
-
-
-def whitens(cfg: RunConfig) -> bool:
-    """The whitened stem is for memscan's own CNNs trained from scratch (``--stem whiten``)."""
-    return cfg.stem == "whiten" and cfg.model in BUILTIN and not (cfg.weights or cfg.pretrained)
 
 
 def model_input_size(model_name: str, model) -> int:
@@ -121,7 +116,7 @@ def prepare(table: SampleTable, cfg: RunConfig, *, dist: distributed.Dist | None
     else:
         mean, std = channel_stats(decoded.images)
     stem_weight = None
-    if whitens(cfg):   # the same images and seed on every rank give every rank the same weight
+    if cfg.whitened:   # the same images and seed on every rank give every rank the same weight
         stem_weight = whitening.stem_weight(decoded.images, mean, std, whitening.first_conv(model), seed=cfg.seed)
         whitening.apply_stem(model, stem_weight)
     channels_last = cfg.channels_last if cfg.channels_last is not None else (

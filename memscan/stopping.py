@@ -136,8 +136,10 @@ class StopRule:
         self.curve = CURVE_KEYS.get(key)
         self.peak = PeakDetector(smoothing=cfg.smoothing, patience=cfg.patience,
                                  min_epochs=cfg.min_epochs) if self.curve else None
-        self.rank = RankStabilityDetector(threshold=cfg.rank_threshold, patience=2, min_epochs=cfg.min_epochs) \
-            if cfg.stop_signal in ("auto", "rank-stability") else None
+        self.rank = None
+        if cfg.stop_signal in ("auto", "rank-stability"):
+            self.rank = RankStabilityDetector(threshold=cfg.resolved().rank_threshold, patience=2,
+                                              min_epochs=cfg.min_epochs)
         self._cum_margin = None
         self._epochs = 0
         self.reason = None

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from memscan.config import RunConfig
+from memscan.config import RunConfig, saved_config
 from memscan.data import load_index
 from memscan.evaluate import detection_metrics, flag_metrics
 from memscan.models import load_state_dict_file
@@ -55,7 +55,7 @@ def load_finished_run(run: Path):
     """(config, Prepared with the run's labels and its ``model.pt`` loaded, truth or None, metadata, signals of the
     run's own trajectories): a finished run as it was at its prediction pass, for replays."""
     args = json.loads((run / "run-args.json").read_text())
-    cfg = RunConfig(**args["config"])
+    cfg = RunConfig.from_dict(saved_config(args["config"]))   # as the run trained: options it predates filled in
     truth_df = pd.read_csv(run / "truth.csv").set_index("path") if (run / "truth.csv").exists() else None
     relabel = None if truth_df is None else (lambda t: truth_df.loc[list(t.paths), "noisy_label"].to_numpy())
     prep = prepare(load_index(args["dataset"]), cfg, relabel=relabel)

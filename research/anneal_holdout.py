@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from memscan.config import RunConfig
+from memscan.config import RunConfig, saved_config
 from memscan.data import load_index
 from memscan.evaluate import detection_metrics
 from memscan.models import load_state_dict_file
@@ -47,7 +47,7 @@ def load(spec: str):
     run, _, truth_csv = spec.partition(":")
     run = Path(run)
     args = json.loads((run / "run-args.json").read_text())
-    cfg = RunConfig(**args["config"])
+    cfg = RunConfig.from_dict(saved_config(args["config"]))   # as the run trained: options it predates filled in
     prep = prepare(load_index(args["dataset"]), cfg)
     truth_df = pd.read_csv(truth_csv or run / "truth-flipped.csv").set_index("path")
     truth = truth_df.loc[list(prep.table.paths), "flipped"].to_numpy().astype(bool)

@@ -236,12 +236,15 @@ def test_model_files_of_another_recipe_or_impossible_probabilities_are_retrained
     (copy / "checkpoint.pt").write_bytes(b"")   # not finished: resumable
     _edit_model_file(copy / "models" / "model-0002.parquet", p_given=7.5)
     _edit_model_file(copy / "models" / "model-0005.parquet", max_epochs=999)
-    # written before --stem existed: its model had a learned stem, which this plan trains too, so it is kept
-    assert CFG.stem == "learned"
+    # written before --stem existed: its model had a learned stem, and this plan's are whitened: retrained
+    assert CFG.stem == "auto" and CFG.resolved().stem == "whiten"
     _edit_model_file(copy / "models" / "model-0006.parquet", drop=("stem",))
+    # the stop rule's options do not reach a model trained a fixed number of epochs: kept whatever they were
+    _edit_model_file(copy / "models" / "model-0007.parquet", rank_threshold=0.5, patience=9)
     memorization(root, CFG, Plan(models=8, subset=0.5), out=copy, resume=True)
-    meta6 = json.loads(pq.read_schema(copy / "models" / "model-0006.parquet").metadata[b"memscan"])
-    assert "stem" not in meta6["config"]
+    meta = lambda k: json.loads(pq.read_schema(copy / "models" / f"model-000{k}.parquet").metadata[b"memscan"])
+    assert meta(6)["config"]["stem"] == "whiten"
+    assert meta(7)["config"]["rank_threshold"] == 0.5 and meta(7)["config"]["patience"] == 9
     p = pq.read_table(copy / "models" / "model-0002.parquet").column("p_given").to_numpy()
     assert ((p >= 0) & (p <= 1)).all()
     meta = json.loads(pq.read_schema(copy / "models" / "model-0005.parquet").metadata[b"memscan"])
@@ -263,7 +266,7 @@ def test_a_model_file_from_before_the_stem_option_is_not_taken_for_a_whitened_on
     t = pq.read_table(f)
     mask, paths = t.column("in_subset").to_numpy(), t.column("path").to_pylist()
     folder = RunFolder(copy)
-    learned, whiten = mr.model_config(CFG, 3), mr.model_config(CFG.replace(stem="whiten"), 3)
+    learned, whiten = mr.model_config(CFG.replace(stem="learned"), 3), mr.model_config(CFG.replace(stem="whiten"), 3)
     assert mr._load_model_file(folder, 3, mask, paths, learned) is not None     # kept: learned, as it was
     assert mr._load_model_file(folder, 3, mask, paths, whiten) is None          # retrained
     assert not f.exists()

@@ -131,13 +131,15 @@ def test_resume_refuses_changed_options_and_finished_runs(data, tmp_path):
     with pytest.raises(OutputExistsError, match="already finished"):
         run(data, cfg, out=out, resume=True)
     (out / "report.parquet").unlink()
-    torch.save(checkpoint_dict(config=cfg.to_dict()), out / CHECKPOINT)
-    with pytest.raises(ConfigError, match="differ from the interrupted run in lr"):
+    saved = cfg.resolved().to_dict()    # as a run saves it: the stem and threshold it used
+    assert (saved["stem"], saved["rank_threshold"]) == ("whiten", 0.9)
+    torch.save(checkpoint_dict(config=saved), out / CHECKPOINT)
+    with pytest.raises(ConfigError, match=r"differ from the interrupted run in lr \(was"):
         run(data, cfg.replace(lr=0.01), out=out, resume=True)
     with pytest.raises(ConfigError, match="dataset changed"):
         run(data, cfg, out=out, resume=True)
     # a checkpoint written before an option existed (here: annealing) is not "different options"
-    older = {k: v for k, v in cfg.to_dict().items() if not k.startswith("anneal")}
+    older = {k: v for k, v in saved.items() if not k.startswith("anneal")}
     torch.save(checkpoint_dict(config=older), out / CHECKPOINT)
     with pytest.raises(ConfigError, match="dataset changed"):
         run(data, cfg, out=out, resume=True)

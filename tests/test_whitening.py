@@ -10,6 +10,7 @@ import torch.nn as nn
 from memscan import whitening
 from memscan.config import RunConfig
 from memscan.crossfit import reference_config
+from memscan.errors import ConfigError
 from memscan.data import load_index
 from memscan.models import MemscanCNN
 from memscan.prepare import prepare
@@ -164,24 +165,54 @@ def test_the_instance_noise_reference_keeps_a_learned_stem():
     assert reference_config(RunConfig()).stem == "learned"
 
 
-def test_the_stem_is_opt_in():
-    assert RunConfig().stem == "learned"
+def test_memscan_cnns_from_scratch_default_to_the_whitened_stem_and_its_threshold(tmp_path):
+    assert (RunConfig().stem, RunConfig().rank_threshold) == ("auto", None)
+    concrete = lambda **kw: (lambda c: (c.stem, c.rank_threshold))(RunConfig(**kw).resolved())
+    assert concrete() == concrete(model="memscan-cnn-l") == concrete(stem="whiten") == ("whiten", 0.9)
+    assert concrete(stem="learned") == concrete(weights=str(tmp_path / "w.pt")) == ("learned", 0.87)
+    assert concrete(model="resnet18") == concrete(model="resnet18", stem="whiten") == ("learned", 0.87)
+    assert concrete(rank_threshold=0.95) == ("whiten", 0.95) and concrete(stem="learned", rank_threshold=0.8)[1] == 0.8
+    assert RunConfig().resolved().resolved() == RunConfig().resolved()
+    with pytest.raises(ConfigError, match="rank_threshold"):
+        RunConfig(rank_threshold=1.0)
+
+
+def test_a_run_records_the_stem_and_threshold_it_used(data, tmp_path):
+    from memscan.pipeline import run
+    from memscan.report import read_metadata
+    res = run(data, RunConfig(max_epochs=3, batch_size=16, image_size=8, augment="crop", min_epochs=1,
+                              precision="fp32"), out=tmp_path / "run")
+    cfg = read_metadata(res.report_path).config
+    assert (cfg["stem"], cfg["rank_threshold"]) == ("whiten", 0.9)
+    assert RunFolder(res.out_dir).load_args()["config"]["stem"] == "whiten"
 
 
 def test_resuming_a_run_from_before_the_option_with_a_whitened_stem_names_the_option():
     from types import SimpleNamespace
-    from memscan.errors import ConfigError
     from memscan.pipeline import checked_checkpoint
     saved = RunConfig().to_dict()
     del saved["stem"]
     folder = SimpleNamespace(load_checkpoint=lambda: {"config": saved, "epoch": 1, "fingerprint": "f"})
-    assert checked_checkpoint(folder, RunConfig(), "f")["epoch"] == 1
+    assert checked_checkpoint(folder, RunConfig(stem="learned"), "f")["epoch"] == 1
     with pytest.raises(ConfigError, match=r"options differ .* in stem \(was: stem='learned'\)"):
         checked_checkpoint(folder, RunConfig(stem="whiten"), "f")
 
 
+def test_a_stem_the_model_never_took_is_read_as_the_learned_one():
+    from types import SimpleNamespace
+    from memscan.config import saved_config
+    from memscan.pipeline import checked_checkpoint
+    # an earlier version saved the stem as typed: --stem whiten on a timm model or a prior trained a learned one
+    for typed in ({"model": "resnet18"}, {"weights": "w.pt"}, {"pretrained": True, "model": "resnet18"}):
+        saved = {**RunConfig(**typed).to_dict(), "stem": "whiten", "rank_threshold": 0.87}
+        assert saved_config(saved)["stem"] == "learned"
+        folder = SimpleNamespace(load_checkpoint=lambda: {"config": saved, "epoch": 1, "fingerprint": "f"})
+        assert checked_checkpoint(folder, RunConfig(**typed).resolved(), "f")["epoch"] == 1
+    assert saved_config({**RunConfig().to_dict(), "stem": "whiten"})["stem"] == "whiten"
+    assert saved_config({"stem": "auto", "model": "memscan-cnn-m"})["stem"] == "whiten"
+
+
 def test_a_run_started_before_the_option_resumes_with_a_learned_stem(tmp_path):
-    from memscan.errors import ConfigError
     folder = RunFolder(tmp_path / "run")
     folder.path.mkdir()
     cfg = RunConfig().to_dict()

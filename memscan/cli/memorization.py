@@ -25,8 +25,8 @@ def memorization_cmd(
     schedule: str = typer.Option("cosine", help="Learning-rate schedule of each model: cosine fits to the end."),
     model: str = typer.Option("memscan-cnn", help="Architecture (as in 'memscan run')."),
     weights: Optional[str] = typer.Option(None, help="Local pretrained weights each model starts from."),
-    stem: str = typer.Option("learned", help="memscan's CNNs from scratch: learned | whiten (a fixed, whitened "
-                             "first layer, as 'memscan run --stem whiten')."),
+    stem: str = typer.Option("auto", help="memscan's CNNs from scratch: auto (= whiten) | whiten (a fixed, "
+                             "whitened first layer) | learned, as in 'memscan run'."),
     image_size: Optional[int] = typer.Option(None, help="Pixels (default: native size when all agree)."),
     augment: str = typer.Option("crop-flip", help="crop-flip | crop | none."),
     lr: float = typer.Option(0.05, help="Peak learning rate (0.05 with the cosine schedule fitted 98% of a 1,400-image "

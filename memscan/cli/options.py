@@ -34,9 +34,10 @@ RUN_OPTIONS = [  # (name, type, default, typer option)
                                               "--body-lr 0.1).")),
     ("body_lr", Optional[float], None, _O(None, help="With a prior model: learning-rate factor of every layer but "
                                           "the head (default: 0.1; 1 from scratch).")),
-    ("stem", str, "learned", _O("learned", help="memscan's CNNs from scratch: learned | whiten: the first layer "
-                                "fixed to the data's whitened patch directions (25% faster epochs, better ranking "
-                                "at the stop, more flags on nearly clean data; BENCHMARKS.md §22).")),
+    ("stem", str, "auto", _O("auto", help="memscan's CNNs from scratch: auto (= whiten) | whiten: the first layer "
+                             "fixed to the data's whitened patch directions (better ranking, fewer false flags; "
+                             "BENCHMARKS.md §22) | learned: trained from a random init. Priors and timm models "
+                             "keep their own.")),
     ("image_size", Optional[int], None, _O(None, help="Pixels (default: native size when all agree).")),
     ("augment", str, "crop-flip", _O("crop-flip", help="crop-flip | crop | none (batched on the device).")),
     ("no_augment", bool, False, _O(False, "--no-augment", help="Same as --augment none.")),
@@ -56,9 +57,10 @@ RUN_OPTIONS = [  # (name, type, default, typer option)
     ("stop_signal", str, "auto", _O("auto", help="auto: the conv/linear weight-norm peak, or the ranking "
                                     "converged, whichever first | weight-norm | total-norm | grad-mean | "
                                     "rank-stability.")),
-    ("rank_threshold", float, 0.87, _O(0.87, help="Suspects converged when the lowest-AUM samples (AUM < 0) "
-                                        "agree this much beyond chance between epochs, twice in a row; "
-                                        "higher = later stop, better ranking.")),
+    ("rank_threshold", Optional[float], None, _O(None, help="Suspects converged when the lowest-AUM samples "
+                                                 "(AUM < 0) agree this much beyond chance between epochs, twice in a "
+                                                 "row; higher = later stop, better ranking (default: 0.9 with the "
+                                                 "whitened stem, else 0.87).")),
     ("patience", int, 3, _O(3, help="Epochs the smoothed curve must stay below its peak.")),
     ("smoothing", int, 3, _O(3, help="Moving-average window of the stop curve, epochs.")),
     ("min_epochs", int, 3, _O(3, help="Never stop before this many epochs.")),
