@@ -61,6 +61,7 @@ class StemGrad:
         self.rejected = False      # disagreed: not for this model
         self._grad = None
         self._handle = None
+        self._wp = (None, None)    # (weight version, rearranged weight): rebuilt only when the weight changes
         (kh, kw), (cs_h, cs_w), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
         # a stride-1 stem's phase conv would be its transposed conv itself: run it at stride 2 over
         # the output gradient instead (4 phases, 12 output channels: 1.6x faster for a 3x3 stem)
@@ -119,11 +120,15 @@ class StemGrad:
         def capture(mod, args, out):
             if not out.requires_grad and not torch.is_grad_enabled():
                 return None
-            if not out.requires_grad:   # a frozen stem (--freeze) fed an input without grad: start autograd here
+            if not out.requires_grad:   # a fixed stem fed an input without grad: start autograd here
                 leaf = out.detach().requires_grad_(True)
                 leaf.register_hook(self._keep)
-                # a copy, not the leaf itself: the next layer may work in place (a ReLU right after the
-                # stem, once a frozen BatchNorm is folded into it), which autograd forbids on a leaf
+                if getattr(mod, "memscan_fixed", False):
+                    # a whitened stem is set only on memscan's own CNNs, where a BatchNorm reads it: the leaf
+                    # itself goes on, without the copy below (a fifth of what recording costs there)
+                    return leaf
+                # a copy, not the leaf itself: the next layer may work in place (a ReLU right after a frozen
+                # stem, once a frozen BatchNorm is folded into it, --freeze), which autograd forbids on a leaf
                 return leaf.clone()
             out.register_hook(self._keep)
             return out
@@ -140,12 +145,14 @@ class StemGrad:
             self._handle = None
         self._grad = None
 
-    def norm(self) -> torch.Tensor:
-        """Per-sample ||x.grad_i||_2 (fp32) of the last backward pass, as autograd would give it."""
-        g, self._grad = self._grad, None
-        if g is None:
-            raise RuntimeError("no gradient reached the stem conv in this step")
-        w = self.conv.weight.detach().to(g.dtype)
+    def _phase_weight(self, dtype) -> torch.Tensor:
+        """The phase conv's weight [c*S^2, o, lh, lw], rebuilt only when the stem's weight changed (every step for
+        a learned stem; once for a fixed one, where the rebuild's dozen small ops are a share of the cost)."""
+        weight = self.conv.weight
+        key = (weight._version, weight.data_ptr(), dtype, weight.device)
+        if self._wp[0] == key:
+            return self._wp[1]
+        w = weight.detach().to(dtype)
         o, c, kh, kw = w.shape
         sh, sw = self.s
         lh, lw = self.L
@@ -154,8 +161,17 @@ class StemGrad:
             self.idx = self.idx.to(w.device)
             self.mask = None if self.mask is None else self.mask.to(w.device)
         wp = wt[:, self.idx]                                       # [c, sh*sw*lh*lw, o]
-        wp = wp.reshape(c * sh * sw, lh, lw, o).permute(0, 3, 1, 2)
-        out = F.conv2d(g, wp.contiguous(memory_format=torch.channels_last), stride=self.f, padding=self.pad)
+        wp = wp.reshape(c * sh * sw, lh, lw, o).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        self._wp = (key, wp)
+        return wp
+
+    def norm(self) -> torch.Tensor:
+        """Per-sample ||x.grad_i||_2 (fp32) of the last backward pass, as autograd would give it."""
+        g, self._grad = self._grad, None
+        if g is None:
+            raise RuntimeError("no gradient reached the stem conv in this step")
+        c = self.conv.weight.shape[1]
+        out = F.conv2d(g, self._phase_weight(g.dtype), stride=self.f, padding=self.pad)
         oh, ow = self.start
         out = out[:, :, oh:oh + self.q[0], ow:ow + self.q[1]]
         if self.mask is not None:

@@ -131,3 +131,46 @@ def test_an_overflowed_step_leaves_the_check_for_the_next():
     train_step(model, x, y, opt, scaler, stem=stem)
     assert stem.verified
     stem.detach()
+
+
+def test_the_phase_weight_follows_the_stem_weight():
+    # the rearranged weight is kept between steps; an optimizer's in-place update must rebuild it
+    model = strided(5, 2, 2)
+    x = torch.randn(4, 3, 16, 16)
+    for _ in range(2):
+        want, got = autograd_and_stem_norms(model, x)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5)
+        with torch.no_grad():
+            model[0].weight.mul_(-1.7).add_(0.1)
+
+
+def test_a_fixed_stem_records_the_same_csg_as_autograd():
+    # a whitened stem's output starts autograd itself (no copy of it): per-sample input gradients as autograd's
+    from memscan import whitening
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, (48, 3, 16, 16), dtype=np.uint8)
+    labels = rng.integers(0, 4, 48)
+    cfg = RunConfig(batch_size=16, stop="none", max_epochs=2, augment="none", precision="fp32")
+    got = {}
+    for use in (True, False):
+        torch.manual_seed(0)
+        model = MemscanCNN(4, width=8)
+        whitening.apply_stem(model, whitening.stem_weight(imgs, [127.5] * 3, [64.0] * 3, model.features[0]))
+        src = InMemorySource(imgs, labels, mean=[0.5] * 3, std=[0.25] * 3)
+        records = []
+        fit(model, src, cfg, recorder=Recorder(48), on_record=records.append, stem_grad=use)
+        got[use] = np.stack([r.grad_sq for r in records])
+    assert np.all(got[False] > 0)
+    np.testing.assert_allclose(got[True], got[False], rtol=1e-4)
+    # the path those steps took: found at the fixed conv, verified against autograd, then used alone
+    x = torch.as_tensor(imgs[:8], dtype=torch.float32) / 64 - 2
+    stem = StemGrad.find(model, x)
+    assert stem is not None and stem.conv is model.features[0]
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    _, plain = train_step(model, x, torch.as_tensor(labels[:8]), opt, scaler)
+    for _ in range(2):
+        _, sig = train_step(model, x, torch.as_tensor(labels[:8]), opt, scaler, stem=stem)
+        assert stem.verified
+        np.testing.assert_allclose(sig.grad_norm.numpy(), plain.grad_norm.numpy(), rtol=1e-5)
+    stem.detach()
