@@ -124,8 +124,9 @@ class StemGrad:
                 leaf = out.detach().requires_grad_(True)
                 leaf.register_hook(self._keep)
                 if getattr(mod, "memscan_fixed", False):
-                    # a whitened stem is set only on memscan's own CNNs, where a BatchNorm reads it: the leaf
-                    # itself goes on, without the copy below (a fifth of what recording costs there)
+                    # a whitened stem is set only on memscan's own CNNs trained from scratch (never with
+                    # --freeze), where a BatchNorm reads it: the leaf itself goes on, without the copy below,
+                    # which was a third to a half of what recording cost there (BENCHMARKS.md §24)
                     return leaf
                 # a copy, not the leaf itself: the next layer may work in place (a ReLU right after a frozen
                 # stem, once a frozen BatchNorm is folded into it, --freeze), which autograd forbids on a leaf
