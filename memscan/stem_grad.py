@@ -61,7 +61,7 @@ class StemGrad:
         self.rejected = False      # disagreed: not for this model
         self._grad = None
         self._handle = None
-        self._wp = (None, None)    # (weight version, rearranged weight): rebuilt only when the weight changes
+        self._wp = (None, None)    # (key, rearranged weight) of a fixed stem: see _phase_weight
         (kh, kw), (cs_h, cs_w), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
         # a stride-1 stem's phase conv would be its transposed conv itself: run it at stride 2 over
         # the output gradient instead (4 phases, 12 output channels: 1.6x faster for a 3x3 stem)
@@ -147,11 +147,12 @@ class StemGrad:
         self._grad = None
 
     def _phase_weight(self, dtype) -> torch.Tensor:
-        """The phase conv's weight [c*S^2, o, lh, lw], rebuilt only when the stem's weight changed (every step for
-        a learned stem; once for a fixed one, where the rebuild's dozen small ops are a share of the cost)."""
+        """The phase conv's weight [c*S^2, o, lh, lw]: rebuilt every step for a learned stem, kept for a fixed one
+        (no gradient), where the rebuild's dozen small ops are a share of the recording's cost. The key also
+        follows in-place changes and moves of a fixed weight (a resumed or reloaded model)."""
         weight = self.conv.weight
-        key = (weight._version, weight.data_ptr(), dtype, weight.device)
-        if self._wp[0] == key:
+        key = None if weight.requires_grad else (weight._version, weight.data_ptr(), dtype, weight.device)
+        if key is not None and self._wp[0] == key:
             return self._wp[1]
         w = weight.detach().to(dtype)
         o, c, kh, kw = w.shape

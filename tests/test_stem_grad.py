@@ -138,9 +138,11 @@ def test_an_overflowed_step_leaves_the_check_for_the_next():
     stem.detach()
 
 
-def test_the_phase_weight_follows_the_stem_weight():
-    # the rearranged weight is kept between steps; an optimizer's in-place update must rebuild it
+@pytest.mark.parametrize("fixed", [False, True])
+def test_the_phase_weight_follows_the_stem_weight(fixed):
+    # a fixed stem's rearranged weight is kept between steps; a change to the weight itself must rebuild it
     model = strided(5, 2, 2)
+    model[0].weight.requires_grad_(not fixed)
     x = torch.randn(4, 3, 16, 16)
     for _ in range(2):
         want, got = autograd_and_stem_norms(model, x)
