@@ -41,6 +41,8 @@ def fold_frozen_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module | None
         if type(conv) is not nn.Conv2d or any(p.requires_grad for p in conv.parameters()):
             continue
         fused = fuse_conv_bn_eval(conv.eval(), bn.eval())
+        # a deep copy of the conv: it is no longer a stem whose next layer is known (``stem_grad``)
+        fused.__dict__.pop("memscan_fixed", None)
         _set_module(traced, prev.target, fused)
         modules[prev.target] = fused
         node.replace_all_uses_with(into)

@@ -148,8 +148,9 @@ class StemGrad:
 
     def _phase_weight(self, dtype) -> torch.Tensor:
         """The phase conv's weight [c*S^2, o, lh, lw]: rebuilt every step for a learned stem, kept for a fixed one
-        (no gradient), where the rebuild's dozen small ops are a share of the recording's cost. The key also
-        follows in-place changes and moves of a fixed weight (a resumed or reloaded model)."""
+        (no gradient), where the rebuild's dozen small ops are a share of the recording's cost. The key follows
+        a fixed weight's in-place changes through the parameter (``copy_``, ``load_state_dict``) and its moves;
+        not an edit through ``weight.data``, which memscan never makes."""
         weight = self.conv.weight
         key = None if weight.requires_grad else (weight._version, weight.data_ptr(), dtype, weight.device)
         if key is not None and self._wp[0] == key:

@@ -246,7 +246,11 @@ def train_step(model, x, y, opt, scaler, *, dtype=torch.float32, label_smoothing
             else:
                 rest_idx = (~record).nonzero()[:, 0]
                 xr = _input_leaf(x[rec_idx], stem, use_stem)
-                parts = [model(xr), model(x[rest_idx])]
+                recorded = model(xr)
+                if stem is not None:
+                    stem.detach()   # its hook would start autograd at the stem for the rest too (its gradient
+                                    # arrives through the leaf's own hook, kept by the recorded part)
+                parts = [recorded, model(x[rest_idx])]
                 inverse = torch.empty_like(record, dtype=torch.long)
                 inverse[torch.cat([rec_idx, rest_idx])] = torch.arange(len(record), device=record.device)
                 logits = torch.cat(parts)[inverse]

@@ -106,3 +106,15 @@ def test_the_stem_path_on_a_folded_resnet_matches_autograd():
             want = expected if record is None else expected[record]
             torch.testing.assert_close(got, want, rtol=1e-3, atol=0)
     assert stem.verified
+
+
+def test_a_folded_stem_is_not_taken_for_a_fixed_one():
+    # the whitened stem's mark lets stem_grad pass its output on uncopied; a fused copy (which may feed an
+    # in-place ReLU) must not carry it
+    model = _frozen("memscan-cnn")
+    model.features[0].memscan_fixed = True
+    net = fold_frozen_batchnorm(model, torch.randn(4, 3, 16, 16))
+    assert net is not None
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and not any(getattr(m, "memscan_fixed", False) for m in convs)
+    assert model.features[0].memscan_fixed    # the model's own stem keeps it

@@ -144,9 +144,14 @@ def test_the_phase_weight_follows_the_stem_weight(fixed):
     model = strided(5, 2, 2)
     model[0].weight.requires_grad_(not fixed)
     x = torch.randn(4, 3, 16, 16)
-    for _ in range(2):
-        want, got = autograd_and_stem_norms(model, x)
-        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5)
+    stem = StemGrad.find(model, x)      # one object across the steps, as in training
+    for _ in range(3):
+        xx = x.clone().requires_grad_(True)
+        stem.attach()
+        F.cross_entropy(model(xx), torch.arange(4) % 4, reduction="sum").backward()
+        got = stem.norm()
+        stem.detach()
+        np.testing.assert_allclose(got.numpy(), torch.linalg.vector_norm(xx.grad, dim=(1, 2, 3)).numpy(), rtol=1e-5)
         with torch.no_grad():
             model[0].weight.mul_(-1.7).add_(0.1)
 
@@ -166,16 +171,20 @@ def test_a_fixed_stem_records_the_same_csg_as_autograd():
     got = csg_both_ways(whitened, imgs, labels)
     assert np.all(got[False] > 0)
     np.testing.assert_allclose(got[True], got[False], rtol=1e-4)
-    # the path those steps took: found at the fixed conv, verified against autograd, then used alone
+    # the path those steps took: found at the fixed conv, verified against autograd, then used alone, with the
+    # stem's output passed on as the autograd leaf itself (no copy)
     model = whitened()
     x = torch.as_tensor(imgs[:8], dtype=torch.float32) / 64 - 2
     stem = StemGrad.find(model, x)
     assert stem is not None and stem.conv is model.features[0]
+    seen = []
+    model.features[1].register_forward_pre_hook(lambda m, a: seen.append(a[0].is_leaf and a[0].requires_grad))
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     _, plain = train_step(model, x, torch.as_tensor(labels[:8]), opt, scaler)
-    for _ in range(2):
+    for checked in (False, True):   # the first step checks the path against autograd (x itself needs grad)
+        seen.clear()
         _, sig = train_step(model, x, torch.as_tensor(labels[:8]), opt, scaler, stem=stem)
-        assert stem.verified
+        assert stem.verified and seen == [checked]
         np.testing.assert_allclose(sig.grad_norm.numpy(), plain.grad_norm.numpy(), rtol=1e-5)
     stem.detach()

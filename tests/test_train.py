@@ -344,6 +344,12 @@ def test_a_split_frozen_step_equals_the_whole_step_and_records_only_the_chosen_s
             assert stem_s.verified
         torch.testing.assert_close(split.head.weight, whole.head.weight, rtol=1e-5, atol=1e-6)
         assert all(p.grad is None for n, p in split.named_parameters() if not n.startswith("head."))
+        if use_stem:   # the forward-only part starts no autograd at the stem: one gradient reaches it, the recorded
+            calls, keep = [], stem_s._keep
+            stem_s._keep = lambda g: (calls.append(g.shape[0]), keep(g))[1]
+            train_step(split, x, y, opt_s, scaler, stem=stem_s, record=record)
+            assert calls == [int(record.sum())]
+            del stem_s._keep
     # no sample recorded: the body runs forward only, every gradient NaN
     _, none = train_step(split, x, y, opt_s, scaler, stem=stem_s, record=torch.zeros(16, dtype=torch.bool))
     assert torch.isnan(none.grad_norm).all() and torch.isfinite(none.logits).all()
