@@ -30,6 +30,14 @@ def torchrun(*args, nproc=2):
             str(29500 + os.getpid() % 1000), "-m", "memscan", *args]
 
 
+def failure(p) -> str:
+    """What a failed torchrun said: every rank's error lines (torchrun's own summary, which ends stderr, names only
+    the signal of the rank that died first), then the tail."""
+    keys = ("Error", "error", "Traceback", "terminate", "what()", "Exception", "gloo")
+    lines = [line for line in p.stderr.splitlines() if any(k in line for k in keys)]
+    return "\n".join(lines)[:3000] + "\n--- tail ---\n" + p.stderr[-1500:]
+
+
 def env():
     return dict(os.environ, OMP_NUM_THREADS="1", MEMSCAN_DIST_TIMEOUT="60")
 
@@ -48,7 +56,7 @@ def test_two_processes_cover_every_sample_once_and_agree_with_one(data, tmp_path
     # 2 processes x batch 16 = the global batch 32 of the single-process run below
     p = subprocess.run(torchrun("run", str(data), "--out", str(out), "--batch-size", "16", *ARGS), env=env(),
                        capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, failure(p)
     meta = read_metadata(out)
     assert meta.processes == 2 and meta.stop.epochs_trained == 6
     for f in sorted((out / "trajectories").glob("epoch-*.parquet")):   # reduced once per epoch: all N, once each
@@ -120,10 +128,10 @@ def test_memorization_models_split_over_processes_give_the_single_process_estima
             "-q"]
     p = subprocess.run(torchrun(*args, "--out", str(tmp_path / "two")), env=env(), capture_output=True, text=True,
                        timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, failure(p)
     one = subprocess.run([sys.executable, "-m", "memscan", *args, "--out", str(tmp_path / "one")], env=env(),
                          capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-3000:]
+    assert one.returncode == 0, failure(one)
     a, meta = read_memorization(tmp_path / "two")
     b, _ = read_memorization(tmp_path / "one")
     assert meta["models"] == 4 and len(a) == 80 and sorted((tmp_path / "two" / "models").iterdir()) != []
