@@ -150,14 +150,36 @@ def check_report(report, /, *, max_mislabeled=None, max_count=None, class_max=No
     if all(v is None for v in (max_mislabeled, max_count, max_new, *audit_limits.values())) and not class_max:
         raise ConfigError("no threshold given; pass at least one of --max-mislabeled, --max-count, --class-max, "
                           "--max-duplicates, --max-leaks, --max-image-issues or --baseline with --max-new")
-    audit_limits = {k: _count("--" + k.replace("_", "-"), v) for k, v in audit_limits.items() if v is not None}
     if max_new is not None and baseline is None:
         raise ConfigError("--max-new needs --baseline (an earlier report of the same dataset)")
+    audit_limits = {k: _count("--" + k.replace("_", "-"), v) for k, v in audit_limits.items() if v is not None}
     max_mislabeled = None if max_mislabeled is None else _fraction("--max-mislabeled", max_mislabeled)
     max_count = None if max_count is None else _count("--max-count", max_count)
     max_new = None if max_new is None else _count("--max-new", max_new)
     class_max = parse_class_max(class_max) if isinstance(class_max, (str, list, tuple)) else dict(class_max or {})
-    df, name = frame_and_name(report, CHECK_COLUMNS, AUDIT_CHECK_COLUMNS if audit_limits else ())
+    df, name = _checkable(report, class_max, audit=bool(audit_limits))
+    flagged = df[df["category"] == "mislabeled"]
+    excused, accepted_info = set(), None
+    if accepted is not None:
+        excused, accepted_info = _accepted(accepted, df, flagged)
+        flagged = flagged[~flagged["path"].isin(excused)]
+    gates = _label_gates(df, flagged, max_mislabeled, max_count, class_max, top)
+    diff = None
+    if baseline is not None:
+        d = diff_reports(baseline, df, new_name=name)
+        d.new_suspects = [r for r in d.new_suspects if r["path"] not in excused]
+        diff = d.counts()
+        if max_new is not None:
+            gates.append(_new_suspects_gate(d, max_new, top))
+    gates += audit_gates(report, df, name, audit_limits, top, excused)
+    return CheckResult(report=name, samples=len(df), flagged=len(flagged), passed=all(g.passed for g in gates),
+                       gates=gates, diff=diff, accepted=accepted_info)
+
+
+
+def _checkable(report, class_max: dict, *, audit: bool):
+    """The report as a DataFrame and its name, refused when a gate on it would mean nothing."""
+    df, name = frame_and_name(report, CHECK_COLUMNS, AUDIT_CHECK_COLUMNS if audit else ())
     if len(df) == 0:
         raise ReportError(f"'{name}' has no samples; nothing to check")
     if not np.isfinite(df["mislabel_score"].to_numpy(np.float64)).all():
@@ -167,18 +189,22 @@ def check_report(report, /, *, max_mislabeled=None, max_count=None, class_max=No
     for c in class_max:
         if c not in classes:
             raise ConfigError(f"--class-max {c!r} is not a class of '{name}'; classes: {', '.join(classes)}")
-    flagged = df[df["category"] == "mislabeled"]
-    excused, accepted_info = set(), None
-    if accepted is not None:
-        from .decisions import accepted_paths, pending, read_decisions
-        decisions = read_decisions(accepted)
-        excused = accepted_paths(decisions, df["path"], df["label_name"])
-        waiting = pending(decisions, df["path"], df["label_name"])
-        accepted_info = {"file": str(accepted), "decisions": len(decisions),
-                         "excused": int(flagged["path"].isin(excused).sum()),
-                         "pending_relabel": waiting["relabel"], "pending_remove": waiting["remove"],
-                         "unmatched": waiting["unmatched"]}
-        flagged = flagged[~flagged["path"].isin(excused)]
+    return df, name
+
+def _accepted(accepted, df, flagged) -> tuple[set, dict]:
+    """The paths a decisions CSV marks keep (excused from every gate), and what the file holds."""
+    from .decisions import accepted_paths, pending, read_decisions
+    decisions = read_decisions(accepted)
+    excused = accepted_paths(decisions, df["path"], df["label_name"])
+    waiting = pending(decisions, df["path"], df["label_name"])
+    return excused, {"file": str(accepted), "decisions": len(decisions),
+                     "excused": int(flagged["path"].isin(excused).sum()),
+                     "pending_relabel": waiting["relabel"], "pending_remove": waiting["remove"],
+                     "unmatched": waiting["unmatched"]}
+
+
+def _label_gates(df, flagged, max_mislabeled, max_count, class_max: dict, top: int) -> list[GateResult]:
+    """The gates on the ``mislabeled`` category: its fraction, its count, and its fraction within a class."""
     n, k = len(df), len(flagged)
     gates = []
     if max_mislabeled is not None:
@@ -203,22 +229,18 @@ def check_report(report, /, *, max_mislabeled=None, max_count=None, class_max=No
         msg = (f"class {c!r}: {_pct(frac)} of its {int(in_c.sum())} samples flagged mislabeled ({len(fc)}) "
                + (f"<= limit {_pct(lim)}" if ok else f"> limit {_pct(lim)}: over by {100 * (frac - lim):.2f} points"))
         gates.append(GateResult(f"class-max[{c}]", ok, frac, lim, "fraction", msg, [] if ok else _offenders(fc, top)))
-    diff = None
-    if baseline is not None:
-        d = diff_reports(baseline, df, new_name=name)
-        d.new_suspects = [r for r in d.new_suspects if r["path"] not in excused]
-        diff = d.counts()
-        if max_new is not None:
-            m = len(d.new_suspects)
-            ok = m <= max_new
-            msg = (f"{m} new suspects since the baseline ({len(d.resolved_suspects)} resolved, "
-                   f"{len(d.relabelled)} relabelled) " + (f"<= limit {max_new}" if ok else
-                                                        f"> limit {max_new}: over by {m - max_new}"))
-            gates.append(GateResult("max-new", ok, m, max_new, "count", msg,
-                                    [] if ok else [{k: r[k] for k in OFFENDER_FIELDS} for r in d.new_suspects[:top]]))
-    gates += audit_gates(report, df, name, audit_limits, top, excused)
-    return CheckResult(report=name, samples=n, flagged=k, passed=all(g.passed for g in gates), gates=gates,
-                       diff=diff, accepted=accepted_info)
+    return gates
+
+
+def _new_suspects_gate(d, max_new: int, top: int) -> GateResult:
+    """Suspects the baseline did not have (``diff_reports``), less the accepted ones."""
+    m = len(d.new_suspects)
+    ok = m <= max_new
+    msg = (f"{m} new suspects since the baseline ({len(d.resolved_suspects)} resolved, "
+           f"{len(d.relabelled)} relabelled) " + (f"<= limit {max_new}" if ok else
+                                                f"> limit {max_new}: over by {m - max_new}"))
+    return GateResult("max-new", ok, m, max_new, "count", msg,
+                      [] if ok else [{k: r[k] for k in OFFENDER_FIELDS} for r in d.new_suspects[:top]])
 
 
 def audit_gates(report, df, name: str, limits: dict, top: int, excused=frozenset()) -> list[GateResult]:

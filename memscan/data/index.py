@@ -350,86 +350,25 @@ def _pick(columns, wanted, given, what, loc):
 
 
 def _index_manifest(loc: Path, path_column, label_column, encoding) -> SampleTable:
-    import pyarrow as pa
     table = _read_table(loc, encoding)
     cols = table.column_names
     label_col = _pick(cols, LABEL_COLUMNS, label_column, "label", loc)
     if label_col is None:
         raise DatasetError(f"manifest '{loc}' has no label column; name one of {', '.join(LABEL_COLUMNS)} "
                            "or pass --label-column")
-    bytes_col = None
-    for c in BYTES_COLUMNS:
-        if c in cols:
-            t = table.schema.field(c).type
-            if pa.types.is_binary(t) or pa.types.is_large_binary(t) or (
-                    pa.types.is_struct(t) and t.get_field_index("bytes") >= 0):
-                bytes_col = c
-                break
+    bytes_col = _bytes_column(table)
     path_col = _pick(cols, PATH_COLUMNS, path_column, "path", loc)
     if bytes_col is None and path_col is None:
         raise DatasetError(f"manifest '{loc}' has neither a path column ({', '.join(PATH_COLUMNS)}) nor an "
                            "image-bytes column; add one or pass --path-column")
-
-    def _missing(v):  # CSV reads an empty string cell as "" (not null) in a text column
-        return v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip())
-
     if table.num_rows == 0:
         raise DatasetError(f"manifest '{loc}' has no rows; list one image a row, with its label")
-    label_cols = [label_col] + ([c for c in ("label", "label_name") if c != label_col]
-                                if "label" in cols and "label_name" in cols else [])
-    for c in label_cols:
-        t = table.schema.field(c).type
-        if pa.types.is_nested(t):
-            raise DatasetError(f"manifest '{loc}' column '{c}' holds {t}; labels must be text or whole numbers")
-        values = table.column(c).to_pylist()
-        if any(_missing(v) for v in values):
-            bad = next(i for i, v in enumerate(values) if _missing(v))
-            raise DatasetError(f"manifest '{loc}' {_where(loc, bad)} has no label in column '{c}'; "
-                               "fill in every label or drop the row")
-    raw_labels = table.column(label_col).to_pylist()
-    names = [str(v) for v in raw_labels]
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in raw_labels):
-        class_names = [str(v) for v in sorted(set(raw_labels))]   # integer labels: 2 before 10
-    else:
-        class_names = sorted(set(names))
-    if "label" in cols and "label_name" in cols:
-        # keep the dataset's own class order (label index) with its names
-        idx = table.column("label").to_pylist()
-        pairs = sorted(set(zip(idx, table.column("label_name").to_pylist())))
-        if len({p[0] for p in pairs}) == len(pairs):
-            class_names = [str(p[1]) for p in pairs]
-            names = [str(v) for v in table.column("label_name").to_pylist()]
-    if len(class_names) < 2:
-        raise DatasetError(f"manifest '{loc}' has only one class ('{class_names[0]}'); memscan needs at "
-                           "least two classes")
-    lookup = {c: i for i, c in enumerate(class_names)}
-    labels = np.array([lookup[n] for n in names], dtype=np.int64)
-
-    if path_col is not None:
-        paths = [str(p) for p in table.column(path_col).to_pylist()]
-    else:
-        width = len(str(len(names)))
-        paths = [f"row-{i:0{width}d}" for i in range(len(names))]
-    # one image under two spellings ("a/x.png", "./a/x.png", "a//x.png") is still one image
-    spelled = [os.path.normpath(p) for p in paths] if path_col is not None else paths
-    if len(set(spelled)) != len(spelled):
-        seen: dict[str, str] = {}
-        for p, q in zip(paths, spelled):
-            if q in seen:
-                also = "" if seen[q] == p else f" (also as '{seen[q]}')"
-                raise DatasetError(f"manifest '{loc}' lists '{p}' more than once{also}; each image must appear once")
-            seen[q] = p
-
-    image_bytes = None
+    labels, class_names = _manifest_labels(table, label_col, loc)
+    paths = _manifest_paths(table, path_col, loc)
     if bytes_col is not None:
-        col = table.column(bytes_col)
-        if pa.types.is_struct(col.type):
-            col = col.combine_chunks().field("bytes")
-        image_bytes = col.to_pylist()
-        if any(b is None for b in image_bytes):
-            bad = next(i for i, b in enumerate(image_bytes) if b is None)
-            raise DatasetError(f"manifest '{loc}' {_where(loc, bad)} has no image bytes in column '{bytes_col}'")
+        image_bytes = _manifest_bytes(table, bytes_col, loc)
     else:
+        image_bytes = None
         base = loc.parent
         # os.path.exists: Path.exists raises on a name over NAME_MAX; a FIFO or device is skipped (and said) later
         missing = [p for p in paths if not os.path.exists(base / p)]
@@ -437,9 +376,87 @@ def _index_manifest(loc: Path, path_column, label_column, encoding) -> SampleTab
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise DatasetError(f"manifest '{loc}' lists '{missing[0]}'{more}, which does not exist under "
                                f"'{base}'; paths must be relative to the manifest's folder")
-
     order = np.argsort(np.array(paths, dtype=object), kind="stable")
     return SampleTable(
         paths=[paths[i] for i in order], labels=labels[order], class_names=class_names, root=loc.parent,
         source="parquet-bytes" if image_bytes is not None else "manifest", location=loc,
         image_bytes=None if image_bytes is None else [image_bytes[i] for i in order])
+
+
+def _bytes_column(table) -> str | None:
+    """The first of BYTES_COLUMNS that holds binary cells (or Hugging Face's {bytes, path} structs)."""
+    import pyarrow as pa
+    for c in BYTES_COLUMNS:
+        if c in table.column_names:
+            t = table.schema.field(c).type
+            if pa.types.is_binary(t) or pa.types.is_large_binary(t) or (
+                    pa.types.is_struct(t) and t.get_field_index("bytes") >= 0):
+                return c
+    return None
+
+
+def _missing(v) -> bool:
+    """An absent cell: null, NaN, or a blank string (CSV reads an empty text cell as "", not null)."""
+    return v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip())
+
+
+def _manifest_labels(table, label_col: str, loc: Path) -> tuple[np.ndarray, list[str]]:
+    """Label indices and class names. Integer labels sort numerically (2 before 10); a manifest with both
+    ``label`` and ``label_name`` keeps the dataset's own class order (the index) with its names."""
+    import pyarrow as pa
+    cols = table.column_names
+    both = "label" in cols and "label_name" in cols
+    for c in [label_col] + ([c for c in ("label", "label_name") if c != label_col] if both else []):
+        t = table.schema.field(c).type
+        if pa.types.is_nested(t):
+            raise DatasetError(f"manifest '{loc}' column '{c}' holds {t}; labels must be text or whole numbers")
+        values = table.column(c).to_pylist()
+        bad = next((i for i, v in enumerate(values) if _missing(v)), None)
+        if bad is not None:
+            raise DatasetError(f"manifest '{loc}' {_where(loc, bad)} has no label in column '{c}'; "
+                               "fill in every label or drop the row")
+    raw_labels = table.column(label_col).to_pylist()
+    names = [str(v) for v in raw_labels]
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in raw_labels):
+        class_names = [str(v) for v in sorted(set(raw_labels))]
+    else:
+        class_names = sorted(set(names))
+    if both:
+        pairs = sorted(set(zip(table.column("label").to_pylist(), table.column("label_name").to_pylist())))
+        if len({p[0] for p in pairs}) == len(pairs):
+            class_names = [str(p[1]) for p in pairs]
+            names = [str(v) for v in table.column("label_name").to_pylist()]
+    if len(class_names) < 2:
+        raise DatasetError(f"manifest '{loc}' has only one class ('{class_names[0]}'); memscan needs at "
+                           "least two classes")
+    lookup = {c: i for i, c in enumerate(class_names)}
+    return np.array([lookup[n] for n in names], dtype=np.int64), class_names
+
+
+def _manifest_paths(table, path_col: str | None, loc: Path) -> list[str]:
+    """Each row's path (``row-NNNN`` when the images are bytes without one); refuses one image listed twice,
+    also under two spellings ("a/x.png", "./a/x.png", "a//x.png")."""
+    if path_col is None:
+        width = len(str(table.num_rows))
+        return [f"row-{i:0{width}d}" for i in range(table.num_rows)]
+    paths = [str(p) for p in table.column(path_col).to_pylist()]
+    seen: dict[str, str] = {}
+    for p in paths:
+        q = os.path.normpath(p)
+        if q in seen:
+            also = "" if seen[q] == p else f" (also as '{seen[q]}')"
+            raise DatasetError(f"manifest '{loc}' lists '{p}' more than once{also}; each image must appear once")
+        seen[q] = p
+    return paths
+
+
+def _manifest_bytes(table, bytes_col: str, loc: Path) -> list[bytes]:
+    import pyarrow as pa
+    col = table.column(bytes_col)
+    if pa.types.is_struct(col.type):
+        col = col.combine_chunks().field("bytes")
+    image_bytes = col.to_pylist()
+    bad = next((i for i, b in enumerate(image_bytes) if b is None), None)
+    if bad is not None:
+        raise DatasetError(f"manifest '{loc}' {_where(loc, bad)} has no image bytes in column '{bytes_col}'")
+    return image_bytes
