@@ -355,7 +355,7 @@ def report_metadata(prep: Prepared, cfg: RunConfig, result, sig, scores, curves,
         channels_last=prep.channels_last, timings=timings,
         categories={c: int((scores["category"] == c).sum()) for c in CATEGORIES},
         stop_accuracy=float((scores["pred"] == prep.labels).mean()),
-        warnings=trust_warnings(prep.labels, scores["pred"]))
+        warnings=trust_warnings(prep.labels, scores["pred"], augmented=cfg.augment != "none"))
 
 
 def write_results(folder: RunFolder, prep: Prepared, cfg: RunConfig, meta: ReportMeta, sig, scores, *,

@@ -159,6 +159,10 @@ def test_trust_warnings_name_an_underfit_model_a_fitted_one_and_a_small_set():
     assert trust_warnings(y, good) == []
     (fitted,) = trust_warnings(y, y)                           # every label learned, wrong ones included
     assert "fits 100.00% of the given labels" in fitted and "'memorized' category" in fitted
+    assert "augmentation" not in fitted
+    (bare,) = trust_warnings(y, y, augmented=False)            # the likely cause is named, once
+    assert bare.startswith(fitted) and "without augmentation" in bare and "--augment crop-flip" in bare
+    assert trust_warnings(y, good, augmented=False) == []
     pred = y.copy()
     pred[:1200] = (pred[:1200] + 1) % 10                       # 80% fitted
     (w,) = trust_warnings(y, pred)

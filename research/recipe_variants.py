@@ -1,0 +1,63 @@
+"""Does a recipe change help the default run rank §0's label errors? (issue 13, point 3; BENCHMARKS.md §25)
+
+Each CONFIG is a noisy manifest written by ``research/noisy_manifest.py`` from a §0 benchmark run
+(``DATA/CONFIG.parquet`` and ``DATA/CONFIG-truth.csv``), so every variant audits exactly §0's noise. Each
+variant is the default ``RunConfig`` with the given fields changed (``name:field=value,...``; ``base:`` is the
+default itself), run through ``memscan.pipeline.run`` and scored as ``memscan eval-noise --from-run RUN
+--truth TRUTH`` scores it.
+
+    python research/recipe_variants.py bench-out/s17/ls bench-out/s18/aug inst20-500pc,pair20-500pc \\
+        --variant base: --variant crop:augment=crop --json research/results/recipe-variants-machineC.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from memscan.config import RunConfig
+from memscan.eval_noise import evaluate_report_with_truth
+from memscan.pipeline import run
+from memscan.report import read_metadata
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    name, _, spec = text.partition(":")
+    changes = {}
+    for kv in filter(None, spec.split(",")):
+        k, v = kv.split("=")
+        t = str(RunConfig.__dataclass_fields__[k].type)
+        changes[k] = (float(v) if "float" in t else int(v) if "int" in t
+                      else v.lower() == "true" if "bool" in t else v)
+    return name, changes
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("data", type=Path, help="folder of CONFIG.parquet and CONFIG-truth.csv")
+    ap.add_argument("out", type=Path, help="folder for the runs")
+    ap.add_argument("configs")
+    ap.add_argument("--variant", action="append", required=True)
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    results = []
+    for c in a.configs.split(","):
+        for name, changes in map(parse_variant, a.variant):
+            out = a.out / f"{c}-{name}"
+            t0 = time.perf_counter()
+            if not (out / "report.parquet").exists():
+                run(a.data / f"{c}.parquet", RunConfig(**changes), out=out, overwrite=out.exists())
+            d = evaluate_report_with_truth(out, a.data / f"{c}-truth.csv")
+            m = d["scores"]["mislabel_score"]
+            row = {"config": c, "variant": name, "changes": changes,
+                   "epochs": read_metadata(out).stop.epochs_trained, "seconds": round(time.perf_counter() - t0, 1),
+                   "auroc": round(m["auroc"], 4), "ap": round(m["ap"], 4), "category": d.get("category")}
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
