@@ -49,23 +49,37 @@ def _series(meta, key):
 def figures(meta, df, reference: Reference | None = None) -> dict:
     """``meta``: ``read_metadata(report)``; ``df``: the report as a DataFrame; ``reference``:
     ``load_reference`` (adds the "reference" figure). Returns name -> Figure, in ``PLOT_NAMES`` order."""
-    figs = {}
-    epochs = np.arange(1, len(_series(meta, "weight_norm")) + 1)
+    figs = {"norms": norms_figure(meta), "gradient": gradient_figure(meta), "accuracy": accuracy_figure(meta),
+            "csg": csg_figure(df), "classes": classes_figure(df), "learning_time": learning_time_figure(df),
+            "noise_matrix": noise_matrix_figure(df, meta.dataset.classes)}
+    if reference is not None:
+        figs[REFERENCE_PLOT] = reference_figure(df, reference)
+    return figs
 
+
+def _epochs(meta) -> np.ndarray:
+    return np.arange(1, len(_series(meta, "weight_norm")) + 1)
+
+
+def norms_figure(meta):
+    """The weight norms per epoch: the conv/linear norm is the stop signal."""
     fig, ax = _figure()
     for key, label, color in (("weight_norm", "conv/linear weights (the stop signal)", "#1f77b4"),
                               ("norm_layer_norm", "normalisation-layer scales", "#8c564b"),
                               ("total_norm", "all parameters", "#7f7f7f")):
         y = _series(meta, key)
         if len(y) and not np.isnan(y).all():
-            ax.plot(epochs, y, marker="o", ms=3, label=label, color=color)
+            ax.plot(_epochs(meta), y, marker="o", ms=3, label=label, color=color)
     _mark_epochs(ax, meta)
     ax.set(title="Weight norm per epoch", xlabel="epoch", ylabel="L2 norm")
     ax.legend(fontsize=8)
-    figs["norms"] = fig
+    return fig
 
+
+def gradient_figure(meta):
+    """The mean squared input-gradient norm per epoch, its maximum marked."""
     fig, ax = _figure()
-    g = _series(meta, "grad_mean")
+    epochs, g = _epochs(meta), _series(meta, "grad_mean")
     if len(g):
         ax.plot(epochs, g, marker="o", ms=3, color="#1f77b4", label="mean ||d loss / d input||²")
         if not np.isnan(g).all():
@@ -74,9 +88,13 @@ def figures(meta, df, reference: Reference | None = None) -> dict:
     _mark_epochs(ax, meta)
     ax.set(title="Mean sample gradient per epoch", xlabel="epoch", ylabel="mean squared input-gradient norm")
     ax.legend(fontsize=8)
-    figs["gradient"] = fig
+    return fig
 
+
+def accuracy_figure(meta):
+    """Training (and validation) accuracy per epoch, the training loss on a second axis."""
     fig, ax = _figure()
+    epochs = _epochs(meta)
     for key, label, color in (("train_acc", "train accuracy (given labels)", "#1f77b4"),
                               ("val_acc", "validation accuracy", "#2ca02c")):
         y = _series(meta, key)
@@ -92,8 +110,11 @@ def figures(meta, df, reference: Reference | None = None) -> dict:
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="center right")
-    figs["accuracy"] = fig
+    return fig
 
+
+def csg_figure(df):
+    """log10 CSG, stacked by category (samples with CSG 0 left out)."""
     fig, ax = _figure()
     csg = df["csg"].to_numpy(dtype=float)
     pos = csg[csg > 0]
@@ -106,8 +127,11 @@ def figures(meta, df, reference: Reference | None = None) -> dict:
         ax.set_yscale("log")
     ax.set(title="CSG distribution by category", xlabel="log10 CSG", ylabel="samples")
     ax.legend(fontsize=8)
-    figs["csg"] = fig
+    return fig
 
+
+def classes_figure(df):
+    """Flagged samples per given class, stacked by category."""
     fig, ax = _figure(w=max(6.4, 0.45 * df["label_name"].nunique() + 2))
     classes = sorted(set(df["label_name"]))
     bottom = np.zeros(len(classes))
@@ -121,12 +145,7 @@ def figures(meta, df, reference: Reference | None = None) -> dict:
                   if len(classes) > 6 else "center", fontsize=8)
     ax.set(title="Flagged samples per class (given label)", ylabel="samples")
     ax.legend(fontsize=8)
-    figs["classes"] = fig
-    figs["learning_time"] = learning_time_figure(df)
-    figs["noise_matrix"] = noise_matrix_figure(df, meta.dataset.classes)
-    if reference is not None:
-        figs[REFERENCE_PLOT] = reference_figure(df, reference)
-    return figs
+    return fig
 
 
 def fmt(v, digits: int = 3) -> str:
