@@ -144,21 +144,7 @@ def write_html(report, dest=None, *, per_category: int = 300, thumb_size: int = 
 
     rows = gallery_rows(df, per_category=per_category)
     read, warning = _image_reader(dataset.location)
-    margins = _margins(rpath, rows["sample_id"].to_numpy())
-    cards, missing = [], []
-    fields = list(CARD_FIELDS) + [f for f in (*EXPLAIN_FIELDS, *AUDIT_FIELDS, "views") if f in rows]
-    for i, r in enumerate(rows[fields].to_dict("records")):
-        try:
-            data = read(r["path"])
-            uri = thumbnail_uri(data, thumb_size) if data is not None else None
-        except Exception:   # one unreadable image must not cost the whole report
-            uri = None
-        if uri is None:
-            missing.append(r["path"])
-        card = {k: (v if k == "views" else _py(v)) for k, v in r.items()} | {"img": uri}
-        if margins is not None:
-            card["margins"] = [None if not np.isfinite(m) else round(float(m), 2) for m in margins[i]]
-        cards.append(card)
+    cards, missing = _cards(rows, read, _margins(rpath, rows["sample_id"].to_numpy()), thumb_size)
     if missing and warning is None:
         warning = f"{len(missing)} images could not be read from '{dataset.location}'"
 
@@ -185,6 +171,26 @@ def write_html(report, dest=None, *, per_category: int = 300, thumb_size: int = 
         script=_asset("report.js"), style=_asset("report.css"))
     write_text_atomic(dest, page)
     return HtmlResult(dest, len(cards), missing, warning)
+
+
+def _cards(rows, read, margins, thumb_size: int) -> tuple[list, list]:
+    """The gallery's cards (report fields, a thumbnail URI, the margin sparkline) and the paths that could not
+    be read (their cards show a placeholder)."""
+    cards, missing = [], []
+    fields = list(CARD_FIELDS) + [f for f in (*EXPLAIN_FIELDS, *AUDIT_FIELDS, "views") if f in rows]
+    for i, r in enumerate(rows[fields].to_dict("records")):
+        try:
+            data = read(r["path"])
+            uri = thumbnail_uri(data, thumb_size) if data is not None else None
+        except Exception:   # one unreadable image must not cost the whole report
+            uri = None
+        if uri is None:
+            missing.append(r["path"])
+        card = {k: (v if k == "views" else _py(v)) for k, v in r.items()} | {"img": uri}
+        if margins is not None:
+            card["margins"] = [None if not np.isfinite(m) else round(float(m), 2) for m in margins[i]]
+        cards.append(card)
+    return cards, missing
 
 
 def _margins(rpath: Path, ids):
