@@ -413,15 +413,7 @@ def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_reco
         if not run_epoch(epoch, sched):
             return FitResult(epoch, rule.peak_epoch, f"loss became NaN/inf in epoch {epoch + 1}", curves,
                              time.perf_counter() - t0, nan_epoch=epoch)
-        if cfg.signal == "exact":
-            gsq, _ = exact_pass(model, source, batch_size=max(cfg.batch_size, 256), dtype=dtype)
-            recorder.record(torch.arange(n), grad_sq=torch.from_numpy(gsq))
-        if world > 1:
-            recorder.all_reduce()   # every process now holds every sample's values for the epoch
-        rec = recorder.end_epoch()
-        summary = dict(rec.summary, lr=opt.param_groups[0]["lr"], **weight_norms(unwrap(model)))
-        if val_source is not None:
-            summary.update(evaluate(model, val_source, batch_size=512, dtype=dtype))
+        rec, summary = _end_epoch(model, source, cfg, recorder, opt, val_source, dtype=dtype, world=world)
         summary["seconds"] = time.perf_counter() - te
         curves.append(summary)
         if on_record is not None:
@@ -447,13 +439,32 @@ def fit(model: nn.Module, source, cfg: RunConfig, *, recorder: Recorder, on_reco
             return FitResult(len(curves), rule.peak_epoch, f"loss became NaN/inf in annealing epoch "
                              f"{anneal['nan_epoch'] + 1}", curves, time.perf_counter() - t0,
                              nan_epoch=anneal["nan_epoch"], anneal=anneal)
-    if cfg.stop == "none":
-        reason = f"trained to max_epochs={cfg.max_epochs} (--stop none)"
-        if rule.peak_epoch is not None:
-            reason += f"; {rule.curve.replace('_', ' ')} peaked at epoch {rule.peak_epoch + 1}"
-    else:
-        reason = rule.reason or f"reached max_epochs={cfg.max_epochs} with no peak and no converged ranking"
-    return FitResult(len(curves), rule.peak_epoch, reason, curves, time.perf_counter() - t0, anneal=anneal)
+    return FitResult(len(curves), rule.peak_epoch, _stop_reason(cfg, rule), curves, time.perf_counter() - t0,
+                     anneal=anneal)
+
+
+def _end_epoch(model, source, cfg: RunConfig, recorder: Recorder, opt, val_source, *, dtype, world: int):
+    """The epoch's record (with ``--signal exact``'s eval-mode gradients, reduced over processes) and its
+    curve values: the record's summary, the learning rate, the weight norms and the validation figures."""
+    if cfg.signal == "exact":
+        gsq, _ = exact_pass(model, source, batch_size=max(cfg.batch_size, 256), dtype=dtype)
+        recorder.record(torch.arange(len(source)), grad_sq=torch.from_numpy(gsq))
+    if world > 1:
+        recorder.all_reduce()   # every process now holds every sample's values for the epoch
+    rec = recorder.end_epoch()
+    summary = dict(rec.summary, lr=opt.param_groups[0]["lr"], **weight_norms(unwrap(model)))
+    if val_source is not None:
+        summary.update(evaluate(model, val_source, batch_size=512, dtype=dtype))
+    return rec, summary
+
+
+def _stop_reason(cfg: RunConfig, rule: StopRule) -> str:
+    if cfg.stop != "none":
+        return rule.reason or f"reached max_epochs={cfg.max_epochs} with no peak and no converged ranking"
+    reason = f"trained to max_epochs={cfg.max_epochs} (--stop none)"
+    if rule.peak_epoch is not None:
+        reason += f"; {rule.curve.replace('_', ' ')} peaked at epoch {rule.peak_epoch + 1}"
+    return reason
 
 
 def grad_rotation(n: int, every: int, seed: int) -> torch.Tensor | None:
