@@ -150,9 +150,9 @@ def check_report(report, /, *, max_mislabeled=None, max_count=None, class_max=No
     if all(v is None for v in (max_mislabeled, max_count, max_new, *audit_limits.values())) and not class_max:
         raise ConfigError("no threshold given; pass at least one of --max-mislabeled, --max-count, --class-max, "
                           "--max-duplicates, --max-leaks, --max-image-issues or --baseline with --max-new")
+    audit_limits = {k: _count("--" + k.replace("_", "-"), v) for k, v in audit_limits.items() if v is not None}
     if max_new is not None and baseline is None:
         raise ConfigError("--max-new needs --baseline (an earlier report of the same dataset)")
-    audit_limits = {k: _count("--" + k.replace("_", "-"), v) for k, v in audit_limits.items() if v is not None}
     max_mislabeled = None if max_mislabeled is None else _fraction("--max-mislabeled", max_mislabeled)
     max_count = None if max_count is None else _count("--max-count", max_count)
     max_new = None if max_new is None else _count("--max-new", max_new)
@@ -174,7 +174,6 @@ def check_report(report, /, *, max_mislabeled=None, max_count=None, class_max=No
     gates += audit_gates(report, df, name, audit_limits, top, excused)
     return CheckResult(report=name, samples=len(df), flagged=len(flagged), passed=all(g.passed for g in gates),
                        gates=gates, diff=diff, accepted=accepted_info)
-
 
 
 def _checkable(report, class_max: dict, *, audit: bool):

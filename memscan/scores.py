@@ -249,7 +249,8 @@ def trust_warnings(labels: np.ndarray, pred: np.ndarray, *, augmented: bool = Tr
             # without augmentation a small CNN fits every CIFAR-10 label before the stop: AUROC 0.12-0.26 lower
             # and no sample 'mislabeled' on six noisy 5,000-image sets (BENCHMARKS.md §25)
             out[-1] += ("; this run trained without augmentation, which lets the model learn the label errors "
-                        "before the stop: keep --augment crop-flip (or crop) unless they change your classes")
+                        "before the stop: use --augment crop-flip (the default) unless crops or flips change what "
+                        "your classes mean")
     if n < SMALL_SET:
         out.append(f"{n} samples: on small sets a short run learns little, so flags are a ranking to review, "
                    "not a noise estimate")
@@ -287,8 +288,8 @@ def compute_scores(sig: Signals, probs: np.ndarray, labels: np.ndarray, *, annea
     mislabeled = (alt >= 0) & (alt != labels) & (sig.window_aum < 0) & never_learned
     # the far tail of SGAL (a quarter of the memorization score), on its raw scale: SGAL is a sum of losses,
     # right-skewed, whereas log CSG is left-skewed and its fence flagged no sample in any run measured. Against
-    # Feldman & Zhang's estimator the `memorized` flags are 0.87-0.88 right at memorization > 0.3 and 0.52-0.67 at
-    # > 0.5, below what half of a 64-model reference reaches (0.90-0.97; BENCHMARKS.md §25); fitted or not at the
+    # Feldman & Zhang's estimator the `memorized` flags have precision 0.87-0.88 at memorization > 0.3; at > 0.5,
+    # 0.52-0.67 against 0.90-0.97 for half of a 64-model reference (BENCHMARKS.md §25); fitted or not at the
     # stop splits memorized from atypical, and an image some other class claims confidently is a label suspect
     # (its rank says how strong), not an atypical member of its class
     high = (sig.sgal > upper_fence(sig.sgal)) & (sig.sgal > MEMORIZED_MIN_LOSS * max(sig.peak_epochs, 1))

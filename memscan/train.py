@@ -459,6 +459,7 @@ def _end_epoch(model, source, cfg: RunConfig, recorder: Recorder, opt, val_sourc
 
 
 def _stop_reason(cfg: RunConfig, rule: StopRule) -> str:
+    """Why training ended, as run.json and the report say it."""
     if cfg.stop != "none":
         return rule.reason or f"reached max_epochs={cfg.max_epochs} with no peak and no converged ranking"
     reason = f"trained to max_epochs={cfg.max_epochs} (--stop none)"

@@ -26,7 +26,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
     name, _, spec = text.partition(":")
     changes = {}
     for kv in filter(None, spec.split(",")):
-        k, v = kv.split("=")
+        k, _, v = kv.partition("=")
         t = str(RunConfig.__dataclass_fields__[k].type)
         changes[k] = (float(v) if "float" in t else int(v) if "int" in t
                       else v.lower() == "true" if "bool" in t else v)

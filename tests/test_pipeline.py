@@ -144,12 +144,17 @@ def test_run_with_probabilities_on_disk_gives_the_same_report(tmp_path, monkeypa
     pd.testing.assert_frame_equal(a[cols], b[cols])
 
 
-def test_a_run_that_fits_every_label_without_augmentation_says_why(tmp_path):
-    """Without augmentation a small CNN learns every label, wrong ones included, before the stop (on CIFAR-10:
-    AUROC 0.12-0.26 lower and no 'mislabeled' flag, BENCHMARKS.md §25): the run's warning names the cause."""
-    data = digits_folder(tmp_path / "digits", per_class=40, classes=4, flip_every=9)
-    cfg = RunConfig(max_epochs=25, stop="none", batch_size=16, image_size=8, augment="none", lr=0.05)
-    meta = read_metadata(run(data, cfg, out=tmp_path / "bare").out_dir)
-    assert meta.stop_accuracy == 1.0, meta.stop_accuracy            # the flipped digits are learned too
-    (fitted,) = [w for w in meta.warnings if "of the given labels" in w]
-    assert "without augmentation" in fitted and "--augment crop-flip" in fitted
+def test_a_run_without_augmentation_names_that_cause_when_the_model_fits_every_label(tmp_path, monkeypatch):
+    """Without augmentation a small CNN can learn every label, wrong ones included (on CIFAR-10: AUROC 0.12-0.26
+    lower and no 'mislabeled' flag, BENCHMARKS.md §25). The fit itself depends on the CPU's kernels, so the run's
+    predictions are made perfect here and the test checks that the warning names the cause only then."""
+    import memscan.pipeline as pipeline
+    from memscan.scores import trust_warnings
+    monkeypatch.setattr(pipeline, "trust_warnings", lambda labels, pred, **kw: trust_warnings(labels, labels, **kw))
+    data = digits_folder(tmp_path / "digits", per_class=20, classes=4, flip_every=9)
+    for augment in ("none", "crop"):
+        cfg = RunConfig(max_epochs=2, stop="none", batch_size=16, image_size=8, augment=augment, min_epochs=1)
+        meta = read_metadata(run(data, cfg, out=tmp_path / augment).out_dir)
+        (fitted,) = [w for w in meta.warnings if "of the given labels" in w]
+        assert ("without augmentation" in fitted) == (augment == "none"), (augment, fitted)
+        assert ("--augment crop-flip" in fitted) == (augment == "none")

@@ -174,6 +174,7 @@ def test_memory_mapped_cache_gives_the_same_report(data, tmp_path, monkeypatch):
         raise AssertionError("the mapped cache was decoded again instead of read")
     monkeypatch.setattr(cache, "_decode_into", decode_again)   # not a timing: a loaded machine makes those flake
     c = run(data, cfg.replace(cache_memory=0), out=tmp_path / "mapped2", cache_dir=tmp_path / "c2")
+    assert read_metadata(c.report_path).dataset.memory_mapped is True
     same_report(read_report(a.report_path).to_pandas(), read_report(c.report_path).to_pandas())
 
 

@@ -39,7 +39,8 @@ RUN_OPTIONS = [  # (name, type, default, typer option)
                              "BENCHMARKS.md §22) | learned: trained from a random init. Priors and timm models "
                              "keep their own.")),
     ("image_size", Optional[int], None, _O(None, help="Pixels (default: native size when all agree).")),
-    ("augment", str, "crop-flip", _O("crop-flip", help="crop-flip | crop | none (batched on the device). Without augmentation the model learns the label errors before the stop (BENCHMARKS.md §25).")),
+    ("augment", str, "crop-flip", _O("crop-flip", help="crop-flip | crop | none (batched on the device). Without augmentation the model can learn "
+                                          "the label errors before the stop (BENCHMARKS.md §25).")),
     ("no_augment", bool, False, _O(False, "--no-augment", help="Same as --augment none.")),
     ("optimizer", str, "sgd", _O("sgd", help="sgd (nesterov momentum) | adamw.")),
     ("lr", float, 0.0125, _O(0.0125, help="Peak learning rate (per batch of --batch-size).")),
