@@ -14,10 +14,12 @@ import argparse
 import json
 from pathlib import Path
 
-from memscan.config import RunConfig
-from memscan.eval_noise import evaluate_report_with_truth
-from memscan.pipeline import run
-from memscan.report import read_metadata
+import sys
+
+sys.path.insert(0, str(Path(__file__).parent))
+from recipe_variants import run_variant  # noqa: E402  (the sibling study's runner)
+
+from memscan.config import RunConfig  # noqa: E402
 
 
 def main():
@@ -30,13 +32,8 @@ def main():
     results = []
     for c in a.configs.split(","):
         for ls in (float(v) for v in a.ls.split(",")):
-            out = a.dir / f"{c}-ls{ls:g}"
-            if not (out / "report.parquet").exists():
-                run(a.dir / f"{c}.parquet", RunConfig(label_smoothing=ls), out=out, overwrite=out.exists())
-            d = evaluate_report_with_truth(out, a.dir / f"{c}-truth.csv")
-            m = d["scores"]["mislabel_score"]
-            row = {"config": c, "label_smoothing": ls, "epochs": read_metadata(out).stop.epochs_trained,
-                   "auroc": round(m["auroc"], 4), "ap": round(m["ap"], 4), "category": d.get("category")}
+            row = run_variant(a.dir, c, a.dir / f"{c}-ls{ls:g}", RunConfig(label_smoothing=ls))
+            row = {"config": c, "label_smoothing": ls} | {k: v for k, v in row.items() if k != "seconds"}
             results.append(row)
             print(json.dumps(row), flush=True)
     if a.json:

@@ -33,6 +33,20 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, changes
 
 
+def run_variant(data: Path, config: str, out: Path, cfg: RunConfig) -> dict:
+    """Run ``cfg`` on ``data/CONFIG.parquet`` into ``out`` (kept when it has a report) and score it against
+    ``data/CONFIG-truth.csv``: epochs, seconds (None for a kept run), AUROC, AP and the category's figures."""
+    t0 = time.perf_counter()
+    kept = (out / "report.parquet").exists()
+    if not kept:
+        run(data / f"{config}.parquet", cfg, out=out, overwrite=out.exists())
+    d = evaluate_report_with_truth(out, data / f"{config}-truth.csv")
+    m = d["scores"]["mislabel_score"]
+    return {"epochs": read_metadata(out).stop.epochs_trained,
+            "seconds": None if kept else round(time.perf_counter() - t0, 1),
+            "auroc": round(m["auroc"], 4), "ap": round(m["ap"], 4), "category": d.get("category")}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("data", type=Path, help="folder of CONFIG.parquet and CONFIG-truth.csv")
@@ -44,15 +58,8 @@ def main():
     results = []
     for c in a.configs.split(","):
         for name, changes in map(parse_variant, a.variant):
-            out = a.out / f"{c}-{name}"
-            t0 = time.perf_counter()
-            if not (out / "report.parquet").exists():
-                run(a.data / f"{c}.parquet", RunConfig(**changes), out=out, overwrite=out.exists())
-            d = evaluate_report_with_truth(out, a.data / f"{c}-truth.csv")
-            m = d["scores"]["mislabel_score"]
-            row = {"config": c, "variant": name, "changes": changes,
-                   "epochs": read_metadata(out).stop.epochs_trained, "seconds": round(time.perf_counter() - t0, 1),
-                   "auroc": round(m["auroc"], 4), "ap": round(m["ap"], 4), "category": d.get("category")}
+            row = {"config": c, "variant": name, "changes": changes} | run_variant(a.data, c, a.out / f"{c}-{name}",
+                                                                                 RunConfig(**changes))
             results.append(row)
             print(json.dumps(row), flush=True)
     if a.json:
