@@ -80,26 +80,11 @@ def run_cmd(
     if demo:
         if dataset is not None:
             raise ConfigError("pass either DATASET or --demo, not both")
-        from ..data.demo import build_demo
-        dataset, truth = build_demo()
-        for k, v in DEMO_CONFIG.items():  # demo defaults, unless the user set the option
-            if not user_set(ctx, k):
-                opts[k] = v
-        if out is None:
-            from ..run_folder import default_run_path
-            out = default_run_path(Path("demo"))
+        dataset, truth, out = _demo_setup(ctx, opts, out)
     elif dataset is None:
         raise ConfigError("missing DATASET: pass an image folder or manifest, or --demo for the embedded example")
     cfg = _resumed_config(ctx, opts, out) if resume else config_from_options(opts)
-    gate = None
-    if check:  # parsed and checked before training, so a typo costs seconds, not the run
-        from ..check import parse_spec
-        gate = parse_spec(check)
-        if gate.get("max_leaks") is not None and test is None and not (resume and _saved_test(out)):
-            raise ConfigError("--check max-leaks gates the leaks into a test set: add --test TEST_SET")
-        if gate.get("baseline") is not None:
-            from ..report import read_metadata
-            read_metadata(gate["baseline"])
+    gate = _parse_gate(check, test, resume, out) if check else None
     with RunProgress(quiet=quiet or as_json) as prog:
         res = run(dataset, cfg, out=out, overwrite=overwrite, cache_dir=cache_dir, val_dataset=val, progress=prog,
                   path_column=path_column, label_column=label_column, encoding=encoding, resume=resume,
@@ -121,15 +106,44 @@ def run_cmd(
     if html:
         console.print(f"html: [bold]{res.summary['html']}[/]")
     if truth is not None:
-        d = res.summary["demo"]
-        console.print(f"\n[bold]demo check[/]: {d['flipped']} labels were flipped on purpose. mislabel_score "
-                      f"AUROC {d['auroc']:.3f}; {d['found_in_top_k']} of them are in the top {d['flipped']} "
-                      f"(precision@k {d['precision_at_k']:.2f}); category 'mislabeled' precision "
-                      f"{d['flag_precision']:.2f}, recall {d['flag_recall']:.2f}.")
+        _print_demo(res.summary["demo"])
     if result is not None:
         from .outputs import print_check
         console.print()
         raise typer.Exit(print_check(result))
+
+
+def _demo_setup(ctx, opts: dict, out):
+    """(dataset, truth file, run folder) of ``--demo``; its defaults go into ``opts`` unless the user set them."""
+    from ..data.demo import build_demo
+    dataset, truth = build_demo()
+    for k, v in DEMO_CONFIG.items():
+        if not user_set(ctx, k):
+            opts[k] = v
+    if out is None:
+        from ..run_folder import default_run_path
+        out = default_run_path(Path("demo"))
+    return dataset, truth, out
+
+
+def _parse_gate(check: List[str], test, resume: bool, out) -> dict:
+    """``--check``, parsed and checked before training, so that a typo costs seconds, not the run."""
+    from ..check import parse_spec
+    from ..errors import ConfigError
+    gate = parse_spec(check)
+    if gate.get("max_leaks") is not None and test is None and not (resume and _saved_test(out)):
+        raise ConfigError("--check max-leaks gates the leaks into a test set: add --test TEST_SET")
+    if gate.get("baseline") is not None:
+        from ..report import read_metadata
+        read_metadata(gate["baseline"])
+    return gate
+
+
+def _print_demo(d: dict) -> None:
+    console.print(f"\n[bold]demo check[/]: {d['flipped']} labels were flipped on purpose. mislabel_score "
+                  f"AUROC {d['auroc']:.3f}; {d['found_in_top_k']} of them are in the top {d['flipped']} "
+                  f"(precision@k {d['precision_at_k']:.2f}); category 'mislabeled' precision "
+                  f"{d['flag_precision']:.2f}, recall {d['flag_recall']:.2f}.")
 
 
 def _resumed_config(ctx, opts: dict, out):
