@@ -56,7 +56,8 @@ def eval_noise_cmd(
     dataset: Optional[Path] = typer.Argument(None, help="Image folder or manifest (its labels taken as clean)."),
     rate: float = typer.Option(0.2, help="Fraction of labels to flip, in (0, 1)."),
     kind: str = typer.Option("symmetric", help="symmetric | pairflip | instance (image-dependent: flips the images a "
-                             "reference model finds ambiguous, into the classes they resemble) | matrix:FILE (K x K "
+                             "reference model finds ambiguous, into the classes they resemble; the draw depends on the "
+                             "machine's arithmetic as well as the seed: truth.csv keeps it) | matrix:FILE (K x K "
                              "CSV, rows sum to 1)."),
     seeds: str = typer.Option("0", help="Comma-separated seeds; several give mean ± std."),
     from_run: Optional[Path] = typer.Option(None, "--from-run", help="Score an existing run instead of training."),
