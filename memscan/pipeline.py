@@ -66,14 +66,14 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
 
     table = load_index(dataset, path_column=path_column, label_column=label_column, encoding=encoding)
     test_table = load_test_index(test_dataset, path_column=path_column, label_column=label_column, encoding=encoding)
-    if test_table is not None:   # the test set is a dataset too: nothing is written inside it
-        tguard = DatasetGuard.for_table(test_table)
-        tguard.check_folder(out if out is not None else default_run_path(table.location), what="--out (--test set)")
-        tguard.check_folder(cache_dir if cache_dir is not None else default_cache_dir(),
-                            what="the decode cache (--test set)", may_hold=True)
-    guard = DatasetGuard.for_table(table)
-    guard.check_folder(cache_dir if cache_dir is not None else default_cache_dir(), what="the decode cache",
-                      may_hold=True)
+    val_table = None
+    if val_dataset is not None:   # indexed here only to keep outputs out of it; prepare() reads it again
+        from .errors import MemscanError
+        try:
+            val_table = load_index(val_dataset)
+        except MemscanError as e:
+            raise type(e)(f"--val: {e}") from None
+    guard = guard_outputs(table, out, cache_dir, test=test_table, val=val_table)
     folder, ck = open_run_folder(out, table, guard, cfg, resume=resume, overwrite=overwrite, main=dist.is_main)
     emit("indexed", n=len(table), classes=table.num_classes, ignored=len(table.ignored))
     with folder:   # unlocked at the end; a failure before ``begin_run`` leaves the folder as it was found
@@ -116,6 +116,21 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
 
 
 # ---------------------------------------------------------------- the steps, in order
+
+def guard_outputs(table, out, cache_dir, *, test=None, val=None) -> DatasetGuard:
+    """Refuse a run folder or decode cache inside the dataset, or inside the --test or --val set (datasets too),
+    before anything is written; returns the dataset's guard, which later checks every output file."""
+    for other, option in ((test, "--test"), (val, "--val")):
+        if other is not None:
+            g = DatasetGuard.for_table(other)
+            g.check_folder(out if out is not None else default_run_path(table.location), what=f"--out ({option} set)")
+            g.check_folder(cache_dir if cache_dir is not None else default_cache_dir(),
+                           what=f"the decode cache ({option} set)", may_hold=True)
+    guard = DatasetGuard.for_table(table)
+    guard.check_folder(cache_dir if cache_dir is not None else default_cache_dir(), what="the decode cache",
+                      may_hold=True)
+    return guard
+
 
 def load_test_index(test_dataset, **manifest_options):
     """The ``--test`` set's index (read with the training manifest's column options), or None; its errors

@@ -55,7 +55,9 @@ def needed_columns(by: str = "mislabel") -> list[str]:
 
 def select(df, /, *, by: str = "mislabel", top: int | None = None, category: str | None = None,
            class_name: str | None = None):
-    """Rows of the report ranked by ``by``, optionally filtered, with ``rank`` and ``score`` columns."""
+    """Rows of the report ranked by ``by``, optionally filtered, with ``rank`` and ``score`` columns. A ranking
+    by a data-audit column (``AUDIT_KEYS``) leaves out the samples it has no value for: an image without a
+    duplicate is not part of a ranking by duplicates."""
     check_choice("--by", by, tuple(BY))
     if category is not None:
         check_choice("--category", category, CATEGORIES)
@@ -67,6 +69,8 @@ def select(df, /, *, by: str = "mislabel", top: int | None = None, category: str
         if class_name not in names:
             raise ConfigError(f"--class {class_name!r} is not a class of this report; classes: "
                               f"{', '.join(map(printable, names))}")
+    if by in AUDIT_KEYS:
+        df = df[np.isfinite(np.asarray(df[col], dtype=np.float64))]
     order = rank_indices(df[col].to_numpy(), descending=desc)
     out = df.iloc[order].copy()
     out.insert(0, "rank", np.arange(1, len(out) + 1))

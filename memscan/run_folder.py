@@ -198,9 +198,14 @@ class RunFolder:
     def _check_subfolders(self) -> None:
         """memscan writes and deletes inside trajectories/ and plots/: never through a link elsewhere."""
         for sub in (self.trajectories, self.plots, self.models):
-            if sub.is_symlink() or (sub.exists() and not sub.is_dir()):
-                raise RunFolderError(f"'{sub}' in the run folder is a link or a file, not a folder memscan made; "
-                                     "refusing to write or delete through it: remove it or choose another --out")
+            self.check_subfolder(sub)
+
+    @staticmethod
+    def check_subfolder(sub: Path) -> None:
+        """Refuse a run folder's subfolder that is a link or a file (a planted link would send writes elsewhere)."""
+        if sub.is_symlink() or (sub.exists() and not sub.is_dir()):
+            raise RunFolderError(f"'{sub}' in the run folder is a link or a file, not a folder memscan made; "
+                                 "refusing to write or delete through it: remove it or choose another --out")
 
     def _lock(self) -> None:
         if self._lock_file is not None:

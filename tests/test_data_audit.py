@@ -111,6 +111,21 @@ def test_rank_by_the_new_scores(audited):
     assert "duplicate_of" not in ranked_records(res.report_path, top=1)[0]
 
 
+def test_rank_by_duplicate_lists_only_duplicates_in_every_format(audited, capsys):
+    from memscan.cli import main
+    _, _, res = audited
+    df = read_frame(res.report_path)
+    has = int(np.isfinite(np.asarray(df["duplicate_similarity"], dtype=float)).sum())
+    assert 0 < has < len(df)      # the table once crashed on the rows without a duplicate
+    assert main(["rank", str(res.out_dir), "--by", "duplicate"]) == 0
+    assert f"{has} samples by duplicate" in " ".join(capsys.readouterr().out.split())
+    assert main(["rank", str(res.out_dir), "--by", "duplicate", "--format", "json", "--top", "0"]) == 2
+    capsys.readouterr()
+    assert main(["rank", str(res.out_dir), "--by", "duplicate", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == has and all(r["duplicate_of"] for r in rows)
+
+
 def test_html_shows_duplicates_and_leaks(audited):
     from memscan.html_report import write_html
     _, _, res = audited

@@ -191,6 +191,14 @@ def test_label_and_label_name_keep_dataset_class_order(tmp_path):
     assert t.labels.tolist() == [1, 0, 2, 0]                # equal to the dataset's own label ids
 
 
+def test_two_labels_sharing_one_name_are_refused_not_merged(tmp_path):
+    imgs = [png_bytes((i, 0, 0)) for i in range(4)]
+    pq.write_table(pa.table({"image": _hf_struct(imgs, ["p"] * 4), "label": [0, 1, 2, 1],
+                             "label_name": ["cat", "cat", "ship", "cat"]}), tmp_path / "d.parquet")
+    with pytest.raises(DatasetError, match=r"names the labels 0, 1 all 'cat'.*own label_name"):
+        load_index(tmp_path / "d.parquet")
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 def _raises_naming(path, *, match=None, **kw):

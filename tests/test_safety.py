@@ -83,6 +83,30 @@ def test_no_output_lands_in_or_over_the_dataset(data, a_run, tmp_path, capsys):
     assert main(["plot", str(a_run), "--out", str(tmp_path / "plots")]) == 0
 
 
+def test_nothing_is_written_inside_the_validation_set(data, tmp_path, capsys):
+    val = tmp_path / "val"
+    shutil.copytree(data, val)
+    before = snapshot(val)
+    fails(capsys, ["run", str(data), "--val", str(val), "--out", str(val / "c0" / "run"), *FAST],
+          match="--out (--val set)")
+    fails(capsys, ["run", str(data), "--val", str(val), "--out", str(tmp_path / "r"), "--cache-dir",
+                   str(val / "c1" / "cache"), *FAST], match="decode cache (--val set)")
+    assert snapshot(val) == before and not (tmp_path / "r").exists()
+    fails(capsys, ["run", str(data), "--val", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), *FAST],
+          match="--val:")
+
+
+def test_plot_never_writes_through_a_planted_plots_link(a_run, tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    shutil.copytree(a_run, run_dir)
+    shutil.rmtree(run_dir / "plots", ignore_errors=True)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (run_dir / "plots").symlink_to(victim)
+    fails(capsys, ["plot", str(run_dir)], match="is a link or a file")
+    assert not any(victim.iterdir())
+
+
 def test_a_locked_run_folder_refuses_a_second_run(data, tmp_path, capsys):
     held = RunFolder.start(tmp_path / "r")
     fails(capsys, ["run", str(data), "--out", str(tmp_path / "r"), "--overwrite", *FAST], code=75,

@@ -55,6 +55,8 @@ def plot_cmd(
         raise ConfigError(f"--dpi {dpi} must be between 10 and 1200 (default 120)")
     rpath = resolve_report_path(run_dir if run_dir is not None else latest_run())
     dest = out if out is not None else RunFolder(rpath.parent).plots
+    if out is None:
+        RunFolder.check_subfolder(dest)
     guard_for_report(rpath).check_folder(dest)
     paths = save_pngs(rpath, dest, dpi=dpi, reference=reference)
     for p in paths:

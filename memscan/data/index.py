@@ -424,6 +424,7 @@ def _manifest_labels(table, label_col: str, loc: Path) -> tuple[np.ndarray, list
     if both:
         pairs = sorted(set(zip(table.column("label").to_pylist(), table.column("label_name").to_pylist())))
         if len({p[0] for p in pairs}) == len(pairs):
+            _one_name_per_label(pairs, loc)
             class_names = [str(p[1]) for p in pairs]
             names = [str(v) for v in table.column("label_name").to_pylist()]
     if len(class_names) < 2:
@@ -431,6 +432,20 @@ def _manifest_labels(table, label_col: str, loc: Path) -> tuple[np.ndarray, list
                            "least two classes")
     lookup = {c: i for i, c in enumerate(class_names)}
     return np.array([lookup[n] for n in names], dtype=np.int64), class_names
+
+
+def _one_name_per_label(pairs, loc: Path) -> None:
+    """Refuse two labels sharing one label_name: the classes would merge and a relabel could not be undone."""
+    from ..text import printable
+    labels_of: dict[str, list] = {}
+    for label, name in pairs:
+        labels_of.setdefault(str(name), []).append(label)
+    shared = sorted((n, v) for n, v in labels_of.items() if len(v) > 1)
+    if shared:
+        name, labels = shared[0]
+        raise DatasetError(f"manifest '{loc}' names the labels {', '.join(map(str, labels))} all "
+                           f"'{printable(name)}'; each label needs its own label_name: rename them, or drop one "
+                           "of the columns label and label_name")
 
 
 def _manifest_paths(table, path_col: str | None, loc: Path) -> list[str]:
