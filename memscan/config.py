@@ -125,6 +125,10 @@ class RunConfig:
         check_choice("stop_signal", self.stop_signal, STOP_SIGNALS)
         check_choice("augment", self.augment, AUGMENTS)
         check_choice("stem", self.stem, STEMS)
+        if not isinstance(self.model, str) or not self.model:   # a saved config (run-args.json) may hold anything
+            raise ConfigError(f"model={self.model!r} must name a model, e.g. memscan-cnn or a timm model name")
+        if self.weights is not None and not isinstance(self.weights, str):
+            raise ConfigError(f"weights={self.weights!r} must be a path")
         for name, value in dataclasses.asdict(self).items():   # NaN/inf never reach training
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{name}={value} is not a finite number")

@@ -102,16 +102,12 @@ class Guards:
 def guard_for_report(report_path) -> Guards:
     """The guards of the datasets a report was made from: its data (metadata and path column) and, for a run
     with ``--test``, the test set (indexed again when it is still there, else its location alone)."""
-    import pyarrow.parquet as pq
-    from .report import checked_paths, read_metadata, resolve_report_path
+    from .report import read_frame, read_metadata
     meta = read_metadata(report_path)
     ds = meta.dataset
     paths = []
     if ds.source != "parquet-bytes":
-        rp = resolve_report_path(report_path)
-        t = pq.read_table(rp, columns=["path"])
-        checked_paths(t, rp)
-        paths = t.column("path").to_pylist()
+        paths = read_frame(report_path, ["path"])["path"].tolist()   # a damaged path column: a ReportError
     loc = Path(ds.location)
     guards = [DatasetGuard.for_dataset(ds.source, loc, loc.parent if ds.source != "folder" else loc, paths)]
     test = (meta.audit or {}).get("test") if isinstance(meta.audit, dict) else None

@@ -62,8 +62,11 @@ def is_conv_net(model: nn.Module) -> bool:
 def load_state_dict_file(path) -> dict:
     """A safetensors file or a torch state dict, loaded without executing pickled code."""
     p = Path(path).expanduser()
-    if not p.is_file():
+    if not p.exists():
         raise ModelError(f"weights file '{p}' does not exist; pass a .safetensors or .pt/.pth state dict")
+    if not p.is_file():   # a folder, a pipe or a device: a read would fail or block
+        kind = "a folder" if p.is_dir() else "not a regular file"
+        raise ModelError(f"weights file '{p}' is {kind}; pass a .safetensors or .pt/.pth state dict file")
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file

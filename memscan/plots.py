@@ -130,6 +130,16 @@ def csg_figure(df):
     return fig
 
 
+TICK_CHARS = 32   # a class name's characters on an axis; a longer one is cut (a megabyte-long name hung matplotlib)
+
+
+def _tick(name) -> str:
+    """A class name as an axis label: printable, no mathtext, at most ``TICK_CHARS`` characters."""
+    text = printable(name)
+    text = text if len(text) <= TICK_CHARS else text[:TICK_CHARS - 1] + "…"
+    return text.replace("$", r"\$")
+
+
 def classes_figure(df):
     """Flagged samples per given class, stacked by category."""
     fig, ax = _figure(w=max(6.4, 0.45 * df["label_name"].nunique() + 2))
@@ -140,7 +150,7 @@ def classes_figure(df):
         ax.bar(range(len(classes)), counts, bottom=bottom, color=CATEGORY_COLORS[c], label=c)
         bottom += counts
     # names from data: control characters shown escaped, and "$" not read as matplotlib's math text
-    shown = [printable(c).replace("$", r"\$") for c in classes]
+    shown = [_tick(c) for c in classes]
     ax.set_xticks(range(len(classes)), shown, rotation=45 if len(classes) > 6 else 0, ha="right"
                   if len(classes) > 6 else "center", fontsize=8)
     ax.set(title="Flagged samples per class (given label)", ylabel="samples")
@@ -215,7 +225,7 @@ def noise_matrix_figure(df, classes):
     h = report_health(df, classes)
     m = np.array(h["noise_matrix"], dtype=float)
     im = ax.imshow(np.nan_to_num(m), cmap="Blues", vmin=0, vmax=1)
-    shown = [printable(c).replace("$", r"\$") for c in classes]
+    shown = [_tick(c) for c in classes]
     ax.set_xticks(range(k), shown, rotation=45 if k > 6 else 0, ha="right" if k > 6 else "center", fontsize=8)
     ax.set_yticks(range(k), shown, fontsize=8)
     ax.set(xlabel="true label (estimated)", ylabel="given label")

@@ -216,6 +216,7 @@ def resolve_report_path(path) -> Path:
 
 TEXT_COLUMNS = ("path", "label_name", "pred_name", "suggested_label_name", "category", "reason")
 CLASS_COLUMNS = ("label", "pred", "suggested_label")   # indices into the metadata's class names
+AUDIT_TEXT_COLUMNS = ("image_issue", "duplicate_kind", "duplicate_of")   # the data audit's other columns are numbers
 CORE_COLUMNS = ("path", "label_name", "category")   # what every whole-report reader (report, plot, export) uses
 
 
@@ -235,9 +236,13 @@ def checked_paths(table, p, classes=None) -> None:
             if col.null_count and c in ("path", "category"):
                 damaged(f"its {c} column holds {col.null_count} empty cell(s)")
     for c in names:
-        if c in TEXT_COLUMNS or c not in COLUMNS or c in AUDIT_COLUMNS:
+        if c in TEXT_COLUMNS or c not in COLUMNS:
             continue
         col = table.column(c)
+        if c in AUDIT_TEXT_COLUMNS:
+            if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_null(col.type)):
+                damaged(f"its {c} column holds values of type {col.type}, not text")
+            continue
         if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)):
             damaged(f"its {c} column holds values of type {col.type}, not numbers")
         if (c.endswith("_score") or c.endswith("_rank")) and (col.null_count or (

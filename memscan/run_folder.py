@@ -307,14 +307,20 @@ class RunFolder:
             raise RunFolderError(f"'{self.run_args}' is damaged ({type(e).__name__}); the run cannot be resumed: "
                                  "start a new run") from None
         missing = [k for k in RUN_ARGS_KEYS if not isinstance(args, dict) or k not in args]
-        if missing or not isinstance(args.get("config"), dict) or not isinstance(args.get("dataset"), str):
-            raise RunFolderError(f"'{self.run_args}' lacks {', '.join(missing) or 'a valid config'}; the run cannot "
-                                 "be resumed: start a new run")
+        if missing:
+            raise RunFolderError(f"'{self.run_args}' lacks {', '.join(missing)}; the run cannot be resumed: start a "
+                                 "new run")
+        invalid = ("config (an object expected)" if not isinstance(args["config"], dict) else
+                   "dataset (a path expected)" if not isinstance(args["dataset"], str) else
+                   "relabelled (true or false expected)" if not isinstance(args.get("relabelled"), (bool, type(None)))
+                   else None)
         wrong = [k for k in RUN_ARGS_KEYS + ("test_dataset", "encoding")
                  if k not in ("dataset", "config", "relabelled") and not isinstance(args.get(k), (str, type(None)))]
-        if wrong or not isinstance(args.get("relabelled"), (bool, type(None))):
-            raise RunFolderError(f"'{self.run_args}' holds an invalid {', '.join(wrong) or 'relabelled'} (a path or "
-                                 "null expected); the run cannot be resumed: start a new run")
+        if invalid is None and wrong:
+            invalid = f"{', '.join(wrong)} (text or null expected)"
+        if invalid is not None:
+            raise RunFolderError(f"'{self.run_args}' holds an invalid {invalid}; the run cannot be resumed: start a "
+                                 "new run")
         from .config import RunConfig, saved_config
         args["config"] = saved_config(args["config"])
         try:

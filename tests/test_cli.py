@@ -91,3 +91,23 @@ def test_python_dash_m_and_version():
     assert r.returncode == 0 and r.stdout.startswith("memscan ")
     r = subprocess.run([sys.executable, "-m", "memscan", "run", "--no-such-flag"], capture_output=True, text=True)
     assert r.returncode == 2 and "no-such-flag" in r.stderr
+
+
+def test_a_reader_closing_the_pipe_is_not_a_failure(tmp_path):
+    """``memscan rank | head``: rich exits 1 on a broken pipe, which memscan documents as "gate failed"."""
+    script = tmp_path / "gone.py"
+    script.write_text("import sys\nimport memscan.cli as cli\nfrom memscan.cli.console import console\n"
+                      "def flood(*a, **k):\n    for _ in range(20000):\n        console.print('x' * 70)\n"
+                      "cli._register()\ncli.app = flood\nsys.exit(cli.main([]))\n")
+    p = subprocess.run(["bash", "-o", "pipefail", "-c", f'"{sys.executable}" "{script}" | head -1'],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "x" * 70, (p.returncode, p.stderr[-500:])
+
+
+@pytest.mark.parametrize("command", ["run", "eval-noise", "rank", "check", "memorization", "report", "plot"])
+def test_help_fits_80_columns_without_cutting_text(command):
+    env = {**__import__("os").environ, "COLUMNS": "80", "TERM": "dumb"}
+    p = subprocess.run([sys.executable, "-m", "memscan", command, "--help"], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "…" not in p.stdout and max(map(len, p.stdout.splitlines())) <= 80

@@ -299,6 +299,15 @@ def test_images_over_max_pixels_are_skipped_with_the_option_named(tmp_path):
     assert not d.from_cache and d.skipped == []   # another limit, another cache entry
 
 
+def test_probing_a_decompression_bomb_prints_no_raw_warning(monkeypatch):
+    import warnings
+    from memscan.data.decode import probe_size
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)    # 40x30 is then "a decompression bomb" to PIL
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert probe_size(png((40, 30))) == (40, 30)
+
+
 def test_max_pixels_checked_before_decoding(monkeypatch):
     data = png((40, 30))
     monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("decoded an image over the limit"))

@@ -199,6 +199,14 @@ def test_two_labels_sharing_one_name_are_refused_not_merged(tmp_path):
         load_index(tmp_path / "d.parquet")
 
 
+def test_an_absurdly_long_class_name_is_refused(tmp_path):
+    imgs = [png_bytes((i, 0, 0)) for i in range(4)]
+    pq.write_table(pa.table({"image": _hf_struct(imgs, ["p"] * 4),
+                             "label_name": ["cat", "x" * 300, "cat", "dog"]}), tmp_path / "d.parquet")
+    with pytest.raises(DatasetError, match="class name of 300 characters.*at most 256"):
+        load_index(tmp_path / "d.parquet")
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 def _raises_naming(path, *, match=None, **kw):

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -46,6 +48,11 @@ def test_local_weights_timm_model(tmp_path):
 def test_bad_weights(tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         create_model("memscan-cnn", 3, weights=str(tmp_path / "nope.pt"))
+    with pytest.raises(ModelError, match="is a folder"):
+        create_model("memscan-cnn", 3, weights=str(tmp_path))
+    os.mkfifo(tmp_path / "pipe.pt")
+    with pytest.raises(ModelError, match="not a regular file"):
+        create_model("memscan-cnn", 3, weights=str(tmp_path / "pipe.pt"))
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ModelError, match="cannot load weights"):

@@ -156,3 +156,10 @@ def test_reference_png_belongs_to_the_run_folder(digits_run, reference, tmp_path
 
 def test_fmt():
     assert fmt(0.12345) == "0.123" and fmt(None) == "n/a" and fmt(float("nan")) == "n/a" and fmt(-1.0, 2) == "-1.00"
+
+
+def test_long_class_names_are_cut_on_the_axes():
+    from memscan.plots import TICK_CHARS, _tick
+    assert _tick("cat") == "cat" and _tick("$x$") == r"\$x\$"
+    long = _tick("y" * 200)
+    assert len(long) == TICK_CHARS and long.endswith("…")

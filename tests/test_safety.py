@@ -163,12 +163,32 @@ def test_damaged_or_foreign_reports_are_usage_errors(a_run, tmp_path, capsys):
     assert "<frame>" not in err and str(a_run / "report.parquet") in err
 
 
+def test_damaged_audit_or_missing_path_columns_are_usage_errors(a_run, tmp_path, capsys):
+    df = pd.read_parquet(a_run / "report.parquet")
+    df["duplicate_group"] = "x"
+    bad = rewrite_report(a_run, tmp_path / "dup" / "report.parquet", df)
+    fails(capsys, ["report", str(bad), "--out", str(tmp_path / "p.html")], match="duplicate_group column holds")
+    df = pd.read_parquet(a_run / "report.parquet")
+    df["duplicate_of"] = 3
+    bad = rewrite_report(a_run, tmp_path / "of" / "report.parquet", df)
+    fails(capsys, ["rank", str(bad), "--by", "duplicate"], match="duplicate_of column holds")
+    bad = rewrite_report(a_run, tmp_path / "nopath" / "report.parquet", df.drop(columns=["path"]))
+    fails(capsys, ["plot", str(bad), "--out", str(tmp_path / "plots")], match="lacks the report column(s) path")
+
+
 def test_resume_with_garbage_arguments_is_a_usage_error(a_run, tmp_path, capsys):
     r = tmp_path / "r"
     shutil.copytree(a_run, r)
     (r / "report.parquet").unlink()
     (r / "run-args.json").write_text("{garbage")
     fails(capsys, ["resume", str(r)], match="damaged")
+    good = json.loads((a_run / "run-args.json").read_text())
+    for key, value, match in (("dataset", 5, "invalid dataset (a path expected)"),
+                              ("relabelled", "yes", "invalid relabelled (true or false expected)"),
+                              ("path_column", 7, "invalid path_column (text or null expected)"),
+                              ("config", {**good["config"], "model": None}, "model=None must name a model")):
+        (r / "run-args.json").write_text(json.dumps({**good, key: value}))
+        fails(capsys, ["resume", str(r)], match=match)
 
 
 def test_eval_noise_checks_before_training_and_keeps_results(data, tmp_path, capsys):

@@ -62,12 +62,14 @@ def main(argv=None) -> int:
     import threading
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
-    from .console import err_console
+    from .console import ReaderGone, err_console
     try:
         rc = app(args=argv, standalone_mode=False)  # returns typer.Exit's code in this mode
         return rc if isinstance(rc, int) else 0
     except typer.Exit as e:
         return e.exit_code
+    except ReaderGone:
+        return 0
     except KeyboardInterrupt:
         _ignore_terminate()
         err_console.print("[yellow]interrupted[/]")

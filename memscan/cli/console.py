@@ -7,7 +7,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..text import printable
 
-console = Console()
+class ReaderGone(Exception):
+    """stdout's reader closed the pipe (``memscan rank ... | head``): the user took what they wanted."""
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich's own handling exits 1, which memscan documents as "gate failed"; the rest of the output goes nowhere
+        import os
+        import sys
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise ReaderGone
+
+
+console = _Console()
 err_console = Console(stderr=True)
 
 

@@ -51,7 +51,8 @@ def run_cmd(
                                              ".csv/.parquet manifest."),
     demo: bool = typer.Option(False, "--demo", help="Run on the embedded demo: scikit-learn's digits with 10% "
                               "of labels flipped (no download), and score the detection."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: ./memscan-runs/<name>-<time>)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: a new folder in "
+                                       "./memscan-runs, named for the dataset and the time)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out from its last "
                                 "epoch checkpoint (its saved options apply; same report as an uninterrupted run)."),
@@ -64,9 +65,10 @@ def run_cmd(
                                            "e.g. latin-1."),
     label_column: Optional[str] = typer.Option(None, help="Manifest column holding labels (default: label_name "
                                                "or label)."),
-    check: Optional[List[str]] = typer.Option(None, "--check", help="Gate the report after the run, e.g. "
-                                              "\"max-mislabeled=0.02,max-count=50,class-max=cat:0.05\" (keys as "
-                                              "in 'memscan check'); exit 1 when it fails."),
+    check: Optional[List[str]] = typer.Option(None, "--check", metavar="<spec>", help="Gate the report after the "
+                                              "run: KEY=VALUE pairs joined by commas, e.g. max-mislabeled=0.02, "
+                                              "max-count=50 or class-max=cat:0.05 (keys as in 'memscan check'); "
+                                              "exit 1 when it fails."),
     html: bool = typer.Option(False, "--html", help="Also write report.html (thumbnails, plots) in the run folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (as memscan.run returns it)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),

@@ -48,12 +48,16 @@ def open_image(data: bytes, *, size: int | None = None, max_pixels: int | None =
 def probe_size(data_or_path) -> tuple[int, int]:
     """(width, height) after EXIF rotation, reading only the header."""
     src = io.BytesIO(data_or_path) if isinstance(data_or_path, (bytes, bytearray)) else data_or_path
-    with Image.open(src) as img:
-        w, h = img.size
-        try:
-            orientation = img.getexif().get(0x0112, 1)
-        except Exception:
-            orientation = 1
+    # PIL's DecompressionBombWarning would reach the terminal raw: an oversized image is skipped and listed by
+    # the decoder (``max_pixels``), as in ``open_image``
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(src) as img:
+            w, h = img.size
+            try:
+                orientation = img.getexif().get(0x0112, 1)
+            except Exception:
+                orientation = 1
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 

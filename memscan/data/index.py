@@ -3,7 +3,7 @@
 Three inputs give one ``SampleTable``:
 
 * an image folder with one subfolder per class (any nesting inside a class folder);
-* a CSV/TSV/Parquet manifest with a path column and a label column (paths relative to it);
+* a CSV/TSV/Parquet manifest with a path column and a label column (paths relative to its folder, or absolute);
 * a Parquet file holding each image's bytes in a column (HF-style ``image`` struct or binary).
 
 Sample ids are positions in the sorted list of relative paths, so the same dataset always gives
@@ -375,7 +375,7 @@ def _index_manifest(loc: Path, path_column, label_column, encoding) -> SampleTab
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise DatasetError(f"manifest '{loc}' lists '{missing[0]}'{more}, which does not exist under "
-                               f"'{base}'; paths must be relative to the manifest's folder")
+                               f"'{base}'; paths must be relative to the manifest's folder, or absolute")
     order = np.argsort(np.array(paths, dtype=object), kind="stable")
     return SampleTable(
         paths=[paths[i] for i in order], labels=labels[order], class_names=class_names, root=loc.parent,
@@ -398,6 +398,9 @@ def _bytes_column(table) -> str | None:
 def _missing(v) -> bool:
     """An absent cell: null, NaN, or a blank string (CSV reads an empty text cell as "", not null)."""
     return v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip())
+
+
+MAX_CLASS_NAME_CHARS = 256   # a class name, not a document: a 10-MB name made every plot and page hang
 
 
 def _manifest_labels(table, label_col: str, loc: Path) -> tuple[np.ndarray, list[str]]:
@@ -430,6 +433,11 @@ def _manifest_labels(table, label_col: str, loc: Path) -> tuple[np.ndarray, list
     if len(class_names) < 2:
         raise DatasetError(f"manifest '{loc}' has only one class ('{class_names[0]}'); memscan needs at "
                            "least two classes")
+    long = next((c for c in class_names if len(c) > MAX_CLASS_NAME_CHARS), None)
+    if long is not None:
+        from ..text import printable
+        raise DatasetError(f"manifest '{loc}' has a class name of {len(long):,} characters ('{printable(long[:40])}...'); "
+                           f"class names are at most {MAX_CLASS_NAME_CHARS} characters: shorten it")
     lookup = {c: i for i, c in enumerate(class_names)}
     return np.array([lookup[n] for n in names], dtype=np.int64), class_names
 
