@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 
 from .errors import ConfigError, check_choice
@@ -127,8 +128,10 @@ class RunConfig:
         check_choice("stem", self.stem, STEMS)
         if not isinstance(self.model, str) or not self.model:   # a saved config (run-args.json) may hold anything
             raise ConfigError(f"model={self.model!r} must name a model, e.g. memscan-cnn or a timm model name")
+        if isinstance(self.weights, os.PathLike):   # the Python API may pass a Path; run.json records text
+            object.__setattr__(self, "weights", os.fspath(self.weights))
         if self.weights is not None and not isinstance(self.weights, str):
-            raise ConfigError(f"weights={self.weights!r} must be a path")
+            raise ConfigError(f"weights={self.weights!r} must be a file path")
         for name, value in dataclasses.asdict(self).items():   # NaN/inf never reach training
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{name}={value} is not a finite number")

@@ -33,7 +33,7 @@ BY = {
     "bright": ("brightness", True),
     "contrast": ("contrast", False),    # flattest first
     "information": ("entropy", False),  # nearly blank first
-    "duplicate": ("duplicate_similarity", True),   # closest duplicates first; images without one last
+    "duplicate": ("duplicate_similarity", True),   # closest duplicates first; images without one left out
 }
 RECORD_COLUMNS = ("rank", "sample_id", "path", "label_name", "pred_name", "p_pred", "p_given", "score",
                   "category")

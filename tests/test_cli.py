@@ -93,15 +93,21 @@ def test_python_dash_m_and_version():
     assert r.returncode == 2 and "no-such-flag" in r.stderr
 
 
-def test_a_reader_closing_the_pipe_is_not_a_failure(tmp_path):
-    """``memscan rank | head``: rich exits 1 on a broken pipe, which memscan documents as "gate failed"."""
+@pytest.mark.parametrize("printer, verdict", [("console.print", 0), ("console.print", 1), ("typer.echo", 0),
+                                              ("typer.echo", 1)])
+def test_a_reader_closing_the_pipe_keeps_the_verdict(tmp_path, printer, verdict):
+    """``memscan rank | head`` exits 0 (rich and click both exit 1 on a broken pipe, memscan's "gate failed");
+    ``memscan check | head`` still fails a failed gate."""
     script = tmp_path / "gone.py"
-    script.write_text("import sys\nimport memscan.cli as cli\nfrom memscan.cli.console import console\n"
-                      "def flood(*a, **k):\n    for _ in range(20000):\n        console.print('x' * 70)\n"
-                      "cli._register()\ncli.app = flood\nsys.exit(cli.main([]))\n")
+    script.write_text("import sys\nimport typer\nimport memscan.cli as cli\n"
+                      "from memscan.cli.console import console, exit_code_if_reader_gone\n"
+                      "app = typer.Typer()\n@app.command()\n"
+                      f"def flood():\n    exit_code_if_reader_gone({verdict})\n"
+                      f"    for _ in range(20000):\n        {printer}('x' * 70)\n"
+                      "cli._register()\ncli.app = app\nsys.exit(cli.main([]))\n")
     p = subprocess.run(["bash", "-o", "pipefail", "-c", f'"{sys.executable}" "{script}" | head -1'],
                        capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0 and p.stdout.strip() == "x" * 70, (p.returncode, p.stderr[-500:])
+    assert p.returncode == verdict and p.stdout.strip() == "x" * 70, (p.returncode, p.stderr[-500:])
 
 
 @pytest.mark.parametrize("command", ["run", "eval-noise", "rank", "check", "memorization", "report", "plot"])

@@ -197,6 +197,8 @@ def test_two_labels_sharing_one_name_are_refused_not_merged(tmp_path):
                              "label_name": ["cat", "cat", "ship", "cat"]}), tmp_path / "d.parquet")
     with pytest.raises(DatasetError, match=r"names the labels 0, 1 all 'cat'.*own label_name"):
         load_index(tmp_path / "d.parquet")
+    t = load_index(tmp_path / "d.parquet", label_column="label")     # the user's choice: that column alone
+    assert t.class_names == ["0", "1", "2"] and t.labels.tolist() == [0, 1, 2, 1]
 
 
 def test_an_absurdly_long_class_name_is_refused(tmp_path):

@@ -172,6 +172,7 @@ def test_damaged_audit_or_missing_path_columns_are_usage_errors(a_run, tmp_path,
     df["duplicate_of"] = 3
     bad = rewrite_report(a_run, tmp_path / "of" / "report.parquet", df)
     fails(capsys, ["rank", str(bad), "--by", "duplicate"], match="duplicate_of column holds")
+    df = pd.read_parquet(a_run / "report.parquet")      # intact but for the missing column
     bad = rewrite_report(a_run, tmp_path / "nopath" / "report.parquet", df.drop(columns=["path"]))
     fails(capsys, ["plot", str(bad), "--out", str(tmp_path / "plots")], match="lacks the report column(s) path")
 
@@ -189,6 +190,13 @@ def test_resume_with_garbage_arguments_is_a_usage_error(a_run, tmp_path, capsys)
                               ("config", {**good["config"], "model": None}, "model=None must name a model")):
         (r / "run-args.json").write_text(json.dumps({**good, key: value}))
         fails(capsys, ["resume", str(r)], match=match)
+
+
+def test_the_api_takes_a_path_for_weights_and_records_text():
+    from pathlib import Path
+    assert RunConfig(weights=Path("w.pt")).weights == "w.pt"
+    with pytest.raises(Exception, match="weights=5 must be a file path"):
+        RunConfig(weights=5)
 
 
 def test_eval_noise_checks_before_training_and_keeps_results(data, tmp_path, capsys):

@@ -62,14 +62,20 @@ def main(argv=None) -> int:
     import threading
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
-    from .console import ReaderGone, err_console
+    from .console import IF_READER_GONE, ReaderGone, err_console
+    IF_READER_GONE["code"] = 0
     try:
         rc = app(args=argv, standalone_mode=False)  # returns typer.Exit's code in this mode
         return rc if isinstance(rc, int) else 0
     except typer.Exit as e:
         return e.exit_code
-    except ReaderGone:
-        return 0
+    except ReaderGone:   # rich's console found stdout's reader gone
+        return IF_READER_GONE["code"]
+    except SystemExit as e:
+        # click turns EPIPE on stdout (typer.echo) into sys.exit(1) after wrapping stdout; nothing else exits so
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            return IF_READER_GONE["code"]
+        raise e
     except KeyboardInterrupt:
         _ignore_terminate()
         err_console.print("[yellow]interrupted[/]")
@@ -83,6 +89,9 @@ def main(argv=None) -> int:
         return next(code for cls, code in EXIT_CODES.items() if isinstance(e, cls))
     except OSError as e:   # the machine, not memscan: a full disk or a folder it may not write
         import errno
+        if e.errno == errno.EPIPE:   # stdout's reader went away outside click's own handling of it
+            _quiet_stdout()
+            return IF_READER_GONE["code"]
 
         from ..files import NO_SPACE
         if e.errno in NO_SPACE:
@@ -107,6 +116,19 @@ def main(argv=None) -> int:
             err_console.print("[yellow]interrupted[/]")
             return EXIT_INTERRUPTED
         return _internal_error(e)
+
+
+def _quiet_stdout() -> None:
+    """Send what is left of stdout nowhere (Python would report the failed flush of a closed pipe at exit)."""
+    import os
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(fd, sys.stdout.fileno())
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        pass
 
 
 def _internal_error(e: Exception) -> int:

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from . import app
+from .console import exit_code_if_reader_gone
 from .outputs import EXIT_FAILED, check_ci_paths, print_check, write_ci_files
 
 
@@ -47,6 +48,7 @@ def check_cmd(
                        baseline=baseline, max_new=max_new, accepted=accepted, top=top,
                        max_duplicates=max_duplicates, max_leaks=max_leaks, max_image_issues=max_image_issues)
     write_ci_files(res, junit=junit, summary_md=summary_md)
+    exit_code_if_reader_gone(0 if res.passed else EXIT_FAILED)
     if as_json:
         typer.echo(json.dumps(res.to_dict(), indent=1))
         raise typer.Exit(0 if res.passed else EXIT_FAILED)

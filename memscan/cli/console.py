@@ -11,12 +11,29 @@ class ReaderGone(Exception):
     """stdout's reader closed the pipe (``memscan rank ... | head``): the user took what they wanted."""
 
 
+#: the exit code a command ends with when stdout's reader goes away while it prints: 0, or a gate's verdict
+#: (``check ... | head`` must still fail a failed gate)
+IF_READER_GONE = {"code": 0}
+
+
+def exit_code_if_reader_gone(code: int) -> None:
+    IF_READER_GONE["code"] = code
+
+
 class _Console(Console):
     def on_broken_pipe(self) -> None:
-        # rich's own handling exits 1, which memscan documents as "gate failed"; the rest of the output goes nowhere
+        # rich's own handling exits 1 whatever the command's verdict; the rest of the output goes nowhere
         import os
         import sys
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        self.quiet = True
+        try:
+            fd = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(fd, sys.stdout.fileno())
+            finally:
+                os.close(fd)
+        except (OSError, ValueError):   # a replaced stdout without a file descriptor: quiet is enough
+            pass
         raise ReaderGone
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from . import app
-from .console import RunProgress, console, safe
+from .console import RunProgress, console, exit_code_if_reader_gone, safe
 from .options import config_from_options, run_options, user_set
 
 # 1,797 digits make 28 steps an epoch: twice the default rate learns enough in 5 epochs (178 of 180 flipped
@@ -99,6 +99,8 @@ def run_cmd(
         from .outputs import write_report_html
         res.summary["html"] = str(write_report_html(res.out_dir, quiet=as_json).path)
     result = _gate_run(res, gate) if gate is not None else None
+    if result is not None:
+        exit_code_if_reader_gone(0 if result.passed else 1)
     if as_json:
         typer.echo(json.dumps(res.summary, indent=1, default=str))
         if result is not None and not result.passed:

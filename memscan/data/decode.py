@@ -20,6 +20,11 @@ Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
 # once; a 21000x21000 PNG under Pillow's limit took 2.7 GB. JPEGs are judged after ``draft`` shrinks them.
 DEFAULT_MAX_PIXELS = 40_000_000
 
+# PIL warns (raw, on stderr) about images over its own pixel limit while only reading their header; memscan
+# skips and lists every image over ``max_pixels`` itself. Set once here: ``warnings.catch_warnings`` in the
+# decode threads is not thread-safe
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 
 def open_image(data: bytes, *, size: int | None = None, max_pixels: int | None = None) -> Image.Image:
     """Decode the first frame of an image.
@@ -48,16 +53,12 @@ def open_image(data: bytes, *, size: int | None = None, max_pixels: int | None =
 def probe_size(data_or_path) -> tuple[int, int]:
     """(width, height) after EXIF rotation, reading only the header."""
     src = io.BytesIO(data_or_path) if isinstance(data_or_path, (bytes, bytearray)) else data_or_path
-    # PIL's DecompressionBombWarning would reach the terminal raw: an oversized image is skipped and listed by
-    # the decoder (``max_pixels``), as in ``open_image``
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with Image.open(src) as img:
-            w, h = img.size
-            try:
-                orientation = img.getexif().get(0x0112, 1)
-            except Exception:
-                orientation = 1
+    with Image.open(src) as img:   # DecompressionBombWarning: filtered at import (below)
+        w, h = img.size
+        try:
+            orientation = img.getexif().get(0x0112, 1)
+        except Exception:
+            orientation = 1
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 

@@ -363,7 +363,7 @@ def _index_manifest(loc: Path, path_column, label_column, encoding) -> SampleTab
                            "image-bytes column; add one or pass --path-column")
     if table.num_rows == 0:
         raise DatasetError(f"manifest '{loc}' has no rows; list one image a row, with its label")
-    labels, class_names = _manifest_labels(table, label_col, loc)
+    labels, class_names = _manifest_labels(table, label_col, loc, explicit=label_column is not None)
     paths = _manifest_paths(table, path_col, loc)
     if bytes_col is not None:
         image_bytes = _manifest_bytes(table, bytes_col, loc)
@@ -403,9 +403,10 @@ def _missing(v) -> bool:
 MAX_CLASS_NAME_CHARS = 256   # a class name, not a document: a 10-MB name made every plot and page hang
 
 
-def _manifest_labels(table, label_col: str, loc: Path) -> tuple[np.ndarray, list[str]]:
+def _manifest_labels(table, label_col: str, loc: Path, explicit: bool = False) -> tuple[np.ndarray, list[str]]:
     """Label indices and class names. Integer labels sort numerically (2 before 10); a manifest with both
-    ``label`` and ``label_name`` keeps the dataset's own class order (the index) with its names."""
+    ``label`` and ``label_name`` keeps the dataset's own class order (the index) with its names, unless two
+    labels share a name: refused, or with an ``explicit`` --label-column, that column alone decides."""
     import pyarrow as pa
     cols = table.column_names
     both = "label" in cols and "label_name" in cols
@@ -426,8 +427,7 @@ def _manifest_labels(table, label_col: str, loc: Path) -> tuple[np.ndarray, list
         class_names = sorted(set(names))
     if both:
         pairs = sorted(set(zip(table.column("label").to_pylist(), table.column("label_name").to_pylist())))
-        if len({p[0] for p in pairs}) == len(pairs):
-            _one_name_per_label(pairs, loc)
+        if len({p[0] for p in pairs}) == len(pairs) and _one_name_per_label(pairs, loc, refuse=not explicit):
             class_names = [str(p[1]) for p in pairs]
             names = [str(v) for v in table.column("label_name").to_pylist()]
     if len(class_names) < 2:
@@ -442,18 +442,20 @@ def _manifest_labels(table, label_col: str, loc: Path) -> tuple[np.ndarray, list
     return np.array([lookup[n] for n in names], dtype=np.int64), class_names
 
 
-def _one_name_per_label(pairs, loc: Path) -> None:
-    """Refuse two labels sharing one label_name: the classes would merge and a relabel could not be undone."""
+def _one_name_per_label(pairs, loc: Path, *, refuse: bool) -> bool:
+    """True when every label has its own label_name. Two labels sharing one would merge their classes (and a
+    relabel could not be undone): refused with ``refuse``, else False (the chosen label column decides)."""
     from ..text import printable
     labels_of: dict[str, list] = {}
     for label, name in pairs:
         labels_of.setdefault(str(name), []).append(label)
     shared = sorted((n, v) for n, v in labels_of.items() if len(v) > 1)
-    if shared:
+    if shared and refuse:
         name, labels = shared[0]
         raise DatasetError(f"manifest '{loc}' names the labels {', '.join(map(str, labels))} all "
-                           f"'{printable(name)}'; each label needs its own label_name: rename them, or drop one "
-                           "of the columns label and label_name")
+                           f"'{printable(name)}'; each label needs its own label_name: rename them, or pass "
+                           "--label-column to use one of the columns label and label_name alone")
+    return not shared
 
 
 def _manifest_paths(table, path_col: str | None, loc: Path) -> list[str]:
