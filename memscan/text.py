@@ -5,8 +5,9 @@ import re
 
 # Characters that must never reach a terminal, an XML file or a Markdown table raw: C0 and C1 controls
 # and DEL (terminal escape sequences, XML-forbidden), lone surrogates and U+FFFE/U+FFFF (not encodable
-# or XML-forbidden).
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+# or XML-forbidden), and the bidirectional embeddings, overrides and isolates (U+202A-U+202E,
+# U+2066-U+2069), which make a name display as another ("Trojan Source")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff\u202a-\u202e\u2066-\u2069]")
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 

@@ -70,6 +70,8 @@ def hostile(tmp_path):
 def test_printable_escapes_controls_only():
     assert printable("a\x1b[31m\x00\n\x7f\x9bé[/]") == "a\\x1b[31m\\x00\\n\\x7f\\x9bé[/]"
     assert printable("a\tb\nc\x0c", keep="\t\n") == "a\tb\nc\\x0c"
+    # a right-to-left override makes "cat\u202egnp.exe" display as "catexe.png"
+    assert printable("cat\u202egnp.exe") == "cat\\u202egnp.exe" and printable("\u2066x\u2069") == "\\u2066x\\u2069"
 
 
 def test_csv_neutralises_formulas_but_keeps_numbers(tmp_path, capsys):
