@@ -113,7 +113,22 @@ def guard_for_report(report_path) -> Guards:
     test = (meta.audit or {}).get("test") if isinstance(meta.audit, dict) else None
     if isinstance(test, dict) and isinstance(test.get("location"), str):
         guards.append(_test_guard(test["location"]))
+    val = _val_location(report_path)
+    if val is not None:
+        guards.append(_test_guard(val))
     return Guards(*guards)
+
+
+def _val_location(report_path) -> str | None:
+    """The --val set of the run whose folder holds this report (its run-args.json), if any."""
+    from .errors import MemscanError
+    from .report import resolve_report_path
+    from .run_folder import RunFolder
+    try:
+        val = RunFolder(resolve_report_path(report_path).parent).load_args().get("val_dataset")
+    except MemscanError:   # a report without its run folder's arguments: nothing more to guard
+        return None
+    return val if isinstance(val, str) else None
 
 
 def _test_guard(location: str) -> DatasetGuard:

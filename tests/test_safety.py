@@ -94,6 +94,10 @@ def test_nothing_is_written_inside_the_validation_set(data, tmp_path, capsys):
     assert snapshot(val) == before and not (tmp_path / "r").exists()
     fails(capsys, ["run", str(data), "--val", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), *FAST],
           match="--val:")
+    assert main(["run", str(data), "--val", str(val), "--out", str(tmp_path / "ok"), *FAST]) == 0
+    fails(capsys, ["report", str(tmp_path / "ok"), "--out", str(val / "c0" / "page.html")], match="part of the dataset")
+    fails(capsys, ["plot", str(tmp_path / "ok"), "--out", str(val / "plots")], match="inside the dataset")
+    assert snapshot(val) == before
 
 
 def test_plot_never_writes_through_a_planted_plots_link(a_run, tmp_path, capsys):
