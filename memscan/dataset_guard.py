@@ -101,7 +101,7 @@ class Guards:
 
 def guard_for_report(report_path) -> Guards:
     """The guards of the datasets a report was made from: its data (metadata and path column) and, for a run
-    with ``--test``, the test set (indexed again when it is still there, else its location alone)."""
+    with ``--test`` or ``--val``, that set (indexed again when it is still there, else its location alone)."""
     from .report import read_frame, read_metadata
     meta = read_metadata(report_path)
     ds = meta.dataset

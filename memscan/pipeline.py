@@ -67,7 +67,7 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
     table = load_index(dataset, path_column=path_column, label_column=label_column, encoding=encoding)
     test_table = load_test_index(test_dataset, path_column=path_column, label_column=label_column, encoding=encoding)
     val_table = None
-    if val_dataset is not None:   # indexed here only to keep outputs out of it; prepare() reads it again
+    if val_dataset is not None:   # indexed first to keep outputs out of it; prepare() decodes this index
         from .errors import MemscanError
         try:
             val_table = load_index(val_dataset)
@@ -79,7 +79,7 @@ def run(dataset, cfg: RunConfig | None = None, *, out=None, overwrite: bool = Fa
     with folder:   # unlocked at the end; a failure before ``begin_run`` leaves the folder as it was found
         with _interrupt_message(folder, "decoding"):
             t = time.perf_counter()
-            prep = prepare(table, cfg, dist=dist, cache_dir=cache_dir, relabel=relabel, val_dataset=val_dataset,
+            prep = prepare(table, cfg, dist=dist, cache_dir=cache_dir, relabel=relabel, val_dataset=val_table,
                            progress=emit)
             timings["decode_s"] = time.perf_counter() - t
         emit("decoded", n=len(prep.table), size=prep.image_size, skipped=len(prep.skipped),

@@ -137,9 +137,10 @@ def prepare(table: SampleTable, cfg: RunConfig, *, dist: distributed.Dist | None
 
 
 def _validation_source(val_dataset, prep: Prepared, cfg: RunConfig, cache_dir) -> InMemorySource:
-    vt = load_index(val_dataset)
+    """``val_dataset``: its location, or its index when the caller has one already (``pipeline.run``)."""
+    vt = val_dataset if isinstance(val_dataset, SampleTable) else load_index(val_dataset)
     if vt.class_names != prep.table.class_names:
-        raise ConfigError(f"validation set '{val_dataset}' has classes {vt.class_names}, the dataset has "
+        raise ConfigError(f"validation set '{vt.location}' has classes {vt.class_names}, the dataset has "
                           f"{prep.table.class_names}; they must match")
     vd = load_images(vt, image_size=prep.image_size, strict=cfg.strict, workers=cfg.workers, cache_dir=cache_dir,
                      max_pixels=cfg.max_image_pixels)

@@ -11,13 +11,12 @@ with the default recipe and ``RunConfig(label_smoothing=LS)`` (not a CLI option)
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import sys
 
 sys.path.insert(0, str(Path(__file__).parent))
-from recipe_variants import run_variant  # noqa: E402  (the sibling study's runner)
+from recipe_variants import run_grid, run_variant  # noqa: E402  (the sibling study's runner)
 
 from memscan.config import RunConfig  # noqa: E402
 
@@ -29,15 +28,10 @@ def main():
     ap.add_argument("--ls", default="0,0.1,0.2")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
-    results = []
-    for c in a.configs.split(","):
-        for ls in (float(v) for v in a.ls.split(",")):
-            row = run_variant(a.dir, c, a.dir / f"{c}-ls{ls:g}", RunConfig(label_smoothing=ls))
-            row = {"config": c, "label_smoothing": ls} | {k: v for k, v in row.items() if k != "seconds"}
-            results.append(row)
-            print(json.dumps(row), flush=True)
-    if a.json:
-        a.json.write_text(json.dumps(results, indent=1) + "\n")
+    def one(c, ls):
+        row = run_variant(a.dir, c, a.dir / f"{c}-ls{ls:g}", RunConfig(label_smoothing=ls))
+        return {"config": c, "label_smoothing": ls} | {k: v for k, v in row.items() if k != "seconds"}
+    run_grid(a.configs.split(","), [float(v) for v in a.ls.split(",")], one, a.json)
 
 
 if __name__ == "__main__":

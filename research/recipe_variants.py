@@ -47,6 +47,19 @@ def run_variant(data: Path, config: str, out: Path, cfg: RunConfig) -> dict:
             "auroc": round(m["auroc"], 4), "ap": round(m["ap"], 4), "category": d.get("category")}
 
 
+def run_grid(configs, variants, run_one, json_path: Path | None = None) -> list[dict]:
+    """``run_one(config, variant) -> row`` for every config and variant; each row printed as it comes and the
+    JSON rewritten after each one, so that an interrupted grid keeps what it finished."""
+    results = []
+    for c in configs:
+        for v in variants:
+            results.append(run_one(c, v))
+            print(json.dumps(results[-1]), flush=True)
+            if json_path:
+                json_path.write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("data", type=Path, help="folder of CONFIG.parquet and CONFIG-truth.csv")
@@ -55,15 +68,9 @@ def main():
     ap.add_argument("--variant", action="append", required=True)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
-    results = []
-    for c in a.configs.split(","):
-        for name, changes in map(parse_variant, a.variant):
-            row = {"config": c, "variant": name, "changes": changes} | run_variant(a.data, c, a.out / f"{c}-{name}",
-                                                                                 RunConfig(**changes))
-            results.append(row)
-            print(json.dumps(row), flush=True)
-    if a.json:
-        a.json.write_text(json.dumps(results, indent=1) + "\n")
+    run_grid(a.configs.split(","), [parse_variant(v) for v in a.variant],
+             lambda c, v: {"config": c, "variant": v[0], "changes": v[1]}
+             | run_variant(a.data, c, a.out / f"{c}-{v[0]}", RunConfig(**v[1])), a.json)
 
 
 if __name__ == "__main__":

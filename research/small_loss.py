@@ -24,7 +24,6 @@ pipeline runs otherwise unchanged, on the noisy manifests of ``research/noisy_ma
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ import memscan.train as train_mod
 from memscan.config import RunConfig
 from memscan.signals import Recorder
 
-from recipe_variants import run_variant
+from recipe_variants import run_grid, run_variant
 
 STATE = {"idx": None, "w": None, "spec": None, "loss_sum": None, "margin_sum": None, "epochs": 0}
 _real_slices = train_mod.batch_slices
@@ -118,16 +117,13 @@ def main():
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     install()
-    results = []
-    for c in a.configs.split(","):
-        for name, spec in map(parse, a.variant):
-            STATE.update(idx=None, w=None, spec=spec, loss_sum=None, margin_sum=None, epochs=0)
-            row = {"config": c, "variant": name, "spec": spec} | run_variant(a.data, c, a.out / f"{c}-{name}",
-                                                                             RunConfig())
-            results.append(row)
-            print(json.dumps(row), flush=True)
-            if a.json:
-                a.json.write_text(json.dumps(results, indent=1) + "\n")
+
+    def one(c, variant):
+        name, spec = variant
+        STATE.update(idx=None, w=None, spec=spec, loss_sum=None, margin_sum=None, epochs=0)
+        return {"config": c, "variant": name, "spec": spec} | run_variant(a.data, c, a.out / f"{c}-{name}",
+                                                                          RunConfig())
+    run_grid(a.configs.split(","), [parse(v) for v in a.variant], one, a.json)
 
 
 if __name__ == "__main__":

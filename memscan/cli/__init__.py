@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     import threading
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
-    from .console import IF_READER_GONE, ReaderGone, err_console
+    from .console import IF_READER_GONE, ReaderGone, err_console, quiet_stdout
     IF_READER_GONE["code"] = 0
     try:
         rc = app(args=argv, standalone_mode=False)  # returns typer.Exit's code in this mode
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     except OSError as e:   # the machine, not memscan: a full disk or a folder it may not write
         import errno
         if e.errno == errno.EPIPE:   # stdout's reader went away outside click's own handling of it
-            _quiet_stdout()
+            quiet_stdout()
             return IF_READER_GONE["code"]
 
         from ..files import NO_SPACE
@@ -116,19 +116,6 @@ def main(argv=None) -> int:
             err_console.print("[yellow]interrupted[/]")
             return EXIT_INTERRUPTED
         return _internal_error(e)
-
-
-def _quiet_stdout() -> None:
-    """Send what is left of stdout nowhere (Python would report the failed flush of a closed pipe at exit)."""
-    import os
-    try:
-        fd = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(fd, sys.stdout.fileno())
-        finally:
-            os.close(fd)
-    except (OSError, ValueError):
-        pass
 
 
 def _internal_error(e: Exception) -> int:

@@ -20,20 +20,26 @@ def exit_code_if_reader_gone(code: int) -> None:
     IF_READER_GONE["code"] = code
 
 
+def quiet_stdout() -> None:
+    """Send what is left of stdout nowhere once its reader is gone (Python would report the failed flush of a
+    closed pipe at exit)."""
+    import os
+    import sys
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(fd, sys.stdout.fileno())
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):   # a replaced stdout without a file descriptor: nothing to redirect
+        pass
+
+
 class _Console(Console):
     def on_broken_pipe(self) -> None:
-        # rich's own handling exits 1 whatever the command's verdict; the rest of the output goes nowhere
-        import os
-        import sys
+        # rich's own handling exits 1 whatever the command's verdict
         self.quiet = True
-        try:
-            fd = os.open(os.devnull, os.O_WRONLY)
-            try:
-                os.dup2(fd, sys.stdout.fileno())
-            finally:
-                os.close(fd)
-        except (OSError, ValueError):   # a replaced stdout without a file descriptor: quiet is enough
-            pass
+        quiet_stdout()
         raise ReaderGone
 
 
